@@ -1,0 +1,92 @@
+"""`cvp`: run any pipeline stage by hand (dvc.yaml calls the same commands).
+
+    cvp ingest        validate raw transactions, quarantine bad rows
+    cvp features      customer features at the scoring and training cutoffs, and labels
+    cvp clv           BG/NBD-family + Gamma-Gamma CLV models
+    cvp churn         LightGBM churn classifier
+    cvp segment       value-potential quadrants, tiers, lifecycle states
+    cvp export        batch scores to Parquet/CSV/SQL and the HTML report
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from features.errors import DataError
+from pipelines.config import ConfigError, load_params
+
+log = logging.getLogger("cvp")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+
+STAGES: dict[str, str] = {
+    "ingest": "Validate raw transactions; accepted rows to data/interim, bad rows to data/quarantine.",
+    "features": "Customer features at as_of and one/two horizons back, with the window labels.",
+    "clv": "Fit the BG/NBD family and Gamma-Gamma, evaluate on the holdout, predict CLV.",
+    "churn": "Train and evaluate the LightGBM churn classifier; score every customer.",
+    "segment": "Quadrants, tiers, pyramid, ABC, lifecycle and relationship levels.",
+    "export": "Write the batch scores (Parquet, CSV, SQL table) and the HTML report.",
+}
+
+PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="Params file to read.")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow.store", "urllib3", "matplotlib", "numexpr", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_stage(name: str, params_path: Path) -> None:
+    """Parse params once, then run the stage module's ``run(params, params_path)``."""
+    params = load_params(params_path)
+    module = importlib.import_module(f"pipelines.{name}")
+    module.run(params, params_path=params_path)
+
+
+def _register(name: str, help_text: str) -> None:
+    def command(params: Path = PARAMS_OPTION, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+        setup_logging(verbose)
+        run_stage(name, params)
+
+    command.__doc__ = help_text
+    app.command(name=name, help=help_text)(command)
+
+
+for _name, _help in STAGES.items():
+    _register(_name, _help)
+
+
+def main() -> None:
+    """Entry point: user-facing errors become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except (ConfigError, DataError) as exc:
+        log.debug("stopped", exc_info=True)
+        sys.stderr.write(f"cvp: error: {exc}\n")
+        raise SystemExit(2) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except (typer.Abort, KeyboardInterrupt):
+        sys.stderr.write("cvp: interrupted\n")
+        raise SystemExit(130) from None
+    except Exception as exc:  # click usage errors carry their own exit codes
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise
+
+
+if __name__ == "__main__":
+    main()

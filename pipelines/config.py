@@ -1,0 +1,220 @@
+"""Typed view of params.yaml, parsed once per stage.
+
+Every section is a pydantic model with ``extra="forbid"``, so a misspelt key stops the
+stage with one line naming the key (and the closest valid one) instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message is one line, meant for the user."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColumnsParams(_Section):
+    """Mapping from the pipeline's column roles to the source file's column names."""
+
+    customer_id: str
+    timestamp: str
+    amount: str
+    order_id: str | None = None
+    quantity: str | None = None
+    cost: str | None = None
+
+    def mapped(self) -> dict[str, str]:
+        """Role -> source column, for every role that is mapped."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class DataParams(_Section):
+    path: str = "lifetimes:CDNOW_master"
+    columns: ColumnsParams
+    timestamp_format: str | None = None
+    as_of: dt.date | None = None
+    horizon_days: int = Field(91, gt=0)
+    time_unit: Literal["D", "W"] = "W"
+    valid_from: dt.date = dt.date(1970, 1, 1)
+    valid_to: dt.date = dt.date(2100, 1, 1)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "DataParams":
+        if self.valid_from >= self.valid_to:
+            raise ValueError("valid_from must be before valid_to")
+        return self
+
+    @property
+    def days_per_unit(self) -> float:
+        """Length of one model time unit in days (1 for D, 7 for W)."""
+        return 1.0 if self.time_unit == "D" else 7.0
+
+
+class FeaturesParams(_Section):
+    engine: Literal["duckdb", "pyspark"] = "duckdb"
+    windows_days: tuple[int, ...] = (30, 90, 180, 365)
+    threads: int | None = None
+    memory_limit: str | None = None
+
+    @field_validator("windows_days")
+    @classmethod
+    def _positive_sorted(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(w <= 0 for w in v):
+            raise ValueError("windows_days must be a non-empty list of positive day counts")
+        return tuple(sorted(set(v)))
+
+
+class ClvParams(_Section):
+    model: Literal["bgnbd", "paretonbd", "mbgnbd", "auto"] = "auto"
+    penalizer: float = Field(0.0, ge=0)
+    retry_penalizer: float = Field(0.001, gt=0)
+    margin: float = Field(0.3, gt=0, le=1)
+    discount_rate: float = Field(0.10, ge=0)
+    discount_period_days: int = Field(30, gt=0)
+    spend_correlation_warn: float = Field(0.3, gt=0, le=1)
+    model_name: str = "cvp-clv"
+    register_model: bool = True
+
+
+class LightGBMParams(_Section):
+    n_estimators: int = Field(400, gt=0)
+    learning_rate: float = Field(0.03, gt=0)
+    num_leaves: int = Field(15, gt=1)
+    min_child_samples: int = Field(100, gt=0)
+    subsample: float = Field(0.8, gt=0, le=1)
+    subsample_freq: int = Field(1, ge=0)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+
+
+class ChurnParams(_Section):
+    lightgbm: LightGBMParams = LightGBMParams()
+    calibration: Literal["auto", "isotonic", "sigmoid", "none"] = "auto"
+    calibration_fraction: float = Field(0.3, gt=0, lt=1)
+    test_fraction: float = Field(0.3, gt=0, lt=1)
+    top_features: int = Field(10, gt=0)
+    model_name: str = "cvp-churn"
+    register_model: bool = True
+
+
+class CutParams(_Section):
+    method: Literal["quantile", "fixed"] = "quantile"
+    current_value: float = 0.5
+    growth_potential: float = 0.5
+
+
+class PyramidParams(_Section):
+    vip: float = 0.01
+    major: float = 0.04
+    ordinary: float = 0.15
+    small: float = 0.80
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "PyramidParams":
+        total = self.vip + self.major + self.ordinary + self.small
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"pyramid shares must sum to 1 (got {total:g})")
+        return self
+
+
+class AbcParams(_Section):
+    a: float = Field(0.80, gt=0, lt=1)
+    b: float = Field(0.95, gt=0, lt=1)
+
+
+class LifecycleParams(_Section):
+    drowsy: float = Field(1.5, gt=0)
+    half_asleep: float = Field(2.5, gt=0)
+    dormant: float = Field(4.0, gt=0)
+    new_days: int = Field(90, gt=0)
+    one_time_buyer_interval_days: int | None = None
+
+
+class SegmentParams(_Section):
+    growth_potential: Literal["combined", "clv"] = "combined"
+    cut: CutParams = CutParams()
+    pyramid: PyramidParams = PyramidParams()
+    abc: AbcParams = AbcParams()
+    lifecycle: LifecycleParams = LifecycleParams()
+
+
+class ExportParams(_Section):
+    database_url: str | None = None
+    table: str = "customer_scores"
+
+
+class MlflowParams(_Section):
+    experiment: str = "customer-value"
+    tracking_dir: str | None = None
+
+
+class Params(_Section):
+    seed: int = 42
+    data: DataParams
+    features: FeaturesParams = FeaturesParams()
+    clv: ClvParams = ClvParams()
+    churn: ChurnParams = ChurnParams()
+    segment: SegmentParams = SegmentParams()
+    export: ExportParams = ExportParams()
+    mlflow: MlflowParams = MlflowParams()
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names valid at ``loc`` (the path of a bad key), for a 'did you mean' hint."""
+    current: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if current is None or part not in current.model_fields:
+            return []
+        annotation = current.model_fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(current.model_fields) if current is not None else []
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    # An unknown key usually explains a "missing" one (a typo), so report it first.
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    loc = tuple(first["loc"])
+    key = ".".join(str(p) for p in loc)
+    if first["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _valid_keys(Params, loc), n=1)
+        hint = f" (did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?)" if close else ""
+        return f"{source}: unknown key '{key}'{hint}; remove or rename it"
+    if first["type"] == "missing":
+        return f"{source}: missing required key '{key}'; add it"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{source}: bad value for '{key}': {first['msg']}{more}"
+
+
+def parse_params(raw: dict, source: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ConfigError with a one-line message if it is wrong."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_one_line(err, source)) from None
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found; run from the project root or pass --params") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return parse_params(raw, str(path))

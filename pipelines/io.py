@@ -1,0 +1,99 @@
+"""Atomic, deterministic file output: write to a temporary sibling, then rename over the target.
+
+A stage killed mid-write leaves the previous file (or none) in place, never a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it replaces ``target`` atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_parquet(df: pd.DataFrame, target: Path | str) -> Path:
+    """Write a frame to Parquet atomically; byte-identical for identical frames."""
+    with atomic_path(target) as tmp:
+        df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
+    return Path(target)
+
+
+def write_csv(df: pd.DataFrame, target: Path | str) -> Path:
+    with atomic_path(target) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
+    return Path(target)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe, stable values: NaN/inf become null, numpy scalars become Python ones."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return float(f"{value:.10g}")
+    return value
+
+
+def write_json(obj: Any, target: Path | str) -> Path:
+    """Write JSON atomically with sorted keys and floats rounded to 10 significant digits."""
+    text = json.dumps(_clean(obj), indent=2, sort_keys=True) + "\n"
+    return write_text(text, target)
+
+
+def write_text(text: str, target: Path | str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
+def write_bytes(data: bytes, target: Path | str) -> Path:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+    return Path(target)
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def frame_sha256(df: pd.DataFrame) -> str:
+    """Content hash of a frame (values and column names, order-sensitive)."""
+    hashed = pd.util.hash_pandas_object(df, index=False).to_numpy()
+    digest = hashlib.sha256(hashed.tobytes())
+    digest.update("|".join(map(str, df.columns)).encode())
+    return digest.hexdigest()
