@@ -6,6 +6,8 @@
     cvp churn         LightGBM churn classifier
     cvp segment       value-potential quadrants, tiers, lifecycle states
     cvp export        batch scores to Parquet/CSV/SQL and the HTML report
+    cvp generate      seeded synthetic transactions (BG/NBD + Gamma-Gamma) for tests and benchmarks
+    cvp retrain       scheduled retraining: drift checks, champion/challenger gate, export
 """
 
 from __future__ import annotations
@@ -64,6 +66,39 @@ def _register(name: str, help_text: str) -> None:
 
 for _name, _help in STAGES.items():
     _register(_name, _help)
+
+
+@app.command(name="retrain")
+def retrain(
+    params: Path = PARAMS_OPTION,
+    force_promote: bool = typer.Option(False, "--force-promote", help="Promote even if drift or the gate refuse (recorded)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Retrain up to segment, check drift, gate the challenger against the champion, export if promoted."""
+    from pipelines.retrain import RetrainStopped, run
+
+    setup_logging(verbose)
+    try:
+        run(load_params(params), params_path=params, force_promote=force_promote)
+    except RetrainStopped as exc:
+        sys.stderr.write(f"cvp: error: {exc}\n")
+        raise SystemExit(exc.exit_code) from None
+
+
+@app.command(name="generate")
+def generate(
+    rows: int = typer.Option(..., "--rows", min=1, help="Rows to generate (approximate: whole customers)."),
+    out: Path = typer.Option(..., "--out", help="Output file: .parquet, .csv or .csv.gz."),
+    seed: int = typer.Option(42, "--seed", help="Random seed; same seed and sizes give the same rows."),
+    customers: int | None = typer.Option(None, "--customers", min=1, help="Number of customers (default: from --rows)."),
+    noise_rate: float | None = typer.Option(None, "--noise-rate", min=0.0, max=0.99, help="Noise rows per clean row (default 0.002)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Write seeded synthetic retail transactions (BG/NBD purchases, Gamma-Gamma spend, returns, noise)."""
+    from pipelines.generate import write_synthetic
+
+    setup_logging(verbose)
+    write_synthetic(out, rows, seed, customers, noise_rate=noise_rate)
 
 
 def main() -> None:

@@ -49,6 +49,8 @@ class DataParams(_Section):
     time_unit: Literal["D", "W"] = "W"
     valid_from: dt.date = dt.date(1970, 1, 1)
     valid_to: dt.date = dt.date(2100, 1, 1)
+    ingest_threads: int | None = Field(None, gt=0)
+    ingest_memory_limit: str | None = None
 
     @model_validator(mode="after")
     def _check_range(self) -> "DataParams":
@@ -65,8 +67,10 @@ class DataParams(_Section):
 class FeaturesParams(_Section):
     engine: Literal["duckdb", "pyspark"] = "duckdb"
     windows_days: tuple[int, ...] = (30, 90, 180, 365)
-    threads: int | None = None
+    trend_days: int = Field(182, gt=0)
+    threads: int | None = Field(None, gt=0)
     memory_limit: str | None = None
+    temp_directory: str | None = None
 
     @field_validator("windows_days")
     @classmethod
@@ -84,15 +88,17 @@ class ClvParams(_Section):
     discount_rate: float = Field(0.10, ge=0)
     discount_period_days: int = Field(30, gt=0)
     spend_correlation_warn: float = Field(0.3, gt=0, le=1)
+    spend_penalizer: float = Field(0.0, ge=0)
+    min_customers: int = Field(100, gt=0)
     model_name: str = "cvp-clv"
     register_model: bool = True
 
 
 class LightGBMParams(_Section):
-    n_estimators: int = Field(400, gt=0)
-    learning_rate: float = Field(0.03, gt=0)
-    num_leaves: int = Field(15, gt=1)
-    min_child_samples: int = Field(100, gt=0)
+    n_estimators: int = Field(300, gt=0)
+    learning_rate: float = Field(0.02, gt=0)
+    num_leaves: int = Field(4, gt=1)
+    min_child_samples: int = Field(300, gt=0)
     subsample: float = Field(0.8, gt=0, le=1)
     subsample_freq: int = Field(1, ge=0)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
@@ -104,6 +110,8 @@ class ChurnParams(_Section):
     calibration: Literal["auto", "isotonic", "sigmoid", "none"] = "auto"
     calibration_fraction: float = Field(0.3, gt=0, lt=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
+    min_train_customers: int = Field(500, gt=0)
+    auc_tolerance: float = Field(0.005, ge=0, lt=1)
     top_features: int = Field(10, gt=0)
     model_name: str = "cvp-churn"
     register_model: bool = True
@@ -113,6 +121,12 @@ class CutParams(_Section):
     method: Literal["quantile", "fixed"] = "quantile"
     current_value: float = 0.5
     growth_potential: float = 0.5
+
+    @model_validator(mode="after")
+    def _quantiles_in_range(self) -> "CutParams":
+        if self.method == "quantile" and not (0 <= self.current_value <= 1 and 0 <= self.growth_potential <= 1):
+            raise ValueError("quantile cuts must be between 0 and 1 (use method: fixed for amounts)")
+        return self
 
 
 class PyramidParams(_Section):
@@ -133,31 +147,97 @@ class AbcParams(_Section):
     a: float = Field(0.80, gt=0, lt=1)
     b: float = Field(0.95, gt=0, lt=1)
 
+    @model_validator(mode="after")
+    def _a_before_b(self) -> "AbcParams":
+        if self.a >= self.b:
+            raise ValueError("abc.a must be below abc.b (cumulative value shares)")
+        return self
+
 
 class LifecycleParams(_Section):
     drowsy: float = Field(1.5, gt=0)
     half_asleep: float = Field(2.5, gt=0)
     dormant: float = Field(4.0, gt=0)
     new_days: int = Field(90, gt=0)
-    one_time_buyer_interval_days: int | None = None
+    one_time_buyer_interval_days: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "LifecycleParams":
+        if not self.drowsy < self.half_asleep < self.dormant:
+            raise ValueError("lifecycle multiples must increase: drowsy < half_asleep < dormant")
+        return self
+
+
+class TierParams(_Section):
+    top_share: float = Field(0.20, gt=0, lt=1)
+    lead_share: float = Field(0.20, ge=0, lt=1)
+    lead_max_value: float = 0.0
+    growing_ratio: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _fits(self) -> "TierParams":
+        if self.top_share + self.lead_share > 1:
+            raise ValueError("tier.top_share + tier.lead_share must not exceed 1")
+        return self
+
+
+class RelationshipParams(_Section):
+    many_share: float = Field(0.10, gt=0, le=1)
+    few_share: float = Field(0.02, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "RelationshipParams":
+        if self.few_share > self.many_share:
+            raise ValueError("relationship.few_share must not exceed relationship.many_share")
+        return self
 
 
 class SegmentParams(_Section):
     growth_potential: Literal["combined", "clv"] = "combined"
+    value_basis: Literal["total", "current", "growth"] = "total"
     cut: CutParams = CutParams()
     pyramid: PyramidParams = PyramidParams()
     abc: AbcParams = AbcParams()
+    tier: TierParams = TierParams()
     lifecycle: LifecycleParams = LifecycleParams()
+    relationship: RelationshipParams = RelationshipParams()
 
 
 class ExportParams(_Section):
     database_url: str | None = None
-    table: str = "customer_scores"
+    table: str = Field("customer_scores", pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+    batch_size: int = Field(5000, gt=0)
 
 
 class MlflowParams(_Section):
     experiment: str = "customer-value"
     tracking_dir: str | None = None
+
+
+class DriftParams(_Section):
+    psi_columns: tuple[str, ...] = (
+        "frequency", "monetary_value", "avg_spend", "n_transactions", "spend_trailing", "ipi_mean",
+    )
+    psi_bins: int = Field(10, ge=2)
+    psi_epsilon: float = Field(1e-4, gt=0, lt=1)
+    max_psi: float = Field(0.25, gt=0)
+    max_row_drop: float = Field(0.10, ge=0, le=1)
+    max_row_growth: float | None = Field(None, ge=0)
+    max_quarantine_increase: float = Field(0.02, ge=0, le=1)
+    max_start_shift_days: int | None = Field(0, ge=0)
+
+
+class GateParams(_Section):
+    churn_auc: float = Field(0.01, ge=0)
+    churn_brier: float = Field(0.005, ge=0)
+    clv_mae: float = Field(0.05, ge=0)
+    clv_spearman: float = Field(0.02, ge=0)
+
+
+class RetrainParams(_Section):
+    lock_timeout_s: float = Field(900, ge=0)
+    drift: DriftParams = DriftParams()
+    gate: GateParams = GateParams()
 
 
 class Params(_Section):
@@ -169,6 +249,7 @@ class Params(_Section):
     segment: SegmentParams = SegmentParams()
     export: ExportParams = ExportParams()
     mlflow: MlflowParams = MlflowParams()
+    retrain: RetrainParams = RetrainParams()
 
 
 def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -1,0 +1,485 @@
+"""Customer features and window labels at a cutoff, written once as portable ibis expressions.
+
+Every function takes an ibis table of accepted transactions (the ingest contract: customer_id,
+timestamp, amount, and optionally order_id, quantity, cost) and returns an ibis expression; the
+caller picks the backend (embedded DuckDB, or Spark through ibis' PySpark backend) and executes
+it. Only portable ibis operations are used: no backend SQL.
+
+Semantics (the same as ``lifetimes.utils.summary_data_from_transaction_data`` with freq='D'):
+
+- a *day* is a calendar day of the timestamp; the cutoff day is included (day <= cutoff);
+- rows after the cutoff are filtered out before any aggregation, so they cannot leak in;
+- a *purchase day* is a day with at least one row with amount >= 0 (zero-amount rows count);
+  its value is the net sum of all that day's amounts (returns netted against the purchases);
+  return-only days are not purchase days but count in returns and in the net spend.
+
+Money (amount, cost) and quantities are summed exactly, in integer units of 0.0001: as float64
+holding whole numbers (float64 adds whole numbers below 2**53 without rounding, so no partial
+sum is ever rounded and the result does not depend on how a parallel engine orders the
+additions), or as DECIMAL(18, 4) when the data's total could reach 2**53 units (``decimal_sums``;
+slower). Reruns are byte-identical either way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass
+
+import ibis
+import ibis.expr.datatypes as idt
+import pandas as pd
+import pandera.pandas as pa
+import pyarrow
+from ibis import _
+
+EPOCH = dt.date(1970, 1, 1)
+UNITS = 10_000  # sums run on whole units of 1 / UNITS (amounts are rounded to 0.0001)
+FLOAT_EXACT_LIMIT = 2**53 / UNITS  # ~9.0e11: below it every float64 sum of units is exact
+DECIMAL_UNITS = idt.Decimal(18, 4)
+MAX_ABS_VALUE = 1e9  # largest accepted |amount|, |quantity|, |cost| of one row
+EXACT_COLUMNS = ("amount", "quantity", "cost")
+DEFAULT_WINDOWS_DAYS = (30, 90, 180, 365)
+DEFAULT_TREND_DAYS = 182
+
+TRANSACTION_COLUMNS = {  # column -> (required, ibis type family)
+    "customer_id": (True, "string"),
+    "timestamp": (True, "timestamp"),
+    "amount": (True, "floating"),
+    "order_id": (False, "string"),
+    "quantity": (False, "floating"),
+    "cost": (False, "floating"),
+}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """What to compute: horizon and windows in days; which optional columns carry data."""
+
+    horizon_days: int
+    days_per_unit: float = 7.0  # model time unit for recency and T: 7 = weeks, 1 = days
+    windows_days: tuple[int, ...] = DEFAULT_WINDOWS_DAYS
+    trend_days: int = DEFAULT_TREND_DAYS
+    has_order_id: bool = False
+    has_quantity: bool = False
+    has_cost: bool = False
+    decimal_sums: bool = False  # True when totals may reach FLOAT_EXACT_LIMIT (see needs_decimal_sums)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def transaction_problems(schema: ibis.Schema) -> list[str]:
+    """Contract violations of a transactions table's schema (missing columns, wrong types)."""
+    problems = []
+    for name, (required, family) in TRANSACTION_COLUMNS.items():
+        if name not in schema:
+            if required:
+                problems.append(f"missing column '{name}'")
+            continue
+        dtype = schema[name]
+        ok = {"string": dtype.is_string(), "timestamp": dtype.is_timestamp(), "floating": dtype.is_floating()}
+        if not ok[family]:
+            problems.append(f"column '{name}' has type {dtype}, expected {family}")
+    return problems
+
+
+def transactions_summary(tx: ibis.Table) -> ibis.Table:
+    """One-row summary used to check a transactions table and derive as_of and the spec flags."""
+    amount = tx.amount
+    bad_amount = amount.isnull() | amount.isnan() | amount.isinf()
+    summary = {
+        "n_rows": tx.count(),
+        "first_timestamp": tx.timestamp.min(),
+        "last_timestamp": tx.timestamp.max(),
+        "null_customer_id": tx.count(where=tx.customer_id.isnull()),
+        "null_timestamp": tx.count(where=tx.timestamp.isnull()),
+        "bad_amount": tx.count(where=bad_amount),
+    }
+    if "order_id" in tx.columns:
+        summary["n_order_id"] = tx.order_id.count()
+    for name in EXACT_COLUMNS:
+        if name in tx.columns:
+            size = _nan_to_null(tx[name]).abs()
+            summary[f"n_{name}"] = size.count()
+            summary[f"max_abs_{name}"] = size.max()
+            # exact, so the choice of summation below is deterministic too
+            summary[f"abs_total_{name}"] = _to_units(ibis.ifelse(size < MAX_ABS_VALUE, size, 0.0), True).sum()
+    return tx.aggregate(**summary)
+
+
+def needs_decimal_sums(summary: dict) -> bool:
+    """True when a column's total |value| reaches FLOAT_EXACT_LIMIT, so float64 unit sums
+    might round: then sums run on DECIMAL instead (exact at any size, slower)."""
+    totals = [summary.get(f"abs_total_{name}") for name in EXACT_COLUMNS]
+    return any(t is not None and pd.notna(t) and float(t) >= FLOAT_EXACT_LIMIT for t in totals)
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def day_number(day: dt.date) -> int:
+    """Days since 1970-01-01 (the integer day axis every window is computed on)."""
+    return (day - EPOCH).days
+
+
+def _midnight_after(day: dt.date) -> ibis.Value:
+    return ibis.timestamp(dt.datetime.combine(day + dt.timedelta(days=1), dt.time()))
+
+
+def rows_in_days(tx: ibis.Table, after: dt.date | None, until: dt.date) -> ibis.Table:
+    """Rows whose calendar day is in (after, until]; ``after=None`` means no lower bound."""
+    keep = tx.timestamp < _midnight_after(until)
+    if after is not None:
+        keep &= tx.timestamp >= _midnight_after(after)
+    return tx.filter(keep)
+
+
+def _nan_to_null(value: ibis.Value) -> ibis.Value:
+    """NaN (how pandas marks a missing float) as SQL null, so sums and counts skip it."""
+    return ibis.ifelse(value.isnan(), ibis.null(value.type()), value)
+
+
+def _to_units(value: ibis.Value, decimal_sums: bool) -> ibis.Value:
+    """A per-row value in exactly summable form: whole units of 1 / UNITS as float64, or
+    DECIMAL(18, 4) when ``decimal_sums``. NaN becomes null."""
+    value = _nan_to_null(value)
+    if decimal_sums:
+        return value.cast(DECIMAL_UNITS)
+    return (value * UNITS).round(0).cast("float64")
+
+
+def _from_units(total: ibis.Value, decimal_sums: bool, default: float | None = 0.0) -> ibis.Value:
+    """An exact total (see _to_units) as float64 currency; ``default`` replaces a missing total."""
+    out = total.cast("float64") if decimal_sums else total / UNITS
+    return out.fill_null(default) if default is not None else out
+
+
+def daily_activity(
+    rows: ibis.Table, with_quantity: bool = False, with_cost: bool = False, decimal_sums: bool = False
+) -> ibis.Table:
+    """One row per customer and calendar day with activity.
+
+    Columns: customer_id, date, day (days since 1970-01-01), n_rows, n_purchase_rows
+    (rows with amount >= 0), value (net sum of amounts), returned (sum of -amount over return
+    rows), and quantity / cost when asked for; sums in exact units (see _to_units).
+    """
+    rows = rows.mutate(date=rows.timestamp.date(), money=_to_units(rows.amount, decimal_sums))
+    is_return = rows.amount < 0
+    metrics = {
+        "n_rows": rows.count(),
+        "n_purchase_rows": rows.count(where=~is_return),
+        "value": rows.money.sum(),
+        "returned": (-rows.money).sum(where=is_return),
+    }
+    if with_quantity:
+        metrics["quantity"] = _to_units(rows.quantity, decimal_sums).sum()
+    if with_cost:
+        metrics["cost"] = _to_units(rows.cost, decimal_sums).sum()
+    daily = rows.group_by(["customer_id", "date"]).aggregate(**metrics)
+    return daily.mutate(day=daily.date.epoch_days().cast("int64"))
+
+
+def _with_purchase_gaps(daily: ibis.Table) -> ibis.Table:
+    """Mark purchase days and add ``gap``: days since the customer's previous purchase day
+    (null on the first purchase day and on return-only days)."""
+    daily = daily.mutate(purchase=daily.n_purchase_rows > 0)
+    # The latest purchase day strictly before each day (return-only days are skipped because
+    # they contribute null), in one window pass over the customer's days.
+    purchase_day = ibis.ifelse(daily.purchase, daily.day, ibis.null("int64"))
+    before = ibis.window(group_by=daily.customer_id, order_by=daily.day, rows=(None, -1))
+    previous = purchase_day.max().over(before)
+    return daily.mutate(gap=ibis.ifelse(daily.purchase, daily.day - previous, ibis.null("int64")))
+
+
+def _customer_stats(daily: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ibis.Table:
+    """Per customer with activity, in one aggregation over its days: purchase-day statistics
+    (first/last purchase, counts, values, gap sums) and activity totals (rows, net spend,
+    returns, trailing windows). Customers without a purchase day have n_purchase_days = 0."""
+    days = _with_purchase_gaps(daily)
+    day, value, purchase = days.day, days.value, days.purchase
+    c = day_number(cutoff)
+    trailing = day > c - spec.horizon_days
+    stats = {
+        "first_purchase": days.date.min(where=purchase),
+        "last_purchase": days.date.max(where=purchase),
+        "n_purchase_days": days.count(where=purchase),
+        "purchase_value": value.sum(where=purchase),
+        "repeat_value": value.sum(where=days.gap.notnull()),
+        "n_gaps": days.gap.count(),
+        "gap_sumsq": (days.gap * days.gap).sum(),
+        "n_transactions": days.n_rows.sum(),
+        "n_purchase_rows": days.n_purchase_rows.sum(),
+        "total_spend": value.sum(),
+        "returns_amount": days.returned.sum(),
+        "spend_recent": value.sum(where=day > c - spec.trend_days),
+        "spend_previous": value.sum(where=(day > c - 2 * spec.trend_days) & (day <= c - spec.trend_days)),
+        "spend_trailing": value.sum(where=trailing),
+    }
+    for w in spec.windows_days:
+        stats[f"purchases_{w}d"] = days.count(where=purchase & (day > c - w))
+        stats[f"spend_{w}d"] = value.sum(where=day > c - w)
+    if spec.has_quantity:
+        stats["total_quantity"] = days.quantity.sum()
+    if spec.has_cost:
+        stats["cost_trailing"] = days.cost.sum(where=trailing)
+    return days.group_by("customer_id").aggregate(**stats)
+
+
+def _order_counts(rows: ibis.Table) -> ibis.Table:
+    """Distinct order ids per customer over purchase rows (amount >= 0)."""
+    purchases = rows.filter(rows.amount >= 0)
+    return purchases.group_by("customer_id").aggregate(n_orders=purchases.order_id.nunique())
+
+
+# --------------------------------------------------------------------------- features and labels
+
+
+def customer_features(tx: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ibis.Table:
+    """Features of every customer with >= 1 purchase day on or before ``cutoff``, sorted by id.
+
+    Columns and units: see ``feature_dtypes`` and docs/features.md. Only rows on or before
+    the cutoff are read, so nothing after it can influence the result.
+    """
+    rows = rows_in_days(tx, None, cutoff)
+    daily = daily_activity(rows, spec.has_quantity, spec.has_cost, spec.decimal_sums)
+    s = _customer_stats(daily, cutoff, spec)
+    s = s.filter(s.n_purchase_days > 0)
+    if not spec.has_order_id:
+        return s.select(**_feature_columns(s, None, cutoff, spec)).order_by("customer_id")
+    o = _order_counts(rows)
+    joined = s.left_join(o, s.customer_id == o.customer_id)
+    return joined.select(**_feature_columns(s, o, cutoff, spec)).order_by("customer_id")
+
+
+def _feature_columns(s: ibis.Table, o: ibis.Table | None, cutoff: dt.date, spec: FeatureSpec) -> dict[str, ibis.Value]:
+    """The output columns, in file order, from the customer statistics ``s`` (and the order
+    counts ``o`` when order_id is mapped)."""
+    c = day_number(cutoff)
+    first_day = s.first_purchase.epoch_days().cast("int64")
+    last_day = s.last_purchase.epoch_days().cast("int64")
+    n_days = s.n_purchase_days.cast("int64")
+    frequency = n_days - 1
+    span = last_day - first_day  # = sum of the inter-purchase gaps
+    n_gaps = s.n_gaps.cast("int64")
+    gap_sumsq = s.gap_sumsq.cast("int64")
+    ipi_mean = ibis.ifelse(frequency > 0, span.cast("float64") / frequency, ibis.null("float64"))
+    # Sample std of the gaps from exact integer sums: var = (n*sum(g^2) - (sum g)^2) / (n(n-1)).
+    ipi_var = (n_gaps * gap_sumsq - span * span).cast("float64") / (n_gaps * (n_gaps - 1))
+    ipi_std = ibis.ifelse(n_gaps >= 2, ipi_var.sqrt(), ibis.null("float64"))
+    days_since_first = c - first_day
+    days_since_last = c - last_day
+    money = functools.partial(_from_units, decimal_sums=spec.decimal_sums)
+    repeat_value = money(s.repeat_value)
+    total_quantity = money(s.total_quantity, default=None) if spec.has_quantity else ibis.null("float64")
+    spend_trailing = money(s.spend_trailing)
+    margin_trailing = spend_trailing - money(s.cost_trailing) if spec.has_cost else ibis.null("float64")
+
+    columns = {
+        "customer_id": s.customer_id,
+        "cutoff": ibis.literal(cutoff),
+        "first_purchase": s.first_purchase,
+        "last_purchase": s.last_purchase,
+        "frequency": frequency,
+        "recency": span.cast("float64") / spec.days_per_unit,
+        "T": days_since_first.cast("float64") / spec.days_per_unit,
+        "monetary_value": ibis.ifelse(frequency > 0, repeat_value / frequency, 0.0),
+        "n_purchase_days": n_days,
+        "n_transactions": s.n_transactions.cast("int64"),
+        "total_spend": money(s.total_spend),
+        "avg_spend": money(s.purchase_value) / n_days,
+        "days_since_first": days_since_first,
+        "days_since_last": days_since_last,
+        "ipi_mean": ipi_mean,
+        "ipi_std": ipi_std,
+        "days_since_last_ratio": days_since_last.cast("float64") / ipi_mean,
+    }
+    for w in spec.windows_days:
+        columns[f"purchases_{w}d"] = s[f"purchases_{w}d"].cast("int64")
+        columns[f"spend_{w}d"] = money(s[f"spend_{w}d"])
+    columns |= {
+        "spend_trend": money(s.spend_recent) - money(s.spend_previous),
+        "returns_count": (s.n_transactions - s.n_purchase_rows).cast("int64"),
+        "returns_amount": money(s.returns_amount),
+        "n_orders": o.n_orders.fill_null(0).cast("int64") if o is not None else n_days,
+        "total_quantity": total_quantity,
+        "avg_quantity": total_quantity / n_days,
+        "spend_trailing": spend_trailing,
+        "margin_trailing": margin_trailing,
+    }
+    return columns
+
+
+def window_labels(
+    tx: ibis.Table, customers: ibis.Table, cutoff: dt.date, horizon_days: int, decimal_sums: bool = False
+) -> ibis.Table:
+    """Labels of ``customers`` (a table with customer_id) for the window (cutoff, cutoff + horizon].
+
+    purchased = 1 when the customer has >= 1 purchase day in the window; n_purchase_days and
+    spend (net of returns) count the window only. Only rows inside the window are read.
+    """
+    rows = rows_in_days(tx, cutoff, cutoff + dt.timedelta(days=horizon_days))
+    daily = daily_activity(rows, decimal_sums=decimal_sums)
+    window = daily.group_by("customer_id").aggregate(
+        n_purchase_days=daily.count(where=daily.n_purchase_rows > 0), spend=daily.value.sum()
+    )
+    ids = customers.select("customer_id")
+    joined = ids.left_join(window, ids.customer_id == window.customer_id)
+    n_days = window.n_purchase_days.fill_null(0).cast("int64")
+    return joined.select(
+        customer_id=ids.customer_id,
+        cutoff=ibis.literal(cutoff),
+        purchased=(n_days > 0).cast("int8"),
+        n_purchase_days=n_days,
+        spend=_from_units(window.spend, decimal_sums),
+    ).order_by("customer_id")
+
+
+# --------------------------------------------------------------------------- sufficient statistics
+
+
+def rfm_counts(features: ibis.Table) -> ibis.Table:
+    """Distinct (frequency, recency, T) with their customer count: all the BG/NBD-family fits need."""
+    keys = ["frequency", "recency", "T"]
+    return features.group_by(keys).aggregate(count=_.count()).order_by(keys)
+
+
+def spend_counts(features: ibis.Table) -> ibis.Table:
+    """Distinct (frequency, monetary_value) of repeat customers with positive spend, with counts.
+
+    This is what a Gamma-Gamma fit needs; one-time buyers and non-positive values are excluded.
+    """
+    keys = ["frequency", "monetary_value"]
+    repeat = features.filter((features.frequency > 0) & (features.monetary_value > 0))
+    return repeat.group_by(keys).aggregate(count=_.count()).order_by(keys)
+
+
+# --------------------------------------------------------------------------- contracts
+
+
+def feature_dtypes(windows_days: tuple[int, ...] = DEFAULT_WINDOWS_DAYS) -> dict[str, str]:
+    """Column -> pandas dtype of a features file, in file order."""
+    head = {
+        "customer_id": "str", "cutoff": "datetime64[us]", "first_purchase": "datetime64[us]",
+        "last_purchase": "datetime64[us]", "frequency": "int64", "recency": "float64", "T": "float64",
+        "monetary_value": "float64", "n_purchase_days": "int64", "n_transactions": "int64",
+        "total_spend": "float64", "avg_spend": "float64", "days_since_first": "int64",
+        "days_since_last": "int64", "ipi_mean": "float64", "ipi_std": "float64",
+        "days_since_last_ratio": "float64",
+    }  # fmt: skip
+    windows = {}
+    for w in windows_days:
+        windows |= {f"purchases_{w}d": "int64", f"spend_{w}d": "float64"}
+    tail = {
+        "spend_trend": "float64", "returns_count": "int64", "returns_amount": "float64",
+        "n_orders": "int64", "total_quantity": "float64", "avg_quantity": "float64",
+        "spend_trailing": "float64", "margin_trailing": "float64",
+    }  # fmt: skip
+    return head | windows | tail
+
+
+LABEL_DTYPES = {
+    "customer_id": "str", "cutoff": "datetime64[us]", "purchased": "int8",
+    "n_purchase_days": "int64", "spend": "float64",
+}  # fmt: skip
+
+_NULLABLE = {"ipi_mean", "ipi_std", "days_since_last_ratio", "total_quantity", "avg_quantity", "margin_trailing"}
+_NON_NEGATIVE = {
+    "frequency", "recency", "T", "n_orders", "returns_count", "returns_amount", "days_since_first",
+    "days_since_last", "ipi_std", "days_since_last_ratio",
+}  # fmt: skip
+_POSITIVE = {"n_purchase_days", "n_transactions", "ipi_mean"}
+
+
+def _exact_dtypes(dtypes: dict[str, str]) -> pa.Check:
+    # pandera treats str/object and datetime units as one type; the files promise exact dtypes.
+    return pa.Check(
+        lambda df: all(str(df[c].dtype) == t for c, t in dtypes.items()),
+        element_wise=False, error=f"dtypes must be exactly {dtypes}",
+    )  # fmt: skip
+
+
+def _sorted_by_id() -> pa.Check:
+    return pa.Check(lambda df: df["customer_id"].is_monotonic_increasing, error="rows sorted by customer_id")
+
+
+def _column(name: str, dtype: str, unique: bool = False) -> pa.Column:
+    checks = []
+    if name in _NON_NEGATIVE or name.startswith("purchases_"):
+        checks.append(pa.Check.ge(0))
+    if name in _POSITIVE:
+        checks.append(pa.Check.gt(0))
+    return pa.Column(dtype, checks=checks, nullable=name in _NULLABLE, unique=unique)
+
+
+def features_schema(windows_days: tuple[int, ...] = DEFAULT_WINDOWS_DAYS) -> pa.DataFrameSchema:
+    """Contract of features_t{k}.parquet for the given trailing windows."""
+    dtypes = feature_dtypes(windows_days)
+    columns = {name: _column(name, dtype, unique=name == "customer_id") for name, dtype in dtypes.items()}
+    return pa.DataFrameSchema(
+        columns,
+        strict=True,
+        ordered=True,
+        checks=[
+            _exact_dtypes(dtypes),
+            _sorted_by_id(),
+            pa.Check(lambda df: (df["frequency"] == df["n_purchase_days"] - 1).all(), error="frequency = n_purchase_days - 1"),
+            pa.Check(lambda df: (df["recency"] <= df["T"]).all(), error="recency <= T"),
+            pa.Check(lambda df: (df["first_purchase"] <= df["last_purchase"]).all(), error="first <= last purchase"),
+            pa.Check(lambda df: (df["last_purchase"] <= df["cutoff"]).all(), error="last purchase <= cutoff"),
+        ],
+        metadata={"dtypes": dtypes},
+        name="features",
+    )  # fmt: skip
+
+
+FEATURES_SCHEMA = features_schema()
+
+LABELS_SCHEMA = pa.DataFrameSchema(
+    {
+        "customer_id": pa.Column("str", unique=True),
+        "cutoff": pa.Column("datetime64[us]"),
+        "purchased": pa.Column("int8", pa.Check.isin([0, 1])),
+        "n_purchase_days": pa.Column("int64", pa.Check.ge(0)),
+        "spend": pa.Column("float64"),
+    },
+    strict=True,
+    ordered=True,
+    checks=[
+        _exact_dtypes(LABEL_DTYPES),
+        _sorted_by_id(),
+        pa.Check(lambda df: (df["purchased"] == (df["n_purchase_days"] > 0)).all(), error="purchased = n_purchase_days > 0"),
+    ],
+    metadata={"dtypes": LABEL_DTYPES},
+    name="labels",
+)  # fmt: skip
+
+
+def to_contract(df: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
+    """``df`` with the schema's columns, in order, cast to the exact contract dtypes."""
+    dtypes = schema.metadata["dtypes"]
+    return df[list(dtypes)].astype(dtypes).reset_index(drop=True)
+
+
+_ARROW_TYPES = {
+    "str": pyarrow.large_string(), "datetime64[us]": pyarrow.timestamp("us"), "int64": pyarrow.int64(),
+    "int8": pyarrow.int8(), "float64": pyarrow.float64(),
+}  # fmt: skip
+
+
+def arrow_schema(schema: pa.DataFrameSchema) -> pyarrow.Schema:
+    """The Arrow schema that reads back (pandas.read_parquet) as exactly the contract dtypes."""
+    return pyarrow.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in schema.metadata["dtypes"].items()])
+
+
+def features_summary(features: ibis.Table) -> ibis.Table:
+    """One row: customers and repeat buyers (frequency > 0)."""
+    return features.aggregate(
+        customers=features.count(),
+        repeat_buyers=features.count(where=features.frequency > 0),
+    )
+
+
+def labels_summary(labels: ibis.Table) -> ibis.Table:
+    """One row: customers and customers who purchased in the label window."""
+    return labels.aggregate(customers=labels.count(), purchasers=labels.purchased.cast("int64").sum())

@@ -1,0 +1,554 @@
+"""Churn classifier: LightGBM on customer features + CLV-model outputs, with calibration.
+
+Churned = no purchase day in (cutoff, cutoff + horizon]. Features come only from data up to
+the cutoff; :func:`check_time_honest` and :func:`check_no_window_columns` refuse inputs that
+break that rule. The estimator follows scikit-learn conventions; its probabilities are
+P(churn) (the positive class is churned = 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.isotonic import IsotonicRegression
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from features.errors import DataError
+from models import metrics
+
+log = logging.getLogger(__name__)
+
+ID_COLUMNS = ("customer_id", "cutoff", "model")
+CLV_FEATURES = ("expected_purchases", "p_alive", "p_no_purchase", "clv")
+# Dates become "days before the cutoff"; a date whose day count is already a feature is dropped.
+DATE_AS_DAYS = {"first_purchase": "days_since_first", "last_purchase": "days_since_last"}
+# Column names that describe the label window rather than the history before the cutoff.
+WINDOW_NAME = re.compile(
+    r"(label|target|churn|purchased|future|holdout|window|"
+    r"after_cutoff|post_cutoff|(^|_)next(_|$)|(^|_)fwd(_|$)|(^|_)y_true$)",
+    re.IGNORECASE,
+)
+CALIBRATION_METHODS = ("none", "sigmoid", "isotonic")  # auto prefers earlier ones on ties
+
+
+# --------------------------------------------------------------------------- labels & checks
+
+
+def churn_labels(labels: pd.DataFrame) -> pd.Series:
+    """churned (int8) = 1 - purchased, indexed by customer_id, sorted."""
+    purchased = labels.set_index("customer_id")["purchased"].sort_index()
+    if not purchased.isin((0, 1)).all():
+        raise DataError("labels: column 'purchased' must hold only 0 and 1; rebuild the labels with `cvp features`")
+    return (1 - purchased.astype(np.int8)).astype(np.int8).rename("churned")
+
+
+def _single_cutoff(frame: pd.DataFrame, source: str) -> pd.Timestamp:
+    cutoffs = pd.to_datetime(frame["cutoff"]).dropna().unique()
+    if len(cutoffs) != 1:
+        raise DataError(f"{source}: column 'cutoff' must hold one date (found {len(cutoffs)}); rebuild it upstream")
+    return pd.Timestamp(cutoffs[0])
+
+
+def check_time_honest(
+    features: pd.DataFrame,
+    source: str,
+    labels: pd.DataFrame | None = None,
+    clv: pd.DataFrame | None = None,
+) -> pd.Timestamp:
+    """Check that nothing after the cutoff reached the features; return the cutoff.
+
+    Features must have one cutoff, no purchase date after it and non-negative day counts;
+    the labels and CLV predictions (fitted at the same cutoff) must carry the same cutoff
+    and the same customers.
+    """
+    cutoff = _single_cutoff(features, source)
+    for col in ("first_purchase", "last_purchase"):
+        if col in features and (pd.to_datetime(features[col]) > cutoff).any():
+            raise DataError(
+                f"{source}: column '{col}' has dates after the cutoff {cutoff.date()}; "
+                "features must use data up to the cutoff only"
+            )
+    for col in ("days_since_first", "days_since_last"):
+        if col in features and (features[col] < 0).any():
+            raise DataError(f"{source}: column '{col}' is negative; features must use data up to the cutoff only")
+    ids = pd.Index(features["customer_id"])
+    for name, other in (("labels", labels), ("clv predictions", clv)):
+        if other is None:
+            continue
+        other_cutoff = _single_cutoff(other, f"{source} {name}")
+        if other_cutoff != cutoff:
+            raise DataError(
+                f"{source}: {name} cutoff {other_cutoff.date()} differs from the features' cutoff {cutoff.date()}; "
+                "rebuild both at the same cutoff"
+            )
+        missing = ids.difference(pd.Index(other["customer_id"]))
+        if len(missing):
+            raise DataError(
+                f"{source}: {len(missing)} customer(s) have no {name} (e.g. '{missing[0]}'); "
+                "rebuild them from the same features"
+            )
+    return cutoff
+
+
+def check_no_window_columns(columns: Iterable[str]) -> None:
+    """Refuse feature columns whose name suggests information from the label window."""
+    leaky = [c for c in columns if WINDOW_NAME.search(str(c))]
+    if leaky:
+        raise DataError(
+            f"feature column(s) {leaky} look like label-window information; features may only use data up to the cutoff: "
+            "remove or rename them"
+        )
+
+
+# --------------------------------------------------------------------------- feature prep
+
+
+def prepare_features(features: pd.DataFrame, clv: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Model input: one row per customer (index customer_id, sorted), no ids, no raw dates.
+
+    Joins the CLV outputs (expected_purchases, p_alive, p_no_purchase, clv); turns date
+    columns into days before the cutoff (dropped when that day count is already a feature);
+    numbers become float64, text becomes ``category`` (the classifier fixes the categories).
+    """
+    frame = features.copy()
+    if not frame["customer_id"].is_unique:
+        raise DataError("features: column 'customer_id' has duplicates; one row per customer is required")
+    if clv is not None:
+        missing = [c for c in CLV_FEATURES if c not in clv]
+        if missing:
+            raise DataError(f"clv predictions: missing column(s) {missing}; rerun `cvp clv`")
+        clash = [c for c in CLV_FEATURES if c in frame]
+        if clash:
+            raise DataError(f"features: column(s) {clash} clash with the CLV outputs; rename them")
+        frame = frame.merge(clv[["customer_id", *CLV_FEATURES]], on="customer_id", how="left", validate="one_to_one")
+    cutoff = pd.to_datetime(frame["cutoff"])
+    out = {}
+    for col in frame.columns:
+        if col in ID_COLUMNS:
+            continue
+        values = frame[col]
+        if pd.api.types.is_datetime64_any_dtype(values):
+            target = DATE_AS_DAYS.get(col, f"{col}_days_before_cutoff")
+            if target not in frame:
+                out[target] = (cutoff - pd.to_datetime(values)).dt.days.astype("float64")
+        elif pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            out[col] = values.astype("float64")
+        else:
+            out[col] = values.astype("object").astype("category")
+    X = pd.DataFrame(out).set_axis(pd.Index(frame["customer_id"].astype(str), name="customer_id"), axis=0)
+    check_no_window_columns(X.columns)
+    return X.sort_index()
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split_customers(y: pd.Series, test_fraction: float, seed: int) -> tuple[pd.Index, pd.Index]:
+    """Stratified random split of customers (the index of ``y``) into (train, test) ids."""
+    train, test = train_test_split(
+        y.index.to_numpy(), test_size=test_fraction, random_state=seed, stratify=y.to_numpy()
+    )
+    return pd.Index(np.sort(train), name=y.index.name), pd.Index(np.sort(test), name=y.index.name)
+
+
+def customer_folds(y: pd.Series, n_folds: int, seed: int) -> list[tuple[pd.Index, pd.Index]]:
+    """Stratified K-fold over customers: list of (train ids, test ids)."""
+    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    ids = y.index.to_numpy()
+    return [
+        (pd.Index(ids[tr], name=y.index.name), pd.Index(ids[te], name=y.index.name))
+        for tr, te in folds.split(ids, y.to_numpy())
+    ]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+class SigmoidCalibrator:
+    """Platt scaling: P = 1 / (1 + exp(-(a * margin + b))), fitted by maximum likelihood."""
+
+    def fit(self, margin: np.ndarray, y: np.ndarray) -> "SigmoidCalibrator":
+        m, t = np.asarray(margin, float), np.asarray(y, float)
+
+        def loss(ab: np.ndarray) -> tuple[float, np.ndarray]:
+            z = ab[0] * m + ab[1]
+            p = expit(z)
+            nll = np.sum(np.logaddexp(0, z) - t * z)
+            grad = p - t
+            return float(nll), np.array([np.sum(grad * m), np.sum(grad)])
+
+        result = minimize(loss, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+        self.a_, self.b_ = float(result.x[0]), float(result.x[1])
+        return self
+
+    def predict(self, margin: np.ndarray) -> np.ndarray:
+        return expit(self.a_ * np.asarray(margin, float) + self.b_)
+
+
+class IsotonicCalibrator:
+    """Non-decreasing step map from a score to a probability (clipped outside the fitted range)."""
+
+    def fit(self, score: np.ndarray, y: np.ndarray) -> "IsotonicCalibrator":
+        self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+        self.isotonic_.fit(np.asarray(score, float), np.asarray(y, float))
+        return self
+
+    def predict(self, score: np.ndarray) -> np.ndarray:
+        return self.isotonic_.predict(np.asarray(score, float))
+
+
+def _make_calibrator(method: str) -> SigmoidCalibrator | IsotonicCalibrator:
+    return SigmoidCalibrator() if method == "sigmoid" else IsotonicCalibrator()
+
+
+def choose_calibration(margin: np.ndarray, y: np.ndarray, seed: int) -> tuple[str, dict[str, float]]:
+    """Pick none / sigmoid / isotonic by Brier, cross-fitted on two halves of the held-out part.
+
+    Each calibrator is fitted on one half and scored on the other, both ways, and compared
+    with the raw LightGBM probability on the same customers. A calibrator is chosen only when
+    it beats the raw probability by more than one standard error of the paired per-customer
+    difference (the one-standard-error rule): a gain smaller than its noise does not carry over
+    to new customers or periods. Among those that pass, the lowest Brier wins; else 'none'.
+    Returns the method and {method: pooled Brier, '<method>_gain_se': standard error}.
+    """
+    raw_loss = (expit(margin) - y) ** 2
+    scores = {"none": float(raw_loss.mean())}
+    ys = pd.Series(y, index=pd.RangeIndex(len(y)))
+    if ys.value_counts().min() < 2:
+        return "none", scores
+    halves = customer_folds(ys, 2, seed)
+    passing = []
+    for method in ("sigmoid", "isotonic"):
+        pooled = np.empty(len(y))
+        for fit_idx, eval_idx in halves:
+            pooled[eval_idx] = _make_calibrator(method).fit(margin[fit_idx], y[fit_idx]).predict(margin[eval_idx])
+        gain = raw_loss - (pooled - y) ** 2
+        se = float(gain.std(ddof=1) / np.sqrt(len(gain)))
+        scores[method], scores[f"{method}_gain_se"] = metrics.brier(y, pooled), se
+        if gain.mean() > se:
+            passing.append(method)
+    best = min(passing, key=lambda m: (scores[m], CALIBRATION_METHODS.index(m)), default="none")
+    return best, scores
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+def _as_text(values: pd.Series) -> list[str | None]:
+    """Category values as strings (None for missing), so categories compare across frames."""
+    return [None if pd.isna(v) else str(v) for v in values.astype("object")]
+
+
+def _aligned_labels(y, index: pd.Index) -> pd.Series:
+    """0/1 labels as an int8 Series on ``index`` (a Series is aligned by label, else by position)."""
+    if isinstance(y, pd.Series) and not y.index.equals(index):
+        y = y.reindex(index)
+        if y.isna().any():
+            raise DataError("churn labels: some customers of the features have no label; rebuild the labels")
+    values = np.asarray(y, dtype=np.float64)
+    if values.shape != (len(index),) or not np.isin(values, (0.0, 1.0)).all():
+        raise DataError("churn labels must be one 0/1 value per customer of the features")
+    return pd.Series(values.astype(np.int8), index=index)
+
+
+class ChurnClassifier(ClassifierMixin, BaseEstimator):
+    """LightGBM churn classifier with a held-out calibration step.
+
+    LightGBM is fitted on (1 - calibration_fraction) of the customers; the rest fits the
+    calibration map (``calibration`` = isotonic | sigmoid | none | auto, where auto picks by
+    Brier, see :func:`choose_calibration`). When auto settles on none, LightGBM is refitted on
+    all customers. Training is deterministic: fixed thread count, ``deterministic=True``,
+    row-wise histograms, every seed from ``random_state``.
+
+    Fitted attributes: feature_names_in_, categories_, booster_ (lightgbm.LGBMClassifier),
+    calibrator_ (None when the method is none), calibration_method_, calibration_scores_,
+    classes_, n_fit_, n_calibration_.
+    """
+
+    def __init__(
+        self,
+        n_estimators: int = 300,
+        learning_rate: float = 0.02,
+        num_leaves: int = 4,
+        min_child_samples: int = 300,
+        subsample: float = 0.8,
+        subsample_freq: int = 1,
+        colsample_bytree: float = 0.8,
+        reg_lambda: float = 1.0,
+        calibration: str = "auto",
+        calibration_fraction: float = 0.3,
+        random_state: int = 42,
+        n_jobs: int = 1,
+    ):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.subsample = subsample
+        self.subsample_freq = subsample_freq
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.calibration = calibration
+        self.calibration_fraction = calibration_fraction
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    # -- fitting
+
+    def _lightgbm(self) -> lgb.LGBMClassifier:
+        return lgb.LGBMClassifier(
+            objective="binary",
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=self.min_child_samples,
+            subsample=self.subsample,
+            subsample_freq=self.subsample_freq,
+            colsample_bytree=self.colsample_bytree,
+            reg_lambda=self.reg_lambda,
+            random_state=self.random_state,
+            n_jobs=self.n_jobs,
+            deterministic=True,
+            force_row_wise=True,
+            verbose=-1,
+        )
+
+    def fit(self, X: pd.DataFrame, y) -> "ChurnClassifier":
+        """Fit on a prepared feature frame (see :func:`prepare_features`) and 0/1 churn labels."""
+        if self.calibration not in (*CALIBRATION_METHODS, "auto"):
+            raise ValueError(f"calibration must be auto, isotonic, sigmoid or none (got {self.calibration!r})")
+        if not isinstance(X, pd.DataFrame):
+            raise TypeError("X must be a pandas DataFrame of features")
+        check_no_window_columns(X.columns)
+        y = _aligned_labels(y, X.index)
+        if set(np.unique(y)) != {0, 1}:
+            raise DataError("churn labels hold one class only; a classifier needs churned and retained customers")
+        self.feature_names_in_ = np.array(X.columns, dtype=object)
+        self.n_features_in_ = X.shape[1]
+        self.categories_ = {
+            c: sorted({v for v in _as_text(X[c]) if v is not None})
+            for c in X.columns
+            if isinstance(X[c].dtype, pd.CategoricalDtype)
+        }
+        self.classes_ = np.array([0, 1])
+        Xt = self._transform(X)
+        if self.calibration == "none":
+            fit_ids, cal_ids = y.index, y.index[:0]
+        else:
+            fit_ids, cal_ids = self._calibration_split(y)
+        fit_pos = y.index.get_indexer(fit_ids)
+        self.booster_ = self._lightgbm().fit(Xt.iloc[fit_pos], y.iloc[fit_pos].to_numpy())
+        self.n_fit_, self.n_calibration_ = len(fit_ids), len(cal_ids)
+        self.calibrator_ = None
+        self.calibration_scores_: dict[str, float] = {}
+        self.calibration_method_ = "none"
+        if len(cal_ids):
+            cal_pos = y.index.get_indexer(cal_ids)
+            margin = self._margin(Xt.iloc[cal_pos])
+            y_cal = y.iloc[cal_pos].to_numpy()
+            if self.calibration == "auto":
+                self.calibration_method_, self.calibration_scores_ = choose_calibration(margin, y_cal, self.random_state)
+            else:
+                self.calibration_method_ = self.calibration
+            if self.calibration_method_ != "none":
+                self.calibrator_ = _make_calibrator(self.calibration_method_).fit(margin, y_cal)
+            else:  # nothing to calibrate: the held-out customers go back into the LightGBM fit
+                self.booster_ = self._lightgbm().fit(Xt, y.to_numpy())
+                self.n_fit_ = len(y)
+        log.debug(
+            "churn classifier: %d fit, %d calibration rows, calibration %s",
+            self.n_fit_, self.n_calibration_, self.calibration_method_,
+        )
+        return self
+
+    def _calibration_split(self, y: pd.Series) -> tuple[pd.Index, pd.Index]:
+        if y.value_counts().min() < 4:
+            raise DataError(
+                "too few churned or retained customers to hold out a calibration set; set churn.calibration: none"
+            )
+        fit_ids, cal_ids = split_customers(y, self.calibration_fraction, self.random_state)
+        # keep the original row order (sorted customer ids) for reproducible LightGBM input
+        return y.index[y.index.isin(fit_ids)], y.index[y.index.isin(cal_ids)]
+
+    # -- prediction
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise AttributeError("ChurnClassifier is not fitted yet; call fit first")
+
+    def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Columns in training order; categories fixed to those seen in training; numbers as float64."""
+        missing = [c for c in self.feature_names_in_ if c not in X.columns]
+        if missing:
+            raise DataError(
+                f"features: missing column(s) {missing} that the churn model was trained on; rebuild the features"
+            )
+        out = {}
+        for col in self.feature_names_in_:
+            if col in self.categories_:
+                known = set(self.categories_[col])  # unseen values become missing
+                values = [v if v in known else None for v in _as_text(X[col])]
+                out[col] = pd.Categorical(values, categories=self.categories_[col])
+            else:
+                out[col] = pd.to_numeric(X[col], errors="raise").astype("float64")
+        return pd.DataFrame(out, index=X.index)
+
+    def _margin(self, Xt: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.booster_.predict(Xt, raw_score=True), dtype=np.float64)
+
+    def predict_margin(self, X: pd.DataFrame) -> np.ndarray:
+        """Raw LightGBM score (log-odds of churn)."""
+        self._check_fitted()
+        return self._margin(self._transform(X))
+
+    def predict_proba_raw(self, X: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated P(churn) from LightGBM, shape (n,)."""
+        return expit(self.predict_margin(X))
+
+    def predict_churn_probability(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated P(churn), shape (n,) (the raw one when calibration is none)."""
+        margin = self.predict_margin(X)
+        p = expit(margin) if self.calibrator_ is None else self.calibrator_.predict(margin)
+        return np.clip(p, 0.0, 1.0)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated class probabilities, columns (retained, churned)."""
+        p = self.predict_churn_probability(X)
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return (self.predict_churn_probability(X) >= 0.5).astype(np.int8)
+
+    # -- explanation
+
+    def feature_importance(self) -> pd.DataFrame:
+        """Total gain per feature (columns feature, gain), largest first, ties by name."""
+        self._check_fitted()
+        gain = self.booster_.booster_.feature_importance(importance_type="gain")
+        frame = pd.DataFrame({"feature": list(self.feature_names_in_), "gain": gain.astype(float)})
+        return frame.sort_values(["gain", "feature"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+    def shap_values(self, X: pd.DataFrame) -> pd.DataFrame:
+        """TreeSHAP contributions in log-odds units: one column per feature plus 'bias'.
+
+        Each row sums to the raw margin (:meth:`predict_margin`).
+        """
+        self._check_fitted()
+        Xt = self._transform(X)
+        contrib = self.booster_.predict(Xt, pred_contrib=True)
+        return pd.DataFrame(np.asarray(contrib, dtype=np.float64), index=X.index, columns=[*self.feature_names_in_, "bias"])
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A churn score (higher = more churn) and, when defined, a churn probability."""
+
+    score: np.ndarray
+    probability: np.ndarray | None
+
+
+def fit_recency_map(days_since_last: np.ndarray, churned: np.ndarray) -> IsotonicCalibrator:
+    """Monotone map days since last purchase -> churn probability (isotonic, on training data)."""
+    return IsotonicCalibrator().fit(days_since_last, churned)
+
+
+def baseline_predictions(X: pd.DataFrame, recency_map: IsotonicCalibrator | None) -> dict[str, Scored]:
+    """Baselines on the rows of a prepared feature frame.
+
+    - p_no_purchase: the CLV model's P(no purchase in the window), used as a churn probability.
+    - expected_purchases: score -E[purchases]; probability exp(-E[purchases]) (Poisson P(0)).
+    - recency: days_since_last; probability from ``recency_map`` (None -> no probability).
+    - p_alive (diagnostic): 1 - P(alive) as a ranking score only (P(alive) is not a probability
+      of buying in the window, so it gets no Brier or log loss).
+    """
+    expected = X["expected_purchases"].to_numpy(float)
+    days = X["days_since_last"].to_numpy(float)
+    dead = 1.0 - X["p_alive"].to_numpy(float)
+    return {
+        "baseline_p_no_purchase": Scored(X["p_no_purchase"].to_numpy(float), X["p_no_purchase"].to_numpy(float)),
+        "baseline_expected_purchases": Scored(-expected, np.exp(-expected)),
+        "baseline_recency": Scored(days, None if recency_map is None else recency_map.predict(days)),
+        "diagnostic_p_alive": Scored(dead, None),
+    }
+
+
+PROBABILISTIC_BASELINES = ("baseline_p_no_purchase", "baseline_expected_purchases")
+
+
+def evaluate_scores(y: np.ndarray, scored: dict[str, Scored]) -> dict[str, dict]:
+    """Metrics summary (see :func:`models.metrics.classification_summary`) per model."""
+    return {name: metrics.classification_summary(y, s.score, s.probability) for name, s in scored.items()}
+
+
+def compare_with_baselines(
+    results: dict[str, dict], classifier: str = "classifier_calibrated", auc_tolerance: float = 0.005
+) -> dict:
+    """The two claims: classifier Brier < best probabilistic baseline Brier, and classifier
+    ROC-AUC >= best probabilistic baseline ROC-AUC - tolerance."""
+    by_brier = min(PROBABILISTIC_BASELINES, key=lambda b: results[b]["brier"])
+    by_auc = max(PROBABILISTIC_BASELINES, key=lambda b: results[b]["roc_auc"])
+    clf = results[classifier]
+    return {
+        "classifier": classifier,
+        "best_baseline_by_brier": by_brier,
+        "best_baseline_brier": results[by_brier]["brier"],
+        "classifier_brier": clf["brier"],
+        "brier_improvement": results[by_brier]["brier"] - clf["brier"],
+        "classifier_beats_baseline_brier": bool(clf["brier"] < results[by_brier]["brier"]),
+        "best_baseline_by_auc": by_auc,
+        "best_baseline_auc": results[by_auc]["roc_auc"],
+        "classifier_auc": clf["roc_auc"],
+        "auc_difference": clf["roc_auc"] - results[by_auc]["roc_auc"],
+        "auc_tolerance": auc_tolerance,
+        "classifier_auc_within_tolerance": bool(clf["roc_auc"] >= results[by_auc]["roc_auc"] - auc_tolerance),
+    }
+
+
+def bootstrap_difference(
+    y: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    n_resamples: int,
+    seed: int,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile interval of metric(y, a) - metric(y, b) over customers resampled with replacement
+    (paired: both scores see the same resample)."""
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    diffs = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        diffs[i] = metric(y[idx], a[idx]) - metric(y[idx], b[idx])
+    tail = (1 - level) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def comparison_intervals(
+    y: np.ndarray, scored: dict[str, Scored], comparison: dict, n_resamples: int, seed: int
+) -> dict:
+    """95% paired-bootstrap intervals of the two compared differences (classifier - baseline)."""
+    clf = scored[comparison["classifier"]]
+    brier_ref = scored[comparison["best_baseline_by_brier"]]
+    auc_ref = scored[comparison["best_baseline_by_auc"]]
+    return {
+        "n_resamples": n_resamples,
+        "brier_difference_ci95": list(
+            bootstrap_difference(y, clf.probability, brier_ref.probability, metrics.brier, n_resamples, seed)
+        ),
+        "auc_difference_ci95": list(bootstrap_difference(y, clf.score, auc_ref.score, metrics.roc_auc, n_resamples, seed)),
+    }

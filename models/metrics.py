@@ -1,0 +1,246 @@
+"""Binary classification metrics for churn scores, in plain NumPy.
+
+Every function takes ``y_true`` (0/1, 1 = the positive class, e.g. churned) and a score or a
+probability of the positive class (higher = more likely positive). Ties are handled the same
+way scikit-learn does (one threshold per distinct score), and the top-decile measures share
+a tied boundary group proportionally, so no result depends on the order of the rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+TOP_DECILE = 0.10
+RELIABILITY_BINS = 10
+
+
+def _as_arrays(y_true, score) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true, dtype=np.float64).ravel()
+    s = np.asarray(score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"y_true and score differ in length ({y.size} vs {s.size})")
+    if y.size == 0:
+        raise ValueError("no observations")
+    if not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("y_true must hold only 0 and 1")
+    if np.isnan(s).any():
+        raise ValueError("score holds NaN")
+    return y, s
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return 0 < y.sum() < y.size
+
+
+@dataclass(frozen=True)
+class _ThresholdCounts:
+    """Cumulative true/false positives when predicting positive at score >= each threshold."""
+
+    thresholds: np.ndarray  # distinct scores, descending
+    tp: np.ndarray
+    fp: np.ndarray
+
+
+def _threshold_counts(y: np.ndarray, s: np.ndarray) -> _ThresholdCounts:
+    order = np.argsort(-s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    last_of_group = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
+    tp = np.cumsum(y_sorted)[last_of_group]
+    fp = (last_of_group + 1) - tp
+    return _ThresholdCounts(s_sorted[last_of_group], tp, fp)
+
+
+def _roc_arrays(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    c = _threshold_counts(y, s)
+    return np.r_[0.0, c.fp / c.fp[-1]], np.r_[0.0, c.tp / c.tp[-1]], np.r_[np.inf, c.thresholds]
+
+
+def roc_curve_points(y_true, score) -> pd.DataFrame:
+    """ROC curve: one point per distinct score plus (0, 0); columns fpr, tpr, threshold."""
+    y, s = _as_arrays(y_true, score)
+    if not _both_classes(y):
+        raise ValueError("ROC needs both classes in y_true")
+    fpr, tpr, thresholds = _roc_arrays(y, s)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
+
+
+def roc_auc(y_true, score) -> float:
+    """Area under the ROC curve (trapezoids, so tied scores count one half); NaN with one class."""
+    y, s = _as_arrays(y_true, score)
+    if not _both_classes(y):
+        return float("nan")
+    fpr, tpr, _ = _roc_arrays(y, s)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def precision_recall_points(y_true, score) -> pd.DataFrame:
+    """Precision and recall at each distinct score (descending); columns precision, recall, threshold."""
+    y, s = _as_arrays(y_true, score)
+    if y.sum() == 0:
+        raise ValueError("precision-recall needs at least one positive")
+    c = _threshold_counts(y, s)
+    return pd.DataFrame(
+        {"precision": c.tp / (c.tp + c.fp), "recall": c.tp / c.tp[-1], "threshold": c.thresholds}
+    )
+
+
+def average_precision(y_true, score) -> float:
+    """Average precision: sum over thresholds of (recall gain) x precision, no interpolation."""
+    y, s = _as_arrays(y_true, score)
+    if y.sum() == 0:
+        return float("nan")
+    c = _threshold_counts(y, s)
+    recall_gain = np.diff(np.r_[0.0, c.tp / c.tp[-1]])
+    return float(np.sum(recall_gain * c.tp / (c.tp + c.fp)))
+
+
+def _check_probability(p: np.ndarray) -> None:
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError("probabilities must lie in [0, 1]")
+
+
+def brier(y_true, probability) -> float:
+    """Mean squared difference between the probability and the 0/1 outcome."""
+    y, p = _as_arrays(y_true, probability)
+    _check_probability(p)
+    return float(np.mean((p - y) ** 2))
+
+
+def log_loss(y_true, probability) -> float:
+    """Mean negative log-likelihood (natural log); p clipped to [eps, 1 - eps] (float64 eps)."""
+    y, p = _as_arrays(y_true, probability)
+    _check_probability(p)
+    eps = np.finfo(np.float64).eps
+    p = np.clip(p, eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+
+
+def expected_positives_in_top(y_true, score, share: float = TOP_DECILE) -> tuple[float, float]:
+    """(size, expected positives) of the top ``share`` of rows by score.
+
+    Size = share x n (fractional sizes allowed). The tied group straddling the boundary
+    contributes its positive rate times the part of it that falls inside, i.e. the
+    expectation under random tie-breaking, so the result does not depend on row order.
+    """
+    y, s = _as_arrays(y_true, score)
+    if not 0 < share <= 1:
+        raise ValueError("share must be in (0, 1]")
+    size = share * y.size
+    c = _threshold_counts(y, s)
+    n_at_or_above = c.tp + c.fp
+    boundary = int(np.searchsorted(n_at_or_above, size, side="left"))
+    n_above = n_at_or_above[boundary - 1] if boundary > 0 else 0
+    pos_above = c.tp[boundary - 1] if boundary > 0 else 0.0
+    group_n = n_at_or_above[boundary] - n_above
+    group_pos = c.tp[boundary] - pos_above
+    return size, float(pos_above + (size - n_above) / group_n * group_pos)
+
+
+def top_share_lift(y_true, score, share: float = TOP_DECILE) -> float:
+    """Positive rate in the top ``share`` by score divided by the overall positive rate."""
+    y, _ = _as_arrays(y_true, score)
+    if y.sum() == 0:
+        return float("nan")
+    size, positives = expected_positives_in_top(y_true, score, share)
+    return float((positives / size) / y.mean())
+
+
+def top_share_capture(y_true, score, share: float = TOP_DECILE) -> float:
+    """Share of all positives found in the top ``share`` by score (cumulative gain)."""
+    y, _ = _as_arrays(y_true, score)
+    if y.sum() == 0:
+        return float("nan")
+    _, positives = expected_positives_in_top(y_true, score, share)
+    return float(positives / y.sum())
+
+
+def reliability_curve(y_true, probability, n_bins: int = RELIABILITY_BINS) -> pd.DataFrame:
+    """Reliability diagram on equal-width bins of [0, 1]: one row per non-empty bin.
+
+    Columns: bin (0-based), bin_lower, bin_upper, mean_predicted, fraction_positive, count.
+    A probability on an inner edge goes to the lower bin, as in
+    ``sklearn.calibration.calibration_curve(strategy="uniform")``.
+    """
+    y, p = _as_arrays(y_true, probability)
+    _check_probability(p)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    ids = np.searchsorted(edges[1:-1], p, side="left")
+    count = np.bincount(ids, minlength=n_bins)
+    sum_p = np.bincount(ids, weights=p, minlength=n_bins)
+    sum_y = np.bincount(ids, weights=y, minlength=n_bins)
+    keep = count > 0
+    bins = np.arange(n_bins)[keep]
+    return pd.DataFrame(
+        {
+            "bin": bins,
+            "bin_lower": edges[:-1][keep],
+            "bin_upper": edges[1:][keep],
+            "mean_predicted": sum_p[keep] / count[keep],
+            "fraction_positive": sum_y[keep] / count[keep],
+            "count": count[keep],
+        }
+    )
+
+
+def cumulative_gains(y_true, score, n_groups: int = 10) -> pd.DataFrame:
+    """Cumulative capture and lift when targeting the top 1/n_groups, 2/n_groups, ... of rows.
+
+    Columns: share_targeted, capture (share of positives found), lift (cumulative).
+    """
+    y, s = _as_arrays(y_true, score)
+    rows = []
+    for g in range(1, n_groups + 1):
+        share = g / n_groups
+        rows.append(
+            {
+                "share_targeted": share,
+                "capture": top_share_capture(y, s, share),
+                "lift": top_share_lift(y, s, share),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def classification_summary(y_true, score, probability=None) -> dict[str, float | None]:
+    """Ranking metrics from ``score``; probability metrics from ``probability`` (None -> null).
+
+    Keys: roc_auc, average_precision, brier, log_loss, top_decile_lift, top_decile_capture,
+    n, positive_rate.
+    """
+    y, s = _as_arrays(y_true, score)
+    out: dict[str, float | None] = {
+        "n": int(y.size),
+        "positive_rate": float(y.mean()),
+        "roc_auc": roc_auc(y, s),
+        "average_precision": average_precision(y, s),
+        "top_decile_lift": top_share_lift(y, s),
+        "top_decile_capture": top_share_capture(y, s),
+        "brier": None,
+        "log_loss": None,
+    }
+    if probability is not None:
+        out["brier"] = brier(y, probability)
+        out["log_loss"] = log_loss(y, probability)
+    return out
+
+
+def roc_on_grid(y_true, score, n_points: int = 101) -> pd.DataFrame:
+    """ROC curve resampled at evenly spaced false-positive rates (linear interpolation), for
+    small plot tables; columns fpr, tpr."""
+    pts = roc_curve_points(y_true, score)  # fpr is non-decreasing: np.interp follows the polyline
+    grid = np.linspace(0.0, 1.0, n_points)
+    return pd.DataFrame({"fpr": grid, "tpr": np.interp(grid, pts["fpr"].to_numpy(), pts["tpr"].to_numpy())})
+
+
+def pr_on_grid(y_true, score, n_points: int = 100) -> pd.DataFrame:
+    """Interpolated precision-recall curve at recall = 1/n, 2/n, ..., 1: the best precision
+    reachable at that recall or more; columns recall, precision."""
+    pts = precision_recall_points(y_true, score)
+    recall, precision = pts["recall"].to_numpy(), pts["precision"].to_numpy()
+    best_from = np.maximum.accumulate(precision[::-1])[::-1]  # max precision at recall >= r_i
+    grid = np.linspace(1.0 / n_points, 1.0, n_points)
+    idx = np.searchsorted(recall, grid - 1e-12, side="left")
+    return pd.DataFrame({"recall": grid, "precision": best_from[np.minimum(idx, recall.size - 1)]})

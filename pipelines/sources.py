@@ -1,0 +1,269 @@
+"""Open the raw transaction source named by ``data.path`` as an ibis table on DuckDB.
+
+Supported sources:
+
+- ``lifetimes:CDNOW_master``: the CDNOW file bundled with lifetimes (whitespace-separated, header
+  ``customer_id date number_of_cds dollar_value``), read as text so ids like "00001" keep zeros;
+- ``lifetimes:CDNOW_sample``: the headerless sample (customer_id, customer_index, date,
+  quantity, amount);
+- a CSV (header required; ``.csv``, ``.tsv``, ``.txt``, optionally compressed) or Parquet file, or
+  a glob of them, relative to the project root. Files are read in sorted path order; CSV values
+  are read as text so validation is ours, Parquet columns keep their types.
+
+Every source gets ``source_row`` (0-based row index, counting across the files of a glob) and file
+sources get ``source_file`` (the path as listed, relative to the project root when inside it).
+Large files are scanned by DuckDB and never loaded into pandas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import importlib.util
+import logging
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import ibis
+import ibis.expr.types as ir
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.errors import DataError
+from features.ingest import RESERVED_COLUMNS, SOURCE_FILE, SOURCE_ROW, missing_mapped_columns
+from pipelines.config import ColumnsParams, ConfigError
+from pipelines.io import file_sha256
+
+log = logging.getLogger(__name__)
+
+LIFETIMES_PREFIX = "lifetimes:"
+# name -> (file in lifetimes/datasets, column names when the file has no header)
+LIFETIMES_FILES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "CDNOW_master": ("CDNOW_master.txt", None),
+    "CDNOW_sample": ("CDNOW_sample.txt", ("customer_id", "customer_index", "date", "quantity", "amount")),
+}
+CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+COMPRESSED_SUFFIXES = (".gz", ".zst")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class RawSource:
+    """An opened source: the ibis table and what was read to make it."""
+
+    table: ir.Table              # raw columns + source_row (+ source_file for file sources)
+    raw_columns: tuple[str, ...]  # source columns, in file order (union over a glob)
+    files: tuple[Path, ...]       # files read, in read order
+    label: str                    # data.path as configured
+
+    @property
+    def has_source_file(self) -> bool:
+        return SOURCE_FILE in self.table.columns
+
+
+@contextlib.contextmanager
+def duckdb_connection(threads: int | None = None, memory_limit: str | None = None) -> Iterator[ibis.BaseBackend]:
+    """A fresh in-memory DuckDB connection in UTC that spills to a temporary directory (removed on
+    exit) above ``memory_limit`` (e.g. "4GB"); None keeps DuckDB's defaults (all cores, 80% of RAM)."""
+    with tempfile.TemporaryDirectory(prefix="cvp-ingest-") as spill:
+        con = ibis.duckdb.connect(temp_directory=spill)
+        try:
+            con.raw_sql("SET TimeZone = 'UTC'")
+            con.raw_sql("SET enable_progress_bar = false")
+            for key, setting, value in (("ingest_threads", "threads", threads), ("ingest_memory_limit", "memory_limit", memory_limit)):
+                if value is not None:
+                    try:
+                        con.raw_sql(f"SET {setting} = {_sql_text(str(value))}")
+                    except duckdb.Error as exc:
+                        raise ConfigError(f"data.{key}: DuckDB refused {value!r} ({_first_line(exc)}); fix it in params.yaml") from None
+            yield con
+        finally:
+            con.disconnect()
+
+
+def open_source(path: str, columns: ColumnsParams, con: ibis.BaseBackend, root: Path | None = None) -> RawSource:
+    """Open ``path`` (data.path) and check that every mapped column exists in every file.
+
+    Raises DataError (one line naming the file and the column) when a file cannot be read, a glob
+    matches nothing, or a mapped column is missing.
+    """
+    root = Path.cwd() if root is None else root
+    if path.startswith(LIFETIMES_PREFIX):
+        source = _open_lifetimes(path, con)
+    else:
+        files = resolve_files(path, root)
+        kind = _file_kind(files[0], path)
+        if any(_file_kind(f, path) != kind for f in files):
+            raise DataError(f"{path}: the glob mixes CSV and Parquet files; point data.path at one kind")
+        labels = tuple(_label(f, root) for f in files)
+        per_file = [_file_columns(con, f, label, kind) for f, label in zip(files, labels)]
+        for label, cols in zip(labels, per_file):
+            _check_columns(label, cols, columns)
+        con.raw_sql(f"CREATE OR REPLACE TEMP VIEW raw_source AS {_scan_sql(files, labels, kind)}")
+        table = con.table("raw_source")
+        raw_columns = tuple(c for c in table.columns if c not in RESERVED_COLUMNS)
+        source = RawSource(table=table, raw_columns=raw_columns, files=files, label=path)
+    return source
+
+
+def resolve_files(path: str, root: Path) -> tuple[Path, ...]:
+    """Files named by a path or glob (relative to ``root``), sorted; DataError if none exist."""
+    pattern = str(root / path)
+    if glob.has_magic(path):
+        files = tuple(sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()))
+        if not files:
+            raise DataError(f"data.path '{path}' matches no file (looked under {root}); fix the glob or add the data")
+        return files
+    file = Path(pattern)
+    if not file.is_file():
+        raise DataError(f"{path}: file not found (looked under {root}); fix data.path in params.yaml")
+    return (file,)
+
+
+def input_sha256(files: tuple[Path, ...], root: Path | None = None) -> str:
+    """SHA-256 of the raw input bytes: the file's hash, or for several files the hash of the
+    ``"<sha256>  <path>"`` lines (sha256sum format, sorted path order)."""
+    if len(files) == 1:
+        return file_sha256(files[0])
+    root = Path.cwd() if root is None else root
+    listing = "".join(f"{file_sha256(f)}  {_label(f, root)}\n" for f in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def lifetimes_file(name: str) -> Path:
+    """Path of a data file bundled with lifetimes, found without importing the package."""
+    spec = importlib.util.find_spec("lifetimes")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"{LIFETIMES_PREFIX}{name}: the lifetimes package is not installed; install it or point data.path at a file")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / name
+
+
+# --- lifetimes files (small: pandas, then a DuckDB table) -----------------------------------------
+
+def _open_lifetimes(path: str, con: ibis.BaseBackend) -> RawSource:
+    name = path[len(LIFETIMES_PREFIX):]
+    if name not in LIFETIMES_FILES:
+        known = ", ".join(LIFETIMES_PREFIX + k for k in LIFETIMES_FILES)
+        raise DataError(f"data.path '{path}' is not a bundled data set; use one of {known}, or a file path")
+    file_name, names = LIFETIMES_FILES[name]
+    file = lifetimes_file(file_name)
+    try:
+        frame = pd.read_csv(
+            file, sep=r"\s+", dtype=str, keep_default_na=False,
+            header=None if names else 0, names=list(names) if names else None,
+        )
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{file}: cannot read ({_first_line(exc)})") from None
+    return _frame_source(frame, path, (file,), con)
+
+
+def _frame_source(frame: pd.DataFrame, label: str, files: tuple[Path, ...], con: ibis.BaseBackend) -> RawSource:
+    _check_reserved(label, frame.columns)
+    raw_columns = tuple(str(c) for c in frame.columns)
+    frame = frame.assign(**{SOURCE_ROW: range(len(frame))}).astype({SOURCE_ROW: "int64"})
+    con.con.register("raw_source_frame", pa.Table.from_pandas(frame, preserve_index=False))
+    con.raw_sql("CREATE OR REPLACE TEMP TABLE raw_source AS SELECT * FROM raw_source_frame")
+    con.con.unregister("raw_source_frame")
+    table = con.table("raw_source")
+    return RawSource(table=table, raw_columns=raw_columns, files=files, label=label)
+
+
+# --- CSV / Parquet files (DuckDB scans) -------------------------------------------------------------
+
+def _file_kind(file: Path, path: str) -> str:
+    suffixes = [s.lower() for s in file.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED_SUFFIXES:
+        suffixes = suffixes[:-1]
+    last = suffixes[-1] if suffixes else ""
+    if last in CSV_SUFFIXES:
+        return "csv"
+    if last in PARQUET_SUFFIXES:
+        return "parquet"
+    raise DataError(f"{file.name}: unknown file type (expected {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}); fix data.path '{path}'")
+
+
+def _reader_sql(files: tuple[Path, ...], kind: str) -> str:
+    listing = "[" + ", ".join(_sql_text(str(f)) for f in files) + "]"
+    if kind == "csv":
+        return f"read_csv({listing}, header = true, all_varchar = true, union_by_name = true)"
+    return f"read_parquet({listing}, union_by_name = true)"
+
+
+def _file_columns(con: ibis.BaseBackend, file: Path, label: str, kind: str) -> list[str]:
+    """Column names of one file (sniffed by DuckDB); DataError when it cannot be read."""
+    try:
+        return list(con.con.sql(f"SELECT * FROM {_reader_sql((file,), kind)} LIMIT 0").columns)
+    except Exception as exc:  # duckdb raises many error classes for unreadable input
+        raise DataError(f"{label}: cannot read as {kind.upper()} ({_first_line(exc)})") from None
+
+
+def _scan_sql(files: tuple[Path, ...], labels: tuple[str, ...], kind: str) -> str:
+    """All files as one relation, with source_row in file order and source_file.
+
+    Parquet rows are numbered from each file's own row numbers plus the rows of the files
+    before it (from the footers); CSV rows by a row_number() over the scan, which DuckDB
+    returns in file order (insertion order is preserved).
+    """
+    names = "[" + ", ".join(_sql_text(label) for label in labels) + "]"
+    source_file = f"{names}[file_index::BIGINT + 1] AS {SOURCE_FILE}"
+    if kind == "parquet":
+        offsets = [0]
+        for file in files[:-1]:
+            offsets.append(offsets[-1] + pq.read_metadata(file).num_rows)
+        starts = "[" + ", ".join(map(str, offsets)) + "]"
+        reader = _reader_sql(files, kind).replace("union_by_name = true", "union_by_name = true, file_row_number = true")
+        return (
+            f"SELECT * EXCLUDE (file_row_number), "
+            f"(file_row_number + {starts}[file_index::BIGINT + 1])::BIGINT AS {SOURCE_ROW}, {source_file} FROM {reader}"
+        )
+    return f"SELECT *, (row_number() OVER () - 1)::BIGINT AS {SOURCE_ROW}, {source_file} FROM {_reader_sql(files, kind)}"
+
+
+def _check_columns(label: str, available: list[str], columns: ColumnsParams) -> None:
+    _check_reserved(label, available)
+    missing = missing_mapped_columns(available, columns.mapped())
+    if missing:
+        role, col = missing[0]
+        listed = ", ".join(available) if len(available) <= 30 else ", ".join(available[:30]) + ", ..."
+        hint = ""
+        if len(available) == 1 and any(sep in available[0] for sep in ",;\t|"):
+            hint = " (the header was not split into columns: check that the first rows all have the same number of fields)"
+        raise DataError(
+            f"{label}: column '{col}' (data.columns.{role}) not found; available columns: {listed}{hint}"
+        )
+
+
+def _check_reserved(label: str, available) -> None:
+    clash = [c for c in available if c in RESERVED_COLUMNS or str(c).startswith("__cvp_")]
+    if clash:
+        raise DataError(f"{label}: column '{clash[0]}' is a name the pipeline adds; rename it in the source")
+
+
+def _label(file: Path, root: Path) -> str:
+    try:
+        return file.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return file.as_posix()
+
+
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error message, with DuckDB's CSV column-count hint appended."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    extra = [line for line in lines[1:] if line.startswith(("Expected Number of Columns", "Original Line"))]
+    return "; ".join([lines[0], *extra])
+
+
+def scan_error(exc: BaseException, source: RawSource) -> DataError:
+    """A DataError for an error raised while scanning the source (e.g. a malformed CSV line)."""
+    return DataError(f"{source.label}: cannot read ({_first_line(exc)}); fix the file or data.path")

@@ -1,0 +1,65 @@
+"""`python -m pipelines.summary`: where a run's outputs are, with the headline numbers.
+
+Called at the end of `make run`. Reads metrics/export.json and params.yaml only (no MLflow
+query, so it returns at once) and prints a few lines to stdout: this is a CLI summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pipelines import io, paths, tracking
+from pipelines.config import ConfigError, Params, load_params
+from pipelines.export import database_url, masked_url
+
+
+def mlflow_location(params: Params) -> str:
+    """The tracking URI the stages log to (MLFLOW_TRACKING_URI, else the project's sqlite store)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking.tracking_dir(params) / 'mlflow.db'}"
+
+
+def summary_lines(params: Params, root: Path) -> list[str]:
+    """The summary of the last export under ``root``; one line saying what to run when there is none."""
+    metrics_path = root / paths.metrics_file("export")
+    if not metrics_path.exists():
+        return [f"no export yet ({metrics_path} not found): run `make run` or `cvp export`"]
+    metrics = io.read_json(metrics_path)
+    headline = metrics.get("headline", {})
+    rows = metrics["rows"]
+    quadrant_iv = headline.get("customers_by_quadrant", {}).get("IV", 0)
+    where = [
+        ("scores", f"{root / paths.SCORES_PARQUET}  (+ {paths.SCORES_CSV.name})"),
+        ("database", f"{masked_url(database_url(params.export, root))}  table {params.export.table}"),
+        ("report", str(root / paths.REPORT_HTML)),
+        ("metrics", str(root / paths.METRICS)),
+        ("MLflow", mlflow_location(params)),
+    ]
+    lines = [f"Customer scores at {metrics['as_of']}: {rows:,} customers, models {metrics['model_version']}"]
+    lines += [f"  {name:<10}{value}" for name, value in where]
+    if headline:
+        lines.append(
+            f"  total CLV {headline['total_clv']:,.2f} over the next {params.data.horizon_days} days; "
+            f"mean churn probability {headline['mean_churn_probability']:.3f}; "
+            f"quadrant IV (top priority) {quadrant_iv:,} customers ({quadrant_iv / rows:.1%})"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    params_path = Path(args[0]) if args else Path("params.yaml")
+    try:
+        params = load_params(params_path)
+    except ConfigError as exc:
+        sys.stderr.write(f"cvp summary: {exc}\n")
+        return 2
+    root = tracking.project_root()
+    lines = summary_lines(params, root)
+    print("\n".join(lines))
+    return 0 if (root / paths.metrics_file("export")).exists() else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,258 @@
+"""`cvp churn` end to end on small simulated inputs in a temporary project directory."""
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+
+import ibis
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from features.customer import LABELS_SCHEMA, FeatureSpec, customer_features, features_schema, to_contract, window_labels
+from features.errors import DataError
+from pipelines import churn, io, paths
+from pipelines.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+AS_OF = dt.date(2021, 2, 24)
+HORIZON = 60
+N_CUSTOMERS = 500
+
+
+def simulate_transactions(n: int, seed: int) -> pd.DataFrame:
+    """Customers who buy at their own rate until they drop out (a buy-till-you-die process)."""
+    rng = np.random.default_rng(seed)
+    start, end_day = dt.date(2020, 1, 1), (AS_OF - dt.date(2020, 1, 1)).days
+    rows = []
+    for i in range(n):
+        customer = f"{i:05d}"
+        rate = rng.gamma(0.8, 1 / 40)  # purchases per day
+        first = int(rng.integers(0, 90))
+        end = min(end_day, first + rng.exponential(rng.choice([60, 400])))
+        t = float(first)
+        while t <= end:
+            amount = float(np.round(rng.lognormal(3, 0.5), 2))
+            rows.append((customer, start + dt.timedelta(days=int(t)), amount))
+            if rng.random() < 0.05:
+                rows.append((customer, start + dt.timedelta(days=int(t) + 3), -amount))
+            t += rng.exponential(1 / max(rate, 1e-3))
+    tx = pd.DataFrame(rows, columns=["customer_id", "day", "amount"])
+    tx["timestamp"] = pd.to_datetime(tx["day"]).astype("datetime64[us]")
+    return tx[["customer_id", "timestamp", "amount"]]
+
+
+def stand_in_clv(features: pd.DataFrame) -> pd.DataFrame:
+    """CLV-contract predictions from a simple recency/frequency formula (the CLV stage is tested on its own)."""
+    rate = (features["frequency"] + 0.5) / (features["days_since_first"] + 30)
+    p_alive = np.exp(-features["days_since_last"] / 120.0)
+    expected = p_alive * rate * HORIZON
+    return pd.DataFrame(
+        {
+            "customer_id": features["customer_id"],
+            "cutoff": features["cutoff"],
+            "model": "bgnbd",
+            "p_alive": p_alive,
+            "expected_purchases": expected,
+            "p_no_purchase": 1 - p_alive * (1 - np.exp(-rate * HORIZON)),
+            "expected_avg_spend": features["avg_spend"],
+            "clv": expected * features["avg_spend"] * 0.3,
+        }
+    )
+
+
+def write_inputs(root: Path, tx: pd.DataFrame) -> None:
+    """features_t{0,1,2}, labels_t{1,2} (through features.customer) and CLV predictions under root/data."""
+    con = ibis.duckdb.connect()
+    table = ibis.memtable(tx)
+    spec = FeatureSpec(horizon_days=HORIZON)
+    schema = features_schema(spec.windows_days)
+    for k in (0, 1, 2):
+        cutoff = AS_OF - dt.timedelta(days=k * HORIZON)
+        features = to_contract(con.to_pandas(customer_features(table, cutoff, spec)), schema)
+        io.write_parquet(features, root / paths.features_at(k))
+        io.write_parquet(stand_in_clv(features), root / paths.clv_predictions_at(k))
+        if k:
+            ids = ibis.memtable(features[["customer_id"]])
+            labels = to_contract(con.to_pandas(window_labels(table, ids, cutoff, HORIZON)), LABELS_SCHEMA)
+            io.write_parquet(labels, root / paths.labels_at(k))
+
+
+def write_params(root: Path, **churn_overrides) -> Path:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"]["horizon_days"] = HORIZON
+    raw["churn"]["lightgbm"].update({"n_estimators": 60, "learning_rate": 0.1, "num_leaves": 4, "min_child_samples": 20})
+    raw["churn"].update({"min_train_customers": 100, **churn_overrides})
+    raw["mlflow"]["tracking_dir"] = str(root / "tracking")
+    target = root / "params.yaml"
+    target.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return target
+
+
+@pytest.fixture(scope="module")
+def inputs_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("churn_inputs")
+    write_inputs(root, simulate_transactions(N_CUSTOMERS, seed=0))
+    return root
+
+
+@pytest.fixture
+def project(tmp_path, inputs_dir, monkeypatch) -> Path:
+    shutil.copytree(inputs_dir / "data", tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv("CVP_PIPELINE_RUN_ID", raising=False)
+    return tmp_path
+
+
+PLOTS = ("roc.png", "precision_recall.png", "calibration.png", "lift.png", "feature_importance.png", "shap_summary.png")
+TABLES = ("roc.csv", "pr.csv", "calibration.csv", "lift.csv", "importance.csv")
+MODELS = (
+    "classifier_raw", "classifier_calibrated", "baseline_p_no_purchase",
+    "baseline_expected_purchases", "baseline_recency", "diagnostic_p_alive",
+)  # fmt: skip
+
+
+def test_stage_writes_every_output_and_registers_the_model(project):
+    params_path = write_params(project)
+    params = load_params(params_path)
+    churn.run(params, params_path)
+
+    features_t0 = pd.read_parquet(paths.features_at(0))
+    scores = churn.PREDICTIONS_SCHEMA.validate(pd.read_parquet(paths.churn_predictions_at(0)))
+    assert scores["customer_id"].tolist() == features_t0["customer_id"].tolist()
+    assert (scores["cutoff"] == pd.Timestamp(AS_OF)).all()
+    t1 = churn.PREDICTIONS_SCHEMA.validate(pd.read_parquet(paths.churn_predictions_at(1)))
+    assert t1["customer_id"].tolist() == pd.read_parquet(paths.features_at(1))["customer_id"].tolist()
+
+    summary = io.read_json(paths.metrics_file("churn"))
+    assert summary["evaluation"] == "out_of_time"
+    assert summary["train_cutoff"] == (AS_OF - dt.timedelta(days=2 * HORIZON)).isoformat()
+    assert summary["test_cutoff"] == (AS_OF - dt.timedelta(days=HORIZON)).isoformat()
+    labels_t1 = pd.read_parquet(paths.labels_at(1))
+    assert summary["n_test"] == len(labels_t1)
+    assert summary["positive_rate_test"] == pytest.approx(1 - labels_t1["purchased"].mean())
+    assert set(summary["models"]) == set(MODELS)
+    assert summary["models"]["diagnostic_p_alive"]["brier"] is None
+    assert len(summary["models"]["classifier_calibrated"]["reliability"]) >= 2
+    comparison = summary["comparison"]
+    beats = comparison["classifier_brier"] < comparison["best_baseline_brier"]
+    assert comparison["classifier_beats_baseline_brier"] == beats
+    assert comparison["best_baseline_by_brier"] in ("baseline_p_no_purchase", "baseline_expected_purchases")
+    low, high = comparison["bootstrap"]["brier_difference_ci95"]
+    assert low <= comparison["classifier_brier"] - comparison["best_baseline_brier"] <= high
+    assert summary["calibration"]["final_model"]["method"] in ("none", "sigmoid", "isotonic")
+    assert len(summary["top_features"]) == params.churn.top_features
+
+    out = paths.plots_dir("churn")
+    for name in PLOTS:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    for name in TABLES:
+        assert len(pd.read_csv(out / name)) > 0, name
+    importance = pd.read_csv(out / "importance.csv")
+    assert list(importance.columns) == ["feature", "gain", "mean_abs_shap"]
+    calibration = pd.read_csv(out / "calibration.csv")
+    assert "diagnostic_p_alive" not in set(calibration["model"])
+
+    model_dir = paths.CHURN_MODEL_DIR
+    features = io.read_json(model_dir / "features.json")["features"]
+    assert features == importance.sort_values("feature")["feature"].tolist() or set(features) == set(importance["feature"])
+    assert "p_no_purchase" in features and "days_since_last" in features and "returns_count" in features
+    assert (model_dir / "model.txt").read_text().startswith("tree")
+    registration = io.read_json(paths.registration_file(model_dir))
+    assert registration["name"] == "cvp-churn" and registration["version"] == 1
+
+    # the registered pyfunc reproduces the written scores from the prepared features
+    pyfunc = mlflow.pyfunc.load_model(f"models:/cvp-churn/{registration['version']}")
+    X0 = churn.load_snapshot(0, params, with_labels=False).X
+    served = pyfunc.predict(X0.reset_index(drop=True))
+    np.testing.assert_allclose(served["churn_probability"].to_numpy(), scores["churn_probability"].to_numpy())
+    run = mlflow.get_run(registration["run_id"])
+    assert run.data.tags["cvp.stage"] == "churn"
+    assert "models.classifier_calibrated.roc_auc" in run.data.metrics
+    assert mlflow.MlflowClient().get_registered_model("cvp-churn").aliases == {}
+
+
+def _outputs(params) -> tuple[bytes, bytes]:
+    """Predictions at t0 and t1 exactly as the stage writes them (no plots or MLflow)."""
+    t1 = churn.load_snapshot(1, params, with_labels=True)
+    t0 = churn.load_snapshot(0, params, with_labels=False)
+    ev = churn.evaluate(params, t1)
+    final = churn.make_classifier(params)().fit(t1.X, t1.y)
+    scores = pd.Series(final.predict_churn_probability(t0.X), index=t0.X.index)
+    frames = {"t0": churn.predictions_frame(scores, t0.cutoff), "t1": churn.predictions_frame(ev.t1_probability, t1.cutoff)}
+    out = []
+    for name, frame in frames.items():
+        target = Path(f"{name}.parquet")
+        io.write_parquet(frame, target)
+        out.append(target.read_bytes())
+    return out[0], out[1]
+
+
+def test_same_inputs_give_byte_identical_predictions(project):
+    params = load_params(write_params(project))
+    assert _outputs(params) == _outputs(params)
+
+
+def test_window_labels_of_the_test_cutoff_never_change_its_out_of_time_scores(project):
+    params = load_params(write_params(project))
+    t1 = churn.load_snapshot(1, params, with_labels=True)
+    before = churn.evaluate(params, t1)
+    labels = pd.read_parquet(paths.labels_at(1))
+    flipped = labels.assign(purchased=(1 - labels["purchased"]).astype("int8"))
+    flipped["n_purchase_days"] = flipped["purchased"].astype("int64")
+    io.write_parquet(flipped, paths.labels_at(1))
+    t1_flipped = churn.load_snapshot(1, params, with_labels=True)
+    pd.testing.assert_frame_equal(t1.X, t1_flipped.X)
+    after = churn.evaluate(params, t1_flipped)
+    assert before.mode == after.mode == "out_of_time"
+    assert before.t1_probability.to_numpy().tobytes() == after.t1_probability.to_numpy().tobytes()
+    auc_before = before.results["classifier_calibrated"]["roc_auc"]
+    assert after.results["classifier_calibrated"]["roc_auc"] == pytest.approx(1 - auc_before)
+
+
+def test_short_history_falls_back_to_a_grouped_split(project):
+    params = load_params(write_params(project, min_train_customers=10_000, test_fraction=0.25))
+    t1 = churn.load_snapshot(1, params, with_labels=True)
+    ev = churn.evaluate(params, t1)
+    assert ev.mode == "grouped_split" and "min_train_customers" in ev.reason
+    assert ev.train_cutoff == ev.test_cutoff == t1.cutoff
+    assert len(ev.y_test) == pytest.approx(0.25 * len(t1.y), abs=1)
+    assert ev.y_train.index.intersection(ev.y_test.index).empty
+    # every t1 customer gets an out-of-fold probability for the segment stage
+    assert ev.t1_probability.index.equals(t1.X.index) and ev.t1_probability.notna().all()
+    assert set(ev.results) == set(MODELS)
+
+
+def test_missing_clv_t2_means_grouped_split(project):
+    paths.clv_predictions_at(2).unlink()
+    params = load_params(write_params(project))
+    ev = churn.evaluate(params, churn.load_snapshot(1, params, with_labels=True))
+    assert ev.mode == "grouped_split" and "predictions_t2" in ev.reason
+
+
+def test_inputs_problems_are_one_line_data_errors(project):
+    params = load_params(write_params(project))
+    clv = pd.read_parquet(paths.clv_predictions_at(1))
+    io.write_parquet(clv.assign(cutoff=pd.Timestamp("2000-01-01")), paths.clv_predictions_at(1))
+    with pytest.raises(DataError, match="clv predictions cutoff 2000-01-01 differs") as err:
+        churn.load_snapshot(1, params, with_labels=True)
+    assert "\n" not in str(err.value)
+    io.write_parquet(clv.assign(p_alive=1.5), paths.clv_predictions_at(1))
+    with pytest.raises(DataError, match="predictions_t1.parquet: .*p_alive"):
+        churn.load_snapshot(1, params, with_labels=True)
+    paths.clv_predictions_at(1).unlink()
+    with pytest.raises(DataError, match=r"predictions_t1.parquet: not found; run `cvp clv` first"):
+        churn.load_snapshot(1, params, with_labels=True)
+
+
+def test_unregistered_run_removes_a_stale_registration(project):
+    target = paths.registration_file(paths.CHURN_MODEL_DIR)
+    io.write_json({"name": "cvp-churn", "version": 9, "run_id": "old"}, target)
+    churn.write_registration({"name": None, "version": None, "run_id": "new"})
+    assert not target.exists()
+    churn.write_registration({"name": "cvp-churn", "version": "3", "run_id": "abc"})
+    assert json.loads(target.read_text()) == {"name": "cvp-churn", "version": 3, "run_id": "abc"}

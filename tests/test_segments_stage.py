@@ -1,0 +1,235 @@
+"""`cvp segment` end to end on small input files in a temporary project."""
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from features.errors import DataError
+from models import segments as seg
+from pipelines import paths, segment
+from pipelines.config import parse_params
+
+AS_OF = pd.Timestamp("2021-06-30")
+T1 = AS_OF - pd.Timedelta(days=91)
+N = 120
+
+
+def _ids(n=N):
+    return [f"{i:05d}" for i in range(n)]
+
+
+def _scores(rng, cutoff, n=N):
+    """CLV and churn predictions at one cutoff."""
+    p_no = rng.uniform(0.05, 0.95, n)
+    expected = -np.log(p_no) * rng.uniform(1.0, 1.5, n)
+    spend = rng.gamma(3.0, 15.0, n)
+    clv = pd.DataFrame(
+        {
+            "customer_id": _ids(n),
+            "cutoff": cutoff,
+            "model": "bgnbd",
+            "p_alive": rng.uniform(0.1, 1.0, n),
+            "expected_purchases": expected,
+            "p_no_purchase": p_no,
+            "expected_avg_spend": spend,
+            "clv": expected * spend * 0.3 * 0.98,
+        }
+    )
+    churn = pd.DataFrame({"customer_id": _ids(n), "cutoff": cutoff, "churn_probability": rng.uniform(0.02, 0.98, n)})
+    return clv, churn
+
+
+def write_inputs(root, seed=0):
+    rng = np.random.default_rng(seed)
+    repeat = rng.random(N) < 0.6
+    features = pd.DataFrame(
+        {
+            "customer_id": _ids(),
+            "cutoff": AS_OF,
+            "frequency": np.where(repeat, rng.integers(1, 8, N), 0).astype(float),
+            "spend_trailing": np.where(rng.random(N) < 0.55, 0.0, rng.gamma(2.0, 30.0, N)),
+            "margin_trailing": np.nan,
+            "days_since_first": rng.integers(5, 540, N).astype(float),
+            "days_since_last": rng.integers(0, 400, N).astype(float),
+            "ipi_mean": np.where(repeat, rng.uniform(7, 150, N), np.nan),
+        }
+    )
+    clv0, churn0 = _scores(rng, AS_OF)
+    clv1, churn1 = _scores(rng, T1)
+    bought = rng.random(N) < (1 - churn1["churn_probability"])
+    labels = pd.DataFrame(
+        {
+            "customer_id": _ids(),
+            "cutoff": T1,
+            "purchased": bought.astype("int8"),
+            "n_purchase_days": bought.astype(int),
+            "spend": np.where(bought, rng.gamma(2.0, 40.0, N), 0.0),
+        }
+    )
+    files = {
+        paths.features_at(0): features,
+        paths.clv_predictions_at(0): clv0,
+        paths.churn_predictions_at(0): churn0,
+        paths.labels_at(1): labels,
+        paths.clv_predictions_at(1): clv1,
+        paths.churn_predictions_at(1): churn1,
+    }
+    for path, frame in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(root / path, index=False)
+    return files
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.delenv("CVP_PIPELINE_RUN_ID", raising=False)
+    raw = {
+        "data": {"columns": {"customer_id": "customer_id", "timestamp": "date", "amount": "dollar_value"}},
+        "mlflow": {"tracking_dir": str(tmp_path / "tracking")},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    files = write_inputs(tmp_path)
+    return tmp_path, parse_params(raw), files
+
+
+def test_stage_writes_validated_deterministic_outputs_and_logs_to_mlflow(project):
+    root, params, files = project
+    segment.run(params, root / "params.yaml")
+
+    out = pd.read_parquet(root / paths.SEGMENTS)
+    assert list(out.columns) == list(segment.SEGMENT_COLUMNS)
+    assert out["customer_id"].tolist() == _ids() and (out["as_of"] == AS_OF).all()
+    # The written labels are the pure rules applied to the joined inputs.
+    joined = (
+        files[paths.features_at(0)]
+        .merge(files[paths.clv_predictions_at(0)][["customer_id", "clv", "p_no_purchase"]], on="customer_id")
+        .merge(files[paths.churn_predictions_at(0)][["customer_id", "churn_probability"]], on="customer_id")
+    )
+    expected = seg.segment_customers(joined, segment.rules_from_params(params)).customers
+    for column in ("quadrant", "tier", "pyramid_level", "abc_class", "lifecycle_state", "relationship_level"):
+        assert out[column].tolist() == expected[column].tolist(), column
+    np.testing.assert_allclose(out["growth_potential"], expected["growth_potential"])
+
+    summary = pd.read_parquet(root / paths.SEGMENT_SUMMARY)
+    for _, part in summary.groupby("group_by"):
+        assert part["customers"].sum() == N
+        assert part["share_of_value"].sum() == pytest.approx(1.0)
+
+    metrics = json.loads((root / paths.metrics_file("segment")).read_text())
+    assert metrics["customers"] == N and metrics["as_of"] == "2021-06-30"
+    for column, counts in metrics["counts"].items():
+        assert sum(counts.values()) == N, column
+        assert counts == out[column].value_counts().reindex(list(counts), fill_value=0).to_dict()
+    sleeping_high_growth = out["lifecycle_state"].isin(["drowsy", "half_asleep", "dormant"]) & out["quadrant"].isin(["II", "IV"])
+    assert metrics["reactivation_targets"] == sleeping_high_growth.sum() > 0
+    holdout = metrics["holdout"]
+    assert holdout["customers"] == N and holdout["cutoff"] == str(T1.date())
+    assert -1 <= holdout["combined"]["spearman"] <= 1
+    assert holdout["oracle"]["top_share_capture"] >= holdout["clv"]["top_share_capture"]
+    assert 0 < metrics["concentration"]["gini"] < 1
+
+    plots = root / paths.plots_dir("segment")
+    for name in ("quadrant_scatter.png", "lorenz.png", "value_by_quadrant.png", "lifecycle.png"):
+        assert (plots / name).read_bytes()[:4] == b"\x89PNG", name
+    lorenz = pd.read_csv(plots / "lorenz.csv")
+    assert len(lorenz) == 101 and lorenz["share_of_value"].is_monotonic_increasing
+    assert lorenz["share_of_value"].iloc[-1] == pytest.approx(1.0)
+
+    run = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`cvp.stage` = 'segment'", output_format="list")
+    assert len(run) == 1
+    assert run[0].data.metrics["counts.quadrant.IV"] == metrics["counts"]["quadrant"]["IV"]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run[0].info.run_id)}
+    assert {"summary.json", "plots", "segment.json"} <= artifacts
+
+    # Same inputs -> byte-identical outputs.
+    outputs = [paths.SEGMENTS, paths.SEGMENT_SUMMARY, paths.metrics_file("segment"), *sorted(plots.iterdir())]
+    first = {p: (root / p).read_bytes() for p in outputs}
+    segment.run(params, root / "params.yaml")
+    for p, content in first.items():
+        assert (root / p).read_bytes() == content, p
+
+
+def test_customer_missing_from_an_input_names_the_file(project):
+    root, params, files = project
+    churn = files[paths.churn_predictions_at(0)].iloc[1:]
+    churn.to_parquet(root / paths.churn_predictions_at(0), index=False)
+    with pytest.raises(DataError, match=r"data/churn/predictions_t0.parquet: 1 customer\(s\) missing \(e.g. 00000\)"):
+        segment.run(params, root / "params.yaml")
+    assert not (root / paths.SEGMENTS).exists()
+
+
+def test_extra_customer_in_an_input_names_the_file_it_is_missing_from(project):
+    root, params, files = project
+    clv = files[paths.clv_predictions_at(0)]
+    extra = pd.concat([clv, clv.iloc[[0]].assign(customer_id="99999")], ignore_index=True)
+    extra.to_parquet(root / paths.clv_predictions_at(0), index=False)
+    with pytest.raises(DataError, match=r"data/features/features_t0.parquet: 1 customer\(s\) missing \(e.g. 99999\)"):
+        segment.run(params, root / "params.yaml")
+
+
+def test_missing_input_file_and_bad_values_are_data_errors(project):
+    root, params, files = project
+    (root / paths.clv_predictions_at(0)).unlink()
+    with pytest.raises(DataError, match=r"data/clv/predictions_t0.parquet: not found; run `cvp clv` first"):
+        segment.run(params, root / "params.yaml")
+    files[paths.clv_predictions_at(0)].to_parquet(root / paths.clv_predictions_at(0), index=False)
+    churn = files[paths.churn_predictions_at(0)].assign(churn_probability=1.5)
+    churn.to_parquet(root / paths.churn_predictions_at(0), index=False)
+    with pytest.raises(DataError, match=r"data/churn/predictions_t0.parquet: .*churn_probability"):
+        segment.run(params, root / "params.yaml")
+
+
+def test_holdout_is_skipped_without_t1_files_or_rows(project):
+    root, params, files = project
+    assert len(segment.load_holdout_inputs()) == N
+    files[paths.clv_predictions_at(1)].iloc[0:0].to_parquet(root / paths.clv_predictions_at(1), index=False)
+    assert segment.load_holdout_inputs() is None
+    (root / paths.labels_at(1)).unlink()
+    assert segment.load_holdout_inputs() is None
+
+
+BASE = {"data": {"columns": {"customer_id": "customer_id", "timestamp": "date", "amount": "dollar_value"}}}
+
+
+@pytest.mark.parametrize(
+    "section,message",
+    [
+        ({"lifecycle": {"drowsy": 3.0, "half_asleep": 2.5}}, "drowsy < half_asleep < dormant"),
+        ({"abc": {"a": 0.9, "b": 0.9}}, "abc.a must be below abc.b"),
+        ({"tier": {"top_share": 0.6, "lead_share": 0.5}}, "must not exceed 1"),
+        ({"cut": {"method": "quantile", "current_value": 5}}, "between 0 and 1"),
+        ({"relationship": {"many_share": 0.1, "few_share": 0.2}}, "few_share"),
+        ({"value_basis": "revenue"}, "segment.value_basis"),
+    ],
+)
+def test_inconsistent_segment_params_are_config_errors(section, message):
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        parse_params({**BASE, "segment": section})
+
+
+def test_rules_follow_the_params():
+    raw = {
+        **BASE,
+        "clv": {"margin": 0.25},
+        "segment": {
+            "growth_potential": "clv",
+            "cut": {"method": "fixed", "current_value": 10, "growth_potential": 20},
+            "pyramid": {"vip": 0.1, "major": 0.1, "ordinary": 0.3, "small": 0.5},
+            "tier": {"top_share": 0.3, "growing_ratio": 0.8},
+            "lifecycle": {"one_time_buyer_interval_days": 45},
+        },
+    }
+    rules = segment.rules_from_params(parse_params(raw))
+    assert rules.margin == 0.25 and rules.growth_potential == "clv"
+    assert rules.cut == seg.CutRule("fixed", 10.0, 20.0)
+    assert rules.pyramid == (("vip", 0.1), ("major", 0.1), ("ordinary", 0.3), ("small", 0.5))
+    assert rules.tier == seg.TierRule(top_share=0.3, lead_share=0.2, lead_max_value=0.0, growing_ratio=0.8)
+    assert rules.lifecycle.one_time_buyer_interval_days == 45 and rules.abc == (0.8, 0.95)
