@@ -16,7 +16,7 @@ Times exclude interpreter start-up and imports. The report also checks that freq
 T and monetary_value agree with lifetimes for the customers without returns (lifetimes has no
 notion of returns). Prints a table and writes bench/out/features.json.
 
-    python -m bench.features [--sizes 1e6,1e7] [--seed 42] [--threads N] [--memory-limit 1GB]
+    python -m bench.features [--sizes 1e6,1e7] [--seed 42] [--threads N] [--memory-limit 768MB]
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="1e6", help="comma-separated row counts, e.g. 1e6,1e7")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
-    parser.add_argument("--memory-limit", default="1GB", help="DuckDB memory limit (features.memory_limit)")
+    parser.add_argument("--memory-limit", default="768MB", help="DuckDB memory limit (features.memory_limit)")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="cache of generated data and runs")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--child", choices=("prepare", *KINDS), help=argparse.SUPPRESS)

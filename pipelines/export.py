@@ -231,7 +231,9 @@ def write_table(export: ExportParams, scores: pd.DataFrame, root: Path) -> Table
     try:
         engine = sa.create_engine(url)
     except (sa.exc.NoSuchModuleError, ModuleNotFoundError) as exc:
-        raise ConfigError(f"export.database_url: no driver for {masked_url(url)} ({exc}); use sqlite or postgresql+psycopg") from None
+        raise ConfigError(
+            f"export.database_url: no driver for {masked_url(url)} ({exc}); use sqlite or postgresql+psycopg"
+        ) from None
     try:
         return replace_scores(engine, export.table, scores, export.batch_size)
     except sa.exc.OperationalError as exc:
@@ -277,15 +279,15 @@ def export_metrics(scores: pd.DataFrame, export: ExportParams, parquet_sha256: s
 # --------------------------------------------------------------------------- MLflow
 
 
-def _segment_summary_logged(run) -> bool:
+def _segment_summary_logged(mlflow_run) -> bool:
     """True when the segment stage run of the same pipeline run logged the segment summary."""
     import mlflow
 
-    parent = run.data.tags.get("mlflow.parentRunId")
+    parent = mlflow_run.data.tags.get("mlflow.parentRunId")
     if not parent:
         return False
     siblings = mlflow.search_runs(
-        experiment_ids=[run.info.experiment_id],
+        experiment_ids=[mlflow_run.info.experiment_id],
         filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.`cvp.stage` = 'segment'",
         output_format="list",
     )
@@ -295,7 +297,7 @@ def _segment_summary_logged(run) -> bool:
     )
 
 
-def log_to_mlflow(run, rendered: report.RenderedReport, metrics: dict, write: TableWrite, seconds: float) -> None:
+def log_to_mlflow(mlflow_run, rendered: report.RenderedReport, metrics: dict, write: TableWrite, seconds: float) -> None:
     """Figures, report, segment summary (unless the segment stage logged it), counts and the hash."""
     import mlflow
 
@@ -313,7 +315,7 @@ def log_to_mlflow(run, rendered: report.RenderedReport, metrics: dict, write: Ta
             (Path(tmp) / f"{name}.png").write_bytes(png)
         mlflow.log_artifacts(tmp, "figures")
     mlflow.log_artifact(str(paths.REPORT_HTML), "report")
-    if paths.SEGMENT_SUMMARY.exists() and not _segment_summary_logged(run):
+    if paths.SEGMENT_SUMMARY.exists() and not _segment_summary_logged(mlflow_run):
         mlflow.log_artifact(str(paths.SEGMENT_SUMMARY), "segments")
 
 
@@ -325,7 +327,8 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
     started = time.perf_counter()
     export = params.export
     scores = build_scores()
-    log.info("assembled %d customer scores at %s (%s)", len(scores), scores["as_of"].iloc[0].date(), scores["model_version"].iloc[0])
+    as_of, version = scores["as_of"].iloc[0].date(), scores["model_version"].iloc[0]
+    log.info("assembled %d customer scores at %s (%s)", len(scores), as_of, version)
     section = {**export.model_dump(), "database_url": masked_url(configured_url(export))}
     with tracking.stage_run(STAGE, params, section=section, params_path=params_path) as mlflow_run:
         rendered = report.render_report(scores, report.load_sources(), export.table, f"{params.data.horizon_days} days")

@@ -60,12 +60,17 @@ KNOWN_FIGURES: dict[str, dict[str, str]] = {
     },
     "churn": {
         "roc": "ROC curves of the churn classifier and the CLV-model baselines (test customers).",
-        "calibration": "Calibration: predicted churn probability vs observed churn rate.",
-        "reliability": "Calibration: predicted churn probability vs observed churn rate.",
+        "calibration": "Calibration: predicted churn probability vs observed churn rate (test customers).",
+        "precision_recall": "Precision-recall curves (test customers).",
+        "lift": "Share of churners found in the top-scored customers (test customers).",
+        "feature_importance": "Features the classifier relies on most (gain).",
+        "shap_summary": "SHAP values of the top features at as_of: how each pushes the churn probability.",
     },
 }
-WIDE_FIGURES = {"lifecycle", "tracking"}
-FIGURE_SECTIONS = {"quadrant_scatter": "quadrants", "value_by_quadrant": "quadrants", "lifecycle": "tiers", "lorenz": "concentration"}
+WIDE_FIGURES = {"lifecycle", "tracking", "lift", "shap_summary"}
+FIGURE_SECTIONS = {
+    "quadrant_scatter": "quadrants", "value_by_quadrant": "quadrants", "lifecycle": "tiers", "lorenz": "concentration",
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- inputs
@@ -121,6 +126,8 @@ def fmt(value: Any) -> str:
         return "–"
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
     if isinstance(value, (int, np.integer)):
         return f"{int(value):,}"
     if isinstance(value, (float, np.floating)):
@@ -246,7 +253,9 @@ def summary_table(summary: pd.DataFrame | None, group_by: str, caption: str) -> 
     headers = ["segment"]
     if group_by == "quadrant":
         headers += ["resource allocation", "retention strategy"]
-    headers += ["customers", "share of customers", "current value", "predicted value", "share of value", "mean churn probability"]
+    headers += [
+        "customers", "share of customers", "current value", "predicted value", "share of value", "mean churn probability",
+    ]  # fmt: skip
     rows = []
     for _, row in part.iterrows():
         cells = [str(row["segment"])]
@@ -296,7 +305,42 @@ def overview_table(scores: pd.DataFrame, sources: ReportSources) -> Table:
         share = conc.get("top_share")
         rows.append([f"value held by the top {pct(share)} of customers", pct(conc.get("top_share_of_value"))])
         rows.append(["Gini coefficient of value", fmt(conc.get("gini"))])
+    targets = dig(sources.metrics.get("segment"), "reactivation_targets")
+    if isinstance(targets, int):
+        rows.append(["sleeping customers worth re-activating", fmt(targets)])
     return Table("Headline numbers", ["", "value"], rows, css_id="headline-table")
+
+
+def matrix_table(blocks: Any, caption: str, first_header: str, css_id: str) -> Table | None:
+    """{row: {measure: value}} as a table, one column per measure seen (scalar entries skipped)."""
+    if not isinstance(blocks, Mapping):
+        return None
+    named = {name: values for name, values in blocks.items() if isinstance(values, Mapping)}
+    if not named:
+        return None
+    measures = sorted({k for values in named.values() for k in values})
+    rows = [[name, *[fmt(values.get(m)) for m in measures]] for name, values in named.items()]
+    return Table(caption, [first_header, *[m.replace("_", " ") for m in measures]], rows, css_id=css_id)
+
+
+def growth_ranking_table(segment_metrics: Mapping[str, Any] | None) -> Table | None:
+    """The segment stage's holdout check: does the growth potential rank customers by what they spent?"""
+    holdout = dig(segment_metrics, "holdout")
+    caption = (f"Growth potential ranking of {fmt(dig(holdout, 'customers'))} customers by their spend after "
+               f"{dig(holdout, 'cutoff', default='the holdout cutoff')} (combined = CLV x churn classifier)")  # fmt: skip
+    return matrix_table(holdout, caption, "growth potential", "growth-ranking-table")
+
+
+def cuts_table(segment_metrics: Mapping[str, Any] | None) -> Table | None:
+    cuts = dig(segment_metrics, "cuts")
+    if not isinstance(cuts, Mapping) or not cuts:
+        return None
+    rows = [
+        ["current value", fmt(cuts.get("current_value")), pct(cuts.get("high_current_value_share"))],
+        ["growth potential", fmt(cuts.get("growth_potential")), pct(cuts.get("high_growth_potential_share"))],
+    ]
+    caption = f"Cuts between low and high ({cuts.get('method', 'quantile')}; high = strictly above the cut)"
+    return Table(caption, ["axis", "cut", "customers high"], rows, css_id="cuts-table")
 
 
 def concentration_table(segment_metrics: Mapping[str, Any] | None) -> Table | None:
@@ -329,12 +373,9 @@ def clv_tables(clv: Mapping[str, Any] | None) -> list[Table]:
         caption = f"CLV holdout errors per customer ({fmt(holdout.get('n_customers'))} customers; baseline = (T/t) x s)"
         tables.append(Table(caption, ["quantity", "forecast", "MAE", "RMSE", "total predicted", "total actual", "aggregate error"],
                             rows, css_id="clv-holdout-table"))  # fmt: skip
-    ranking = dig(holdout, "ranking", default={})
-    if isinstance(ranking, Mapping) and ranking:
-        measures = sorted({k for v in ranking.values() if isinstance(v, Mapping) for k in v})
-        rows = [[name, *[fmt(dig(values, m)) for m in measures]] for name, values in ranking.items() if isinstance(values, Mapping)]
-        headers = ["forecast", *[m.replace("_", " ") for m in measures]]
-        tables.append(Table("Ranking of customers by holdout spend", headers, rows, css_id="clv-ranking-table"))
+    ranking = matrix_table(dig(holdout, "ranking"), "Ranking of customers by holdout spend", "forecast", "clv-ranking-table")
+    if ranking:
+        tables.append(ranking)
     candidates = dig(clv, "model_selection", "candidates", default={})
     if isinstance(candidates, Mapping) and candidates:
         chosen = dig(clv, "model_selection", "chosen")
@@ -362,7 +403,7 @@ def churn_tables(churn: Mapping[str, Any] | None) -> list[Table]:
         tables.append(Table(caption, headers, rows, css_id="churn-comparison-table"))
     comparison = dig(churn, "comparison", default={})
     if isinstance(comparison, Mapping) and comparison:
-        rows = [[k.replace("_", " "), fmt(v)] for k, v in comparison.items()]
+        rows = [[k.replace("_", " ").replace(".", ": "), fmt(v)] for k, v in tracking.flatten("", dict(comparison)).items()]
         tables.append(Table("Classifier vs best baseline", ["measure", "value"], rows, css_id="churn-claims-table"))
     return tables
 
@@ -393,8 +434,10 @@ def data_quality_tables(ingest: Mapping[str, Any] | None) -> list[Table]:
 
 
 def column_dictionary() -> Table:
-    rows = [[c.name, c.dtype, c.source, c.meaning, ", ".join(c.allowed) if c.allowed else ("[0, 1]" if c.unit_interval else "")]
-            for c in SCORE_COLUMNS]  # fmt: skip
+    def allowed(c) -> str:
+        return ", ".join(c.allowed) if c.allowed else ("[0, 1]" if c.unit_interval else "")
+
+    rows = [[c.name, c.dtype, c.source, c.meaning, allowed(c)] for c in SCORE_COLUMNS]
     return Table("Columns of exports/scores.parquet, scores.csv and the SQL table, in order",
                  ["column", "type", "from stage", "meaning", "allowed values"], rows, css_id="column-table")  # fmt: skip
 
@@ -467,6 +510,7 @@ no purchase in the next {{ horizon }}.</p>
 predicted for the next horizon. The cuts split each axis into low and high.</p>
 {{ pictures(quadrant_pictures) }}
 {% if quadrant_table %}{{ table(quadrant_table) }}{% else %}{{ missing("segment summary (run cvp segment)") }}{% endif %}
+{% if cuts_table %}{{ table(cuts_table) }}{% endif %}
 </section>
 
 <section id="tiers"><h2>{{ headings["tiers"] }}</h2>
@@ -496,6 +540,8 @@ they never saw.</p>
 <h3 id="churn-evaluation">Churn classifier</h3>
 {% for t in churn_tables %}{{ table(t) }}{% else %}{{ missing("churn evaluation metrics (metrics/churn.json)") }}{% endfor %}
 {{ pictures(churn_pictures) }}
+<h3 id="growth-evaluation">Growth potential</h3>
+{% if growth_table %}{{ table(growth_table) }}{% else %}{{ missing("the segment stage's holdout check (metrics/segment.json)") }}{% endif %}
 </section>
 
 <section id="data-quality"><h2>{{ headings["data-quality"] }}</h2>
@@ -538,6 +584,8 @@ def render_report(
         "overview": overview_table(scores, sources),
         "quadrant_pictures": stage_pictures(sources, "segment", ["quadrant_scatter", "value_by_quadrant"]),
         "quadrant_table": summary_table(sources.summary, "quadrant", "Customers and value per quadrant"),
+        "cuts_table": cuts_table(segment_metrics),
+        "growth_table": growth_ranking_table(segment_metrics),
         "tier_table": summary_table(sources.summary, "tier", "Customers and value per tier"),
         "label_tables": [
             label_table(scores, "pyramid_level", PYRAMID_LEVELS, "Customer pyramid"),

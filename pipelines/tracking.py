@@ -50,17 +50,34 @@ def tracking_dir(params: Params) -> Path:
     return project_root() / "tracking"
 
 
+# mlflow.set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+# (for child processes), so a later configure() in the same process must not mistake the value
+# it derived itself for one the user chose.
+_DERIVED_TRACKING: set[str] = set()
+_DERIVED_REGISTRY: set[str] = set()
+
+
+def _user_uri(variable: str, derived: set[str]) -> str | None:
+    value = os.environ.get(variable)
+    return None if not value or value in derived else value
+
+
 def configure(params: Params) -> str:
     """Point MLflow at the project's store and experiment; return the experiment id."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = _user_uri("MLFLOW_TRACKING_URI", _DERIVED_TRACKING)
     root = tracking_dir(params)
     if not uri:
         root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{root / 'mlflow.db'}"
+        _DERIVED_TRACKING.add(uri)
+    registry = _user_uri("MLFLOW_REGISTRY_URI", _DERIVED_REGISTRY)
+    if not registry:
+        registry = uri
+        _DERIVED_REGISTRY.add(registry)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", uri))
+    mlflow.set_registry_uri(registry)
     experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
     if experiment is not None:
         experiment_id = experiment.experiment_id

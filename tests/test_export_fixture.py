@@ -169,7 +169,10 @@ def churn_metrics(n: int) -> dict:
         "test_cutoff": "2000-03-31",
         "n_test": n,
         "models": {"classifier_calibrated": model(0.78, 0.171), "baseline_p_no_purchase": model(0.75, 0.182)},
-        "comparison": {"classifier_auc": 0.78, "best_baseline_auc": 0.75, "classifier_beats_baseline_brier": True},
+        "comparison": {
+            "classifier_auc": 0.78, "best_baseline_auc": 0.75, "classifier_beats_baseline_brier": True,
+            "bootstrap": {"auc_difference_ci95": [0.01, 0.05], "n_resamples": 200},
+        },  # fmt: skip
     }
 
 
@@ -217,7 +220,11 @@ def write_stage_outputs(root: Path, n: int = 300, seed: int = 11, registered: bo
         io.write_parquet(churn, paths.churn_predictions_at(0))
         io.write_parquet(segments, paths.SEGMENTS)
         io.write_parquet(summary, paths.SEGMENT_SUMMARY)
-        segment_metrics = segment_stage.stage_metrics(result, seg.SegmentRules(), AS_OF, {"skipped": "not in this fixture"})
+        holdout = {
+            "clv": {"spearman": 0.40, "top_share_capture": 0.767}, "combined": {"spearman": 0.41, "top_share_capture": 0.777},
+            "oracle": {"top_share_capture": 1.0}, "combined_at_least_as_good": True, "customers": n, "cutoff": "2000-03-31",
+        }  # fmt: skip
+        segment_metrics = segment_stage.stage_metrics(result, seg.SegmentRules(), AS_OF, holdout)
         for stage, metrics in (("ingest", ingest_metrics()), ("clv", clv_metrics(n)), ("churn", churn_metrics(n)),
                                ("segment", segment_metrics), ("features", {"customers": {"t0": n}})):  # fmt: skip
             io.write_json(metrics, paths.metrics_file(stage))

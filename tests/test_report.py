@@ -136,6 +136,10 @@ def test_quadrant_and_tier_tables_match_the_segment_summary(html, exported_proje
         customers_column = 3 if group == "quadrant" else 1
         assert [int(r[customers_column].replace(",", "")) for r in rows] == expected["customers"].tolist()
     assert '<th class="num">customers</th>' in html and "<th>retention strategy</th>" in html  # numbers right-aligned
+    segment_metrics = io.read_json(exported_project / paths.metrics_file("segment"))
+    cuts = body_rows(parsed, "cuts-table")
+    assert [r[0] for r in cuts] == ["current value", "growth potential"]
+    assert cuts[1][2] == report.pct(segment_metrics["cuts"]["high_growth_potential_share"])
     quadrant_iv = body_rows(parsed, "quadrant-table")[3]
     assert quadrant_iv[1:3] == ["top priority", "spare no effort to keep and grow the relationship"]
 
@@ -163,6 +167,11 @@ def test_model_evaluation_shows_the_holdout_metrics(html):
     churn = {r[0]: r for r in body_rows(parsed, "churn-comparison-table")}
     assert churn["classifier_calibrated"][1:4] == ["0.7800", "0.8000", "0.1710"]
     assert [r[0] for r in body_rows(parsed, "clv-selection-table")] == ["bgnbd (chosen)", "mbgnbd", "paretonbd"]
+    claims = dict(map(tuple, body_rows(parsed, "churn-claims-table")))
+    assert claims["classifier beats baseline brier"] == "yes"
+    assert claims["bootstrap: auc difference ci95"] == "[0.0100, 0.0500]"
+    growth = {r[0]: r[1:] for r in body_rows(parsed, "growth-ranking-table")}
+    assert growth == {"clv": ["0.4000", "0.7670"], "combined": ["0.4100", "0.7770"], "oracle": ["–", "1.00"]}
 
 
 def test_column_dictionary_lists_the_contract(html):

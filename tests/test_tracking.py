@@ -46,3 +46,20 @@ def test_stage_runs_share_one_parent_and_log_to_the_configured_store(tmp_path, m
     assert one.data.metrics == {"rows.in": 10.0}
     assert one.data.tags["cvp.stage"] == "ingest"
     assert (tmp_path / "store" / "mlflow.db").exists()
+
+
+def test_a_second_project_in_the_same_process_gets_its_own_store(tmp_path, monkeypatch):
+    """MLflow exports the URIs it is given; the next configure() must not reuse them."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    first, second = tmp_path / "one", tmp_path / "two"
+    for root in (first, second):
+        raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+        raw["mlflow"]["tracking_dir"] = str(root / "store")
+        tracking.configure(parse_params(raw))
+        expected = f"sqlite:///{root / 'store' / 'mlflow.db'}"
+        assert mlflow.get_tracking_uri() == expected
+        assert mlflow.get_registry_uri() == expected
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'user.db'}")
+    tracking.configure(parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == f"sqlite:///{tmp_path / 'user.db'}"
