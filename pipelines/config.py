@@ -71,6 +71,8 @@ class FeaturesParams(_Section):
     threads: int | None = Field(None, gt=0)
     memory_limit: str | None = None
     temp_directory: str | None = None
+    spark_master: str = Field("local[2]", min_length=1)  # engine pyspark: local[N], yarn, spark://host:7077
+    spark_conf: dict[str, str | int | float | bool] = {}  # engine pyspark: extra Spark settings
 
     @field_validator("windows_days")
     @classmethod

@@ -17,7 +17,7 @@ from pathlib import Path
 import ibis
 import pyarrow as pa
 
-from features.errors import DataError
+from pipelines import spark
 from pipelines.config import ConfigError, FeaturesParams
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,8 @@ def _duckdb(params: FeaturesParams) -> Iterator[ibis.BaseBackend]:
 
 @contextlib.contextmanager
 def _pyspark(params: FeaturesParams) -> Iterator[ibis.BaseBackend]:
-    if importlib.util.find_spec("pyspark") is None:
-        raise DataError(
-            "features.engine is 'pyspark' but pyspark is not installed; "
-            "install the spark extra (pip install -e '.[spark]') or set features.engine: duckdb"
-        )
-    from pyspark.sql import SparkSession
-
-    session = SparkSession.builder.appName("cvp-features").getOrCreate()
-    log.info("Spark engine: %s", session.sparkContext.master)
-    yield ibis.pyspark.connect(session)
+    with spark.session(params) as session:
+        yield ibis.pyspark.connect(session)
 
 
 def record_batches(con: ibis.BaseBackend, expr: ibis.Table, rows: int) -> Iterable[pa.RecordBatch]:

@@ -3,6 +3,7 @@ temporary project directory: contract outputs, byte-identical reruns, empty cuto
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -20,7 +21,6 @@ from pipelines import features as stage
 from pipelines.config import ConfigError, FeaturesParams, load_params
 from tests.test_features import cdnow_master, transactions_frame
 
-ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = [paths.features_at(k) for k in paths.CUTOFF_OFFSETS] + [paths.labels_at(k) for k in (1, 2)]
 
 
@@ -30,13 +30,28 @@ def mlflow_uri(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
 
 
+# The sections the stage reads, with the project's defaults; the other sections keep theirs.
+PARAMS = {
+    "seed": 42,
+    "data": {
+        "path": "lifetimes:CDNOW_master",
+        "columns": {"customer_id": "customer_id", "timestamp": "date", "amount": "dollar_value", "quantity": "number_of_cds"},
+        "timestamp_format": "%Y%m%d",
+        "as_of": None,
+        "horizon_days": 91,
+        "time_unit": "W",
+    },
+    "features": {"engine": "duckdb", "windows_days": [30, 90, 180, 365], "trend_days": 182, "threads": None, "memory_limit": None},
+}
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch, mlflow_uri):
     """An empty project directory (params.yaml, dvc.yaml) with MLflow in a temporary store."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     monkeypatch.delenv("CVP_PIPELINE_RUN_ID", raising=False)
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS, sort_keys=False))
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     return tmp_path
 
@@ -178,7 +193,7 @@ def test_bad_engine_settings_are_config_errors():
 
 
 def test_pyspark_engine_without_pyspark_says_to_install_the_spark_extra(monkeypatch):
-    monkeypatch.setattr(engines.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"spark extra"):
         with engines.connect(FeaturesParams(engine="pyspark")):
             pass
