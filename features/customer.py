@@ -180,23 +180,47 @@ def daily_activity(
     return daily.mutate(day=daily.date.epoch_days().cast("int64"))
 
 
+def customer_days(tx: ibis.Table, spec: FeatureSpec) -> ibis.Table:
+    """The day table every cutoff and label window is derived from: ``daily_activity`` of all
+    rows, plus ``purchase`` (a purchase day), ``gap`` (days since the customer's previous
+    purchase day; null on the first purchase day and on return-only days) and, when order_id
+    is mapped, ``new_orders`` (order ids whose first purchase row is on that day).
+
+    Every column of a day depends only on rows of that day or earlier, so filtering this table
+    to days <= cutoff gives exactly the day table of the rows <= cutoff: it is computed once
+    and shared by all cutoffs (see ``features_from_days``)."""
+    daily = daily_activity(tx, spec.has_quantity, spec.has_cost, spec.decimal_sums)
+    if spec.has_order_id:
+        daily = _with_new_orders(daily, tx)
+    return _with_purchase_gaps(daily)
+
+
+def _with_new_orders(daily: ibis.Table, tx: ibis.Table) -> ibis.Table:
+    """Add ``new_orders``: distinct order ids of the customer's purchase rows (amount >= 0)
+    first seen on that day. Their sum over days <= cutoff is the distinct count up to it."""
+    purchases = tx.filter((tx.amount >= 0) & tx.order_id.notnull())
+    orders = purchases.group_by(["customer_id", "order_id"]).aggregate(date=purchases.timestamp.date().min())
+    firsts = orders.group_by(["customer_id", "date"]).aggregate(new_orders=orders.count())
+    joined = daily.left_join(firsts, [daily.customer_id == firsts.customer_id, daily.date == firsts.date])
+    return joined.select(daily, new_orders=firsts.new_orders.fill_null(0))
+
+
 def _with_purchase_gaps(daily: ibis.Table) -> ibis.Table:
     """Mark purchase days and add ``gap``: days since the customer's previous purchase day
     (null on the first purchase day and on return-only days)."""
     daily = daily.mutate(purchase=daily.n_purchase_rows > 0)
-    # The latest purchase day strictly before each day (return-only days are skipped because
-    # they contribute null), in one window pass over the customer's days.
-    purchase_day = ibis.ifelse(daily.purchase, daily.day, ibis.null("int64"))
-    before = ibis.window(group_by=daily.customer_id, order_by=daily.day, rows=(None, -1))
-    previous = purchase_day.max().over(before)
+    # Partitioned by (customer, purchase), the previous row of a purchase day is the previous
+    # purchase day: one lag in a window pass (return-only days get a gap too, nulled below).
+    by_kind = ibis.window(group_by=[daily.customer_id, daily.purchase], order_by=daily.day)
+    previous = daily.day.lag().over(by_kind)
     return daily.mutate(gap=ibis.ifelse(daily.purchase, daily.day - previous, ibis.null("int64")))
 
 
-def _customer_stats(daily: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ibis.Table:
-    """Per customer with activity, in one aggregation over its days: purchase-day statistics
-    (first/last purchase, counts, values, gap sums) and activity totals (rows, net spend,
-    returns, trailing windows). Customers without a purchase day have n_purchase_days = 0."""
-    days = _with_purchase_gaps(daily)
+def _customer_stats(days: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ibis.Table:
+    """Per customer with activity, in one aggregation over its days (``customer_days`` already
+    filtered to days <= cutoff): purchase-day statistics (first/last purchase, counts, values,
+    gap sums) and activity totals (rows, net spend, returns, trailing windows, new orders).
+    Customers without a purchase day have n_purchase_days = 0."""
     day, value, purchase = days.day, days.value, days.purchase
     c = day_number(cutoff)
     trailing = day > c - spec.horizon_days
@@ -223,13 +247,9 @@ def _customer_stats(daily: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ib
         stats["total_quantity"] = days.quantity.sum()
     if spec.has_cost:
         stats["cost_trailing"] = days.cost.sum(where=trailing)
+    if spec.has_order_id:
+        stats["n_orders"] = days.new_orders.sum()
     return days.group_by("customer_id").aggregate(**stats)
-
-
-def _order_counts(rows: ibis.Table) -> ibis.Table:
-    """Distinct order ids per customer over purchase rows (amount >= 0)."""
-    purchases = rows.filter(rows.amount >= 0)
-    return purchases.group_by("customer_id").aggregate(n_orders=purchases.order_id.nunique())
 
 
 # --------------------------------------------------------------------------- features and labels
@@ -241,20 +261,20 @@ def customer_features(tx: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ibi
     Columns and units: see ``feature_dtypes`` and docs/features.md. Only rows on or before
     the cutoff are read, so nothing after it can influence the result.
     """
-    rows = rows_in_days(tx, None, cutoff)
-    daily = daily_activity(rows, spec.has_quantity, spec.has_cost, spec.decimal_sums)
-    s = _customer_stats(daily, cutoff, spec)
+    return features_from_days(customer_days(rows_in_days(tx, None, cutoff), spec), cutoff, spec)
+
+
+def features_from_days(days: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ibis.Table:
+    """``customer_features`` at ``cutoff`` from a ``customer_days`` table that may extend past
+    it: days after the cutoff are filtered out before any per-customer aggregation, so the
+    result equals that of the rows on or before the cutoff (no leakage)."""
+    s = _customer_stats(days.filter(days.day <= day_number(cutoff)), cutoff, spec)
     s = s.filter(s.n_purchase_days > 0)
-    if not spec.has_order_id:
-        return s.select(**_feature_columns(s, None, cutoff, spec)).order_by("customer_id")
-    o = _order_counts(rows)
-    joined = s.left_join(o, s.customer_id == o.customer_id)
-    return joined.select(**_feature_columns(s, o, cutoff, spec)).order_by("customer_id")
+    return s.select(**_feature_columns(s, cutoff, spec)).order_by("customer_id")
 
 
-def _feature_columns(s: ibis.Table, o: ibis.Table | None, cutoff: dt.date, spec: FeatureSpec) -> dict[str, ibis.Value]:
-    """The output columns, in file order, from the customer statistics ``s`` (and the order
-    counts ``o`` when order_id is mapped)."""
+def _feature_columns(s: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> dict[str, ibis.Value]:
+    """The output columns, in file order, from the customer statistics ``s``."""
     c = day_number(cutoff)
     first_day = s.first_purchase.epoch_days().cast("int64")
     last_day = s.last_purchase.epoch_days().cast("int64")
@@ -301,7 +321,7 @@ def _feature_columns(s: ibis.Table, o: ibis.Table | None, cutoff: dt.date, spec:
         "spend_trend": money(s.spend_recent) - money(s.spend_previous),
         "returns_count": (s.n_transactions - s.n_purchase_rows).cast("int64"),
         "returns_amount": money(s.returns_amount),
-        "n_orders": o.n_orders.fill_null(0).cast("int64") if o is not None else n_days,
+        "n_orders": s.n_orders.cast("int64") if spec.has_order_id else n_days,
         "total_quantity": total_quantity,
         "avg_quantity": total_quantity / n_days,
         "spend_trailing": spend_trailing,
@@ -319,9 +339,18 @@ def window_labels(
     spend (net of returns) count the window only. Only rows inside the window are read.
     """
     rows = rows_in_days(tx, cutoff, cutoff + dt.timedelta(days=horizon_days))
-    daily = daily_activity(rows, decimal_sums=decimal_sums)
-    window = daily.group_by("customer_id").aggregate(
-        n_purchase_days=daily.count(where=daily.n_purchase_rows > 0), spend=daily.value.sum()
+    return labels_from_days(daily_activity(rows, decimal_sums=decimal_sums), customers, cutoff, horizon_days, decimal_sums)
+
+
+def labels_from_days(
+    days: ibis.Table, customers: ibis.Table, cutoff: dt.date, horizon_days: int, decimal_sums: bool = False
+) -> ibis.Table:
+    """``window_labels`` from a day table (``daily_activity`` or ``customer_days``) of any extent:
+    only its days in (cutoff, cutoff + horizon] are aggregated."""
+    c = day_number(cutoff)
+    days = days.filter((days.day > c) & (days.day <= c + horizon_days))
+    window = days.group_by("customer_id").aggregate(
+        n_purchase_days=days.count(where=days.n_purchase_rows > 0), spend=days.value.sum()
     )
     ids = customers.select("customer_id")
     joined = ids.left_join(window, ids.customer_id == window.customer_id)
@@ -333,6 +362,14 @@ def window_labels(
         n_purchase_days=n_days,
         spend=_from_units(window.spend, decimal_sums),
     ).order_by("customer_id")
+
+
+def rows_in_day_table(days: ibis.Table, after: dt.date | None, until: dt.date) -> ibis.Value:
+    """Transaction rows whose day is in (after, until], counted on a day table (its n_rows)."""
+    keep = days.day <= day_number(until)
+    if after is not None:
+        keep &= days.day > day_number(after)
+    return days.n_rows.sum(where=keep).fill_null(0)
 
 
 # --------------------------------------------------------------------------- sufficient statistics

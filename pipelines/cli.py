@@ -101,6 +101,22 @@ def generate(
     write_synthetic(out, rows, seed, customers, noise_rate=noise_rate)
 
 
+@app.command(name="score")
+def score(
+    out: Path = typer.Option(..., "--out", help="Parquet file to write the scores to."),
+    engine: str = typer.Option("pandas", "--engine", help="pandas (this process) or pyspark (mlflow spark_udf)."),
+    params: Path = PARAMS_OPTION,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Apply the registered CLV model (@champion, else the clv stage's version) to features_t0."""
+    from pipelines import score as scoring
+
+    setup_logging(verbose)
+    if engine not in ("pandas", "pyspark"):
+        raise ConfigError(f"--engine must be pandas or pyspark, not '{engine}'")
+    scoring.score(load_params(params), engine, out)
+
+
 def main() -> None:
     """Entry point: user-facing errors become one line on stderr and exit code 2."""
     try:

@@ -70,6 +70,22 @@ def record_batches(con: ibis.BaseBackend, expr: ibis.Table, rows: int) -> Iterab
 
 
 @contextlib.contextmanager
+def cached(con: ibis.BaseBackend, expr: ibis.Table, name: str) -> Iterator[ibis.Table]:
+    """``expr`` computed once and kept for the block: a temporary table on DuckDB, ibis'
+    cache (a persisted DataFrame) elsewhere; dropped on exit."""
+    if con.name != "duckdb":
+        with expr.cache() as table:
+            yield table
+        return
+    drop = f'DROP TABLE IF EXISTS "{name}"'  # ibis 12's drop_table emits SQL DuckDB 2 rejects
+    con.raw_sql(drop)
+    try:
+        yield con.create_table(name, expr, temp=True)
+    finally:
+        con.raw_sql(drop)
+
+
+@contextlib.contextmanager
 def connect(params: FeaturesParams) -> Iterator[ibis.BaseBackend]:
     """An ibis backend for ``params.engine``, closed (and its spill directory removed) on exit."""
     opener = {"duckdb": _duckdb, "pyspark": _pyspark}[params.engine]

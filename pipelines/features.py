@@ -24,15 +24,16 @@ from features.customer import (
     MAX_ABS_VALUE,
     FeatureSpec,
     arrow_schema,
-    customer_features,
+    customer_days,
+    features_from_days,
     features_schema,
     features_summary,
+    labels_from_days,
     labels_summary,
     needs_decimal_sums,
-    rows_in_days,
+    rows_in_day_table,
     transaction_problems,
     transactions_summary,
-    window_labels,
 )
 from features.errors import DataError
 from pipelines import engines, io, paths, tracking
@@ -98,10 +99,6 @@ def feature_spec(params: Params, summary: dict[str, Any]) -> FeatureSpec:
     )
 
 
-def _count(con: ibis.BaseBackend, table: ibis.Table) -> int:
-    return int(con.execute(table.count()))
-
-
 def _validated_chunks(schema: pa.DataFrameSchema) -> Callable[[pyarrow.Table], None]:
     """A check for each row group before it is written: the pandera schema, and ids increasing
     across row groups (within one, the schema checks order and uniqueness)."""
@@ -137,11 +134,17 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def write_cutoff(con: ibis.BaseBackend, tx: ibis.Table, k: int, cutoff: dt.date, spec: FeatureSpec) -> dict[str, Any]:
-    """Write features_t{k}.parquet (and labels_t{k}.parquet for k >= 1); return the cutoff's metrics."""
+def write_cutoff(
+    con: ibis.BaseBackend, tx: ibis.Table, k: int, cutoff: dt.date, spec: FeatureSpec, days: ibis.Table | None = None
+) -> dict[str, Any]:
+    """Write features_t{k}.parquet (and labels_t{k}.parquet for k >= 1); return the cutoff's metrics.
+
+    ``days`` is ``customer_days(tx, spec)``, computed once and shared by the cutoffs (``build``);
+    every output filters it to the cutoff or label window before aggregating per customer."""
     started = time.perf_counter()
+    days = customer_days(tx, spec) if days is None else days
     target = paths.features_at(k)
-    n = write_validated(con, customer_features(tx, cutoff, spec), features_schema(spec.windows_days), target)
+    n = write_validated(con, features_from_days(days, cutoff, spec), features_schema(spec.windows_days), target)
     if n == 0:
         log.warning("t%d = %s: no customer has a purchase on or before it; wrote an empty %s", k, cutoff, target)
     written = con.read_parquet(target, table_name=f"features_t{k}")
@@ -150,25 +153,35 @@ def write_cutoff(con: ibis.BaseBackend, tx: ibis.Table, k: int, cutoff: dt.date,
         "cutoff": cutoff.isoformat(),
         "customers": summary["customers"],
         "repeat_buyer_share": _share(summary["repeat_buyers"], summary["customers"]),
-        "rows_used": _count(con, rows_in_days(tx, None, cutoff)),
+        "rows_used": _rows(con, days, None, cutoff),
     }
     if k in LABELLED_OFFSETS:
         end = cutoff + dt.timedelta(days=spec.horizon_days)
-        labels = window_labels(tx, written, cutoff, spec.horizon_days, spec.decimal_sums)
+        labels = labels_from_days(days, written, cutoff, spec.horizon_days, spec.decimal_sums)
         write_validated(con, labels, LABELS_SCHEMA, paths.labels_at(k))
         label_summary = _one_row(con, labels_summary(con.read_parquet(paths.labels_at(k), table_name=f"labels_t{k}")))
         entry |= {
             "label_window": [cutoff.isoformat(), end.isoformat()],
             "label_positive_rate": _share(label_summary["purchasers"], label_summary["customers"]),
-            "label_rows_used": _count(con, rows_in_days(tx, cutoff, end)),
+            "label_rows_used": _rows(con, days, cutoff, end),
         }
     log.info("t%d = %s: %d customers (%.1f s)", k, cutoff, n, time.perf_counter() - started)
     return entry
 
 
+def _rows(con: ibis.BaseBackend, days: ibis.Table, after: dt.date | None, until: dt.date) -> int:
+    return int(con.execute(rows_in_day_table(days, after, until)))
+
+
 def build(con: ibis.BaseBackend, tx: ibis.Table, cutoffs: dict[int, dt.date], spec: FeatureSpec) -> dict[str, Any]:
-    """Write the features (and labels) of every cutoff; return their metrics by 't{k}'."""
-    return {f"t{k}": write_cutoff(con, tx, k, cutoff, spec) for k, cutoff in cutoffs.items()}
+    """Write the features (and labels) of every cutoff; return their metrics by 't{k}'.
+
+    The day table of all rows is computed once and cached (a temporary table on DuckDB, a
+    persisted DataFrame on Spark); each cutoff only aggregates its days."""
+    started = time.perf_counter()
+    with engines.cached(con, customer_days(tx, spec), "customer_days") as days:
+        log.info("day table cached (%.1f s)", time.perf_counter() - started)
+        return {f"t{k}": write_cutoff(con, tx, k, cutoff, spec, days) for k, cutoff in cutoffs.items()}
 
 
 def run(params: Params, params_path: Path = Path("params.yaml")) -> None:

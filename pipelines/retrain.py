@@ -26,6 +26,7 @@ records the decision, the drift report, the metric comparison and the versions.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -399,6 +400,24 @@ def run(params: Params, params_path: Path = Path("params.yaml"), force_promote: 
         raise RetrainLocked(str(exc)) from None
 
 
+@dataclass
+class _Run:
+    """One retrain run: its params, the override, the project root, MLflow client, parent run, report."""
+
+    params: Params
+    force: bool
+    root: Path
+    client: Any
+    parent: str
+    report: dict[str, Any]
+
+    def repro(self, *args: str) -> None:
+        repro(list(args), self.parent, self.root)
+
+    def tag(self, versions: Versions, decision: str, reasons: list[str]) -> None:
+        tag_versions(self.client, self.params, versions, decision, reasons, self.parent)
+
+
 def _run_locked(params: Params, params_path: Path, force_promote: bool, root: Path) -> dict[str, Any]:
     import mlflow
 
@@ -413,7 +432,7 @@ def _run_locked(params: Params, params_path: Path, force_promote: bool, root: Pa
     report: dict[str, Any] = {"mlflow_run_id": parent, "force_promote": force_promote, "exported": False}
     status = "FAILED"
     try:
-        _retrain(params, force_promote, root, client, parent, report)
+        _retrain(_Run(params, force_promote, root, client, parent, report))
         status = "FINISHED"
         return report
     except (ChallengerRefused, DriftDetected):
@@ -429,91 +448,110 @@ def _run_locked(params: Params, params_path: Path, force_promote: bool, root: Pa
         client.set_terminated(parent, status)
 
 
-def _retrain(params: Params, force: bool, root: Path, client: Any, parent: str, report: dict[str, Any]) -> None:
-    repro(["segment"], parent, root)
-
+def _retrain(run: _Run) -> None:
+    params, report = run.params, run.report
+    run.repro("segment")
     challenger = challenger_versions(params)
-    champion = champion_versions(client, params)
+    champion = champion_versions(run.client, params)
     report["versions"] = {"challenger": challenger.as_dict(params), "champion_before": champion.as_dict(params)}
     profile = current_profile()
-    report["as_of"] = profile.as_of.isoformat()
-    report["data"] = profile.to_dict()
-
+    report.update(as_of=profile.as_of.isoformat(), data=profile.to_dict())
     if challenger == champion:
-        # No stage registered a new version: the models' inputs and params did not change.
-        reason = "no new model versions (inputs and params unchanged since the champion): the champion stays"
-        log.info(reason)
-        report.update(decision=gate.PROMOTE, stopped_by=None, forced=force, reasons=[reason])
-        report["versions"]["champion_after"] = champion.as_dict(params)
-        repro(["--single-item", "export"], parent, root)
-        report["exported"] = True
+        _keep_champion(run, champion)
         return
+    reference = _champion_reference(params, champion)
+    drift_report = _drift_checks(run, reference, profile, challenger, champion)
+    decision = _metric_gate(run, reference, drift_report, challenger, champion)
+    if not decision.promoted:
+        failed = "; ".join(v.reason for v in decision.verdicts if not v.passed)
+        raise ChallengerRefused(f"challenger refused by the gate: {failed}; champion and exports unchanged (see {REPORT})")
+    _promote(run, profile, challenger)
 
-    # drift: new data vs the champion's snapshot
-    reference = load_reference() if not champion.empty else None
-    if not champion.empty and reference is None:
+
+def _keep_champion(run: _Run, champion: Versions) -> None:
+    """No stage registered a new version (inputs and params unchanged): keep it, refresh stale exports."""
+    reason = "no new model versions (inputs and params unchanged since the champion): the champion stays"
+    log.info(reason)
+    run.report.update(decision=gate.PROMOTE, stopped_by=None, forced=run.force, reasons=[reason])
+    run.report["versions"]["champion_after"] = champion.as_dict(run.params)
+    run.repro("--single-item", "export")
+    run.report["exported"] = True
+
+
+def _champion_reference(params: Params, champion: Versions) -> Reference | None:
+    """The champion's snapshot, with a warning when it is missing or of other versions."""
+    if champion.empty:
+        return None
+    reference = load_reference()
+    if reference is None:
         log.warning("champion %s has no snapshot under %s: drift checks skipped", champion.as_dict(params), CHAMPION_DIR)
-    elif reference is not None and reference.meta.get("versions") != champion.as_dict(params):
-        log.warning("the snapshot under %s is of versions %s, the champion alias is on %s", CHAMPION_DIR, reference.meta.get("versions"), champion.as_dict(params))
-    drift_report = check_drift(reference, profile, params)
-    report["drift"] = drift_report.to_dict() if drift_report else {"passed": True, "skipped": "no champion snapshot"}
-    if drift_report is not None:
-        log.info("drift: %s", drift_report.summary())
-        if not drift_report.passed and not force:
-            reasons = [f"drift: {c.describe()}" for c in drift_report.failures]
-            report.update(decision=gate.REFUSE, stopped_by="drift", forced=False, reasons=reasons)
-            report["versions"]["champion_after"] = champion.as_dict(params)
-            tag_versions(client, params, challenger, gate.REFUSE, reasons, parent)
-            raise DriftDetected(f"data drift against the champion's data: {drift_report.summary()}; nothing promoted or exported (see {REPORT})")
-
-    # gate: both on the same holdout
-    holdout = load_holdout()
-    report["holdout"] = {
-        "cutoff": holdout.cutoff.date().isoformat(),
-        "n_customers": int(len(holdout.features)),
-        "champion_overlap_days": holdout_overlap_days(reference, holdout),
-    }
-    if report["holdout"]["champion_overlap_days"] > 0:
+    elif reference.meta.get("versions") != champion.as_dict(params):
         log.warning(
-            "the champion was trained on data %d day(s) into the holdout window; the comparison favours it",
-            report["holdout"]["champion_overlap_days"],
+            "the snapshot under %s is of versions %s, the champion alias is on %s",
+            CHAMPION_DIR, reference.meta.get("versions"), champion.as_dict(params),
         )
+    return reference
+
+
+def _drift_checks(
+    run: _Run, reference: Reference | None, profile: drift.DataProfile, challenger: Versions, champion: Versions
+) -> drift.DriftReport | None:
+    """Run the drift checks; stop (DriftDetected) on a failure unless forced. None without a snapshot."""
+    drift_report = check_drift(reference, profile, run.params)
+    run.report["drift"] = drift_report.to_dict() if drift_report else {"passed": True, "skipped": "no champion snapshot"}
+    if drift_report is None:
+        return None
+    log.info("drift: %s", drift_report.summary())
+    if drift_report.passed or run.force:
+        return drift_report
+    reasons = [f"drift: {c.describe()}" for c in drift_report.failures]
+    run.report.update(decision=gate.REFUSE, stopped_by="drift", forced=False, reasons=reasons)
+    run.report["versions"]["champion_after"] = champion.as_dict(run.params)
+    run.tag(challenger, gate.REFUSE, reasons)
+    raise DriftDetected(f"data drift against the champion's data: {drift_report.summary()}; nothing promoted or exported (see {REPORT})")
+
+
+def _metric_gate(
+    run: _Run, reference: Reference | None, drift_report: drift.DriftReport | None, challenger: Versions, champion: Versions
+) -> gate.GateDecision:
+    """Score both on the same holdout, decide, record the decision and tag the challenger versions."""
+    params, report = run.params, run.report
+    holdout = load_holdout()
+    overlap = holdout_overlap_days(reference, holdout)
+    report["holdout"] = {"cutoff": holdout.cutoff.date().isoformat(), "n_customers": int(len(holdout.features)), "champion_overlap_days": overlap}
+    if overlap > 0:
+        log.warning("the champion was trained on data %d day(s) into the holdout window; the comparison favours it", overlap)
     chal_metrics = challenger_metrics(holdout, params)
     champ_metrics = None if champion.empty else champion_metrics(champion, holdout, params)
-    decision = gate.decide(chal_metrics, champ_metrics, gate_rules(params), force=force)
+    decision = gate.decide(chal_metrics, champ_metrics, gate_rules(params), force=run.force)
     reasons = list(decision.reasons)
     if drift_report is not None and not drift_report.passed:
         reasons += [f"drift overridden: {c.describe()}" for c in drift_report.failures]
-    report.update(decision=decision.decision, stopped_by=None, forced=decision.forced, reasons=reasons)
+    report.update(decision=decision.decision, stopped_by=None if decision.promoted else "gate", forced=decision.forced, reasons=reasons)
     report["metrics"] = decision.to_dict()["metrics"]
     report["metrics_extra"] = {"challenger": chal_metrics, "champion": champ_metrics}
+    report["versions"]["champion_after"] = (challenger if decision.promoted else champion).as_dict(params)
     log.info("gate: %s%s\n  %s", decision.decision, " (forced)" if decision.forced else "", "\n  ".join(reasons))
+    run.tag(challenger, f"{decision.decision}-forced" if decision.forced else decision.decision, reasons)
+    return decision
 
-    tag = f"{decision.decision}-forced" if decision.forced else decision.decision
-    tag_versions(client, params, challenger, tag, reasons, parent)
-    if not decision.promoted:
-        report["stopped_by"] = "gate"
-        report["versions"]["champion_after"] = champion.as_dict(params)
-        failed = "; ".join(v.reason for v in decision.verdicts if not v.passed)
-        raise ChallengerRefused(f"challenger refused by the gate: {failed}; champion and exports unchanged (see {REPORT})")
 
-    move_champion(client, params, challenger)
-    report["versions"]["champion_after"] = challenger.as_dict(params)
-    snapshot_reference(profile, params, challenger, parent)
-    repro(["--single-item", "export"], parent, root)
-    report["exported"] = True
-    log.info("promoted %s and exported with it", challenger.as_dict(params))
+def _promote(run: _Run, profile: drift.DataProfile, challenger: Versions) -> None:
+    """Move the alias, snapshot the reference data, then (only then) export with the new champion."""
+    move_champion(run.client, run.params, challenger)
+    snapshot_reference(profile, run.params, challenger, run.parent)
+    run.repro("--single-item", "export")
+    run.report["exported"] = True
+    log.info("promoted %s and exported with it", challenger.as_dict(run.params))
 
 
 def _log_report(client: Any, run_id: str, report: dict[str, Any]) -> None:
     """Decision tags and the numeric leaves (drift values, metric comparison) on the parent run."""
-    import math
+    from mlflow.entities import Metric
 
     client.set_tag(run_id, "cvp.retrain.decision", str(report.get("decision")))
     client.set_tag(run_id, "cvp.retrain.stopped_by", str(report.get("stopped_by")))
     client.set_tag(run_id, "cvp.gate.reasons", "; ".join(report.get("reasons", []))[:MAX_TAG_CHARS])
-    from mlflow.entities import Metric
-
     flat = tracking.flatten("", {k: report[k] for k in ("drift", "metrics") if k in report})
     now = int(time.time() * 1000)
     batch = [

@@ -13,6 +13,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -69,6 +70,8 @@ def session(params: FeaturesParams, app_name: str = "cvp-features") -> Iterator[
     from pyspark.sql import SparkSession
 
     master, conf = spark_master(params), session_conf(params)
+    if master.startswith("local"):  # Python UDF workers (model scoring) run this interpreter
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     existing = SparkSession.getActiveSession()
     builder = SparkSession.builder.master(master).appName(app_name)
     for key, value in conf.items():

@@ -19,9 +19,12 @@ from features.customer import (
     FLOAT_EXACT_LIMIT,
     LABELS_SCHEMA,
     FeatureSpec,
+    customer_days,
     customer_features,
     feature_dtypes,
+    features_from_days,
     features_schema,
+    labels_from_days,
     needs_decimal_sums,
     rfm_counts,
     spend_counts,
@@ -349,9 +352,13 @@ def compiled():
     only runs the query (compiling an expression takes longer than running it on tiny data)."""
     tx = ibis.table(ibis.memtable(transactions_frame(["a"], ["2020-01-01"], [1.0])).schema(), name="tx")
     customers = ibis.table({"customer_id": "string"}, name="customers")
+    # The stage's route: one day table of ALL rows, filtered by day for the cutoff and windows.
+    days = customer_days(tx, LEAK_SPEC)
     return {
-        "features": ibis.to_sql(customer_features(tx, CUTOFF, LEAK_SPEC), dialect="duckdb"),
-        "labels": ibis.to_sql(window_labels(tx, customers, CUTOFF, 30), dialect="duckdb"),
+        "features": ibis.to_sql(features_from_days(days, CUTOFF, LEAK_SPEC), dialect="duckdb"),
+        "labels": ibis.to_sql(labels_from_days(days, customers, CUTOFF, 30), dialect="duckdb"),
+        "direct_features": ibis.to_sql(customer_features(tx, CUTOFF, LEAK_SPEC), dialect="duckdb"),
+        "direct_labels": ibis.to_sql(window_labels(tx, customers, CUTOFF, 30), dialect="duckdb"),
     }
 
 
@@ -373,6 +380,8 @@ def test_appending_rows_after_the_cutoff_changes_no_feature(con, compiled, histo
     after = run_compiled(con, compiled["features"], tx=pd.concat([history, future], ignore_index=True))
     assert len(before) == history.loc[history["amount"] >= 0, "customer_id"].nunique()
     pd.testing.assert_frame_equal(before, after)
+    # ... and equal the features computed from the rows on or before the cutoff only.
+    pd.testing.assert_frame_equal(run_compiled(con, compiled["direct_features"], tx=history), before)
 
 
 @HYPOTHESIS
@@ -386,6 +395,8 @@ def test_labels_read_only_their_window(con, compiled, history, outside):
     after = run_compiled(con, compiled["labels"], tx=pd.concat([history, outside], ignore_index=True), customers=customers)
     assert before["customer_id"].tolist() == ["a", "b", "c", "z"]
     pd.testing.assert_frame_equal(before, after)
+    direct = run_compiled(con, compiled["direct_labels"], tx=pd.concat([history, outside], ignore_index=True), customers=customers)
+    pd.testing.assert_frame_equal(direct, after)
 
 
 # --------------------------------------------------------------------------- labels
@@ -476,7 +487,7 @@ def test_expressions_compile_for_spark(small_tx, monkeypatch):
         for expr in (feats, labels, rfm_counts(feats), spend_counts(feats)):
             sql = ibis.to_sql(expr, dialect="pyspark")
             assert "SELECT" in sql and ("DECIMAL(18, 4)" in sql) == decimal_sums
-        assert "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING" in ibis.to_sql(feats, dialect="pyspark")
+        assert "LAG(" in ibis.to_sql(feats, dialect="pyspark").upper()  # the previous purchase day
 
 
 def test_float_unit_sums_are_exact_below_the_limit_and_decimal_takes_over_above(con):

@@ -57,16 +57,14 @@ def build_features(
 ) -> dict[str, pd.DataFrame]:
     """Run the stage on ``con`` in ``workdir`` for the cutoffs t_k, k in ``offsets`` (features,
     and labels for k >= 1); return the written files, read back, by name."""
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.chdir(workdir):
         io.write_parquet(tx.sort_values(["customer_id", "timestamp", "source_row"]).reset_index(drop=True), paths.TRANSACTIONS)
         table = stage.load_transactions(con, paths.TRANSACTIONS)
         summary = stage.check_transactions(con, table, paths.TRANSACTIONS)
         as_of = pd.Timestamp(summary["last_timestamp"]).date()
-        spec = stage.feature_spec(params, summary)
-        for k, cutoff in stage.cutoff_dates(as_of, params.data.horizon_days).items():
-            if k in offsets:
-                stage.write_cutoff(con, table, k, cutoff, spec)
+        cutoffs = {k: c for k, c in stage.cutoff_dates(as_of, params.data.horizon_days).items() if k in offsets}
+        stage.build(con, table, cutoffs, stage.feature_spec(params, summary))
         return {path.name: pd.read_parquet(path) for path in OUTPUTS if path.exists()}
 
 
