@@ -38,7 +38,7 @@ from features.customer import (
 from features.errors import DataError
 from pipelines import engines, io, paths, tracking
 from pipelines.config import Params
-from pipelines.ingest import write_parquet_stream
+from pipelines.io import write_parquet_stream
 
 log = logging.getLogger(__name__)
 

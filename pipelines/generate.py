@@ -29,7 +29,7 @@ from features.synthetic import (
     iter_transaction_tables,
     plan,
 )
-from pipelines.ingest import write_parquet_stream
+from pipelines.io import write_parquet_stream
 from pipelines.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)

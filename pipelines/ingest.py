@@ -18,7 +18,6 @@ import duckdb
 import ibis
 import ibis.expr.types as ir
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from features.ingest import (
     REASON,
@@ -31,7 +30,6 @@ from features.ingest import (
     attach_reasons,
     counts_by_reason,
     parse,
-    fixed_size_tables,
     reason_counts,
     rejections,
     rejected_rows,
@@ -39,13 +37,12 @@ from features.ingest import (
 )
 from pipelines import paths, tracking
 from pipelines.config import DataParams, Params
-from pipelines.io import atomic_path, write_json
+from pipelines.io import write_json, write_parquet_stream
 from pipelines.sources import RawSource, duckdb_connection, input_sha256, open_source, scan_error
 
 log = logging.getLogger(__name__)
 
 ROW_GROUP_ROWS = 1 << 18  # rows per Parquet row group (and per validated chunk)
-PROGRESS_EVERY_ROWS = 2_000_000
 
 TRANSACTIONS_ARROW = pa.schema(
     [
@@ -80,36 +77,6 @@ def rules_from_params(data: DataParams) -> IngestRules:
 def arrow_batches(con: ibis.BaseBackend, expr: ir.Table, batch_rows: int = ROW_GROUP_ROWS) -> Iterable[pa.RecordBatch]:
     """Stream an ibis expression's result from DuckDB as Arrow record batches, in result order."""
     return con.con.sql(con.compile(expr)).to_arrow_reader(batch_rows)
-
-
-def write_parquet_stream(
-    tables: Iterable[pa.Table | pa.RecordBatch],
-    target: Path | str,
-    schema: pa.Schema,
-    row_group_rows: int = ROW_GROUP_ROWS,
-    validate: Callable[[pa.Table], None] | None = None,
-    what: str = "rows",
-) -> int:
-    """Write a stream of Arrow tables to Parquet atomically, in row groups of exactly
-    ``row_group_rows`` rows (the last may be shorter), so identical data gives identical bytes
-    whatever the upstream batch sizes. ``validate`` is called on every row group before it is
-    written. Returns the number of rows written."""
-    written = 0
-    next_report = PROGRESS_EVERY_ROWS
-    with atomic_path(target) as tmp:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for table in fixed_size_tables(tables, row_group_rows):
-                table = table.cast(schema)
-                if validate is not None:
-                    validate(table)
-                writer.write_table(table, row_group_size=row_group_rows)
-                written += table.num_rows
-                if written >= next_report:
-                    log.info("%s: %d %s written", Path(target).name, written, what)
-                    next_report += PROGRESS_EVERY_ROWS
-            if written == 0:
-                writer.write_table(schema.empty_table())
-    return written
 
 
 def _pandera_check(schema) -> Callable[[pa.Table], None]:
@@ -176,12 +143,12 @@ def ingest(data: DataParams, root: Path | None = None) -> dict:
                 log.info("rejected %-22s %d", reason, n)
         n_written = write_parquet_stream(
             arrow_batches(con, accepted_transactions(classified)), paths.TRANSACTIONS, TRANSACTIONS_ARROW,
-            validate=_pandera_check(TRANSACTIONS_SCHEMA), what="accepted rows",
+            row_group_rows=ROW_GROUP_ROWS, validate=_pandera_check(TRANSACTIONS_SCHEMA), what="accepted rows",
         )
         raw_columns, with_file = source.raw_columns, source.has_source_file
         n_quarantined = write_parquet_stream(
             arrow_batches(con, rejected_rows(classified, raw_columns)), paths.QUARANTINE,
-            rejected_arrow_schema(raw_columns, with_file),
+            rejected_arrow_schema(raw_columns, with_file), row_group_rows=ROW_GROUP_ROWS,
             validate=_pandera_check(rejected_schema(raw_columns, with_file)), what="rejected rows",
         )
     if (n_written, n_quarantined) != (metrics["rows_accepted"], metrics["rows_rejected"]):

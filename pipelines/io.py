@@ -8,14 +8,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.ingest import fixed_size_tables
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_ROWS = 2_000_000
 
 
 @contextlib.contextmanager
@@ -52,6 +61,36 @@ def write_csv(df: pd.DataFrame, target: Path | str) -> Path:
     with atomic_path(target) as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
     return Path(target)
+
+
+def write_parquet_stream(
+    tables: Iterable[pa.Table | pa.RecordBatch],
+    target: Path | str,
+    schema: pa.Schema,
+    row_group_rows: int = 1 << 18,
+    validate: Callable[[pa.Table], None] | None = None,
+    what: str = "rows",
+) -> int:
+    """Write a stream of Arrow tables to Parquet atomically, in row groups of exactly
+    ``row_group_rows`` rows (the last may be shorter), so identical data gives identical bytes
+    whatever the upstream batch sizes. ``validate`` is called on every row group before it is
+    written. Returns the number of rows written."""
+    written = 0
+    next_report = PROGRESS_EVERY_ROWS
+    with atomic_path(target) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for table in fixed_size_tables(tables, row_group_rows):
+                table = table.cast(schema)
+                if validate is not None:
+                    validate(table)
+                writer.write_table(table, row_group_size=row_group_rows)
+                written += table.num_rows
+                if written >= next_report:
+                    log.info("%s: %d %s written", Path(target).name, written, what)
+                    next_report += PROGRESS_EVERY_ROWS
+            if written == 0:
+                writer.write_table(schema.empty_table())
+    return written
 
 
 def _clean(value: Any) -> Any:
