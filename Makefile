@@ -40,6 +40,11 @@ run-spark: env-spark
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/python -m pipelines.summary
 
+## Scheduled retraining: drift checks, champion/challenger gate, export only when promoted
+## (docs/retrain.md). `make retrain RETRAIN_ARGS=--force-promote` records an override.
+retrain: env
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cvp retrain $(RETRAIN_ARGS)
+
 ## Default test suite (slow tests excluded).
 test: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q

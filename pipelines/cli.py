@@ -120,13 +120,14 @@ def score(
 def main() -> None:
     """Entry point: user-facing errors become one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a typer.Exit.
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except (ConfigError, DataError) as exc:
         log.debug("stopped", exc_info=True)
         sys.stderr.write(f"cvp: error: {exc}\n")
         raise SystemExit(2) from None
-    except typer.Exit as exc:
-        raise SystemExit(exc.exit_code) from None
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("cvp: interrupted\n")
         raise SystemExit(130) from None
