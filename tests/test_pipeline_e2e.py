@@ -1,6 +1,6 @@
 """`dvc repro` of the whole pipeline on the bundled CDNOW data, in a copy of the project.
 
-This is what `make run` does; it checks the stages are wired together (dvc.yaml, the CLI and
+This is what `make run` does (about two minutes, so it stays in the default suite); it checks the stages are wired together (dvc.yaml, the CLI and
 the contracts between stages) and that the headline claims hold on the real data.
 """
 
@@ -52,7 +52,6 @@ def repro(tmp_path_factory):
     return project, env, first
 
 
-@pytest.mark.slow
 def test_repro_runs_every_stage_and_accounts_for_every_customer(repro):
     project, _, result = repro
     for stage in ("ingest", "features", "clv", "churn", "segment", "export"):
@@ -67,7 +66,6 @@ def test_repro_runs_every_stage_and_accounts_for_every_customer(repro):
     assert (project / paths.REPORT_HTML).stat().st_size > 0
 
 
-@pytest.mark.slow
 def test_headline_claims_hold_on_cdnow(repro):
     project, _, _ = repro
     clv = io.read_json(project / paths.metrics_file("clv"))
@@ -78,7 +76,6 @@ def test_headline_claims_hold_on_cdnow(repro):
     assert churn["comparison"]["classifier_auc_within_tolerance"]
 
 
-@pytest.mark.slow
 def test_a_second_repro_changes_nothing(repro):
     project, env, _ = repro
     before = {p: io.file_sha256(project / p) for p in (paths.SCORES_PARQUET, paths.features_at(0), paths.clv_predictions_at(0))}
