@@ -8,6 +8,7 @@
     cvp export        batch scores to Parquet/CSV/SQL and the HTML report
     cvp generate      seeded synthetic transactions (BG/NBD + Gamma-Gamma) for tests and benchmarks
     cvp retrain       scheduled retraining: drift checks, champion/challenger gate, export
+    cvp backtest      holdout metrics of the clv and churn models over past as_of dates
 """
 
 from __future__ import annotations
@@ -83,6 +84,27 @@ def retrain(
     except RetrainStopped as exc:
         sys.stderr.write(f"cvp: error: {exc}\n")
         raise SystemExit(exc.exit_code) from None
+
+
+@app.command(name="backtest")
+def backtest(
+    start: str = typer.Option(..., "--from", help="First as_of date, YYYY-MM-DD."),
+    end: str = typer.Option(..., "--to", help="Last as_of date, YYYY-MM-DD (included)."),
+    every: int | None = typer.Option(None, "--every", min=1, help="Days between as_of dates (default data.horizon_days)."),
+    params: Path = PARAMS_OPTION,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run ingest..churn at each past as_of in a scratch directory; table, plot and MLflow runs of the holdout metrics."""
+    import datetime as dt
+
+    from pipelines.backtest import run
+
+    setup_logging(verbose)
+    try:
+        dates = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    except ValueError:
+        raise ConfigError(f"--from/--to must be dates like 1998-03-31, not '{start}'/'{end}'") from None
+    run(load_params(params), params_path=params, start=dates[0], end=dates[1], every_days=every)
 
 
 @app.command(name="generate")
