@@ -8,7 +8,6 @@ directory). ``pyspark`` runs the same expressions on Spark and needs the ``spark
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
