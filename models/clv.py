@@ -422,7 +422,9 @@ def _discount(cumulative: np.ndarray, period_rate: float) -> np.ndarray:
     """sum_i (E[X(T, T+end_i)] - E[X(T, T+start_i)]) / (1 + period_rate)^i."""
     per_period = np.diff(cumulative, axis=0, prepend=0.0)
     factors = (1.0 + period_rate) ** -np.arange(1, len(cumulative) + 1, dtype=float)
-    return factors @ per_period
+    # A period-by-period sum, not a matrix product: BLAS sums in an order that depends on the
+    # number of customers, and a customer scored alone must get the batch's value to the last bit.
+    return np.sum(factors[:, None] * per_period, axis=0)
 
 
 def discounted_expected_purchases(purchase_model, frequency, recency, T, horizon_days, days_per_unit,

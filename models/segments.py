@@ -175,9 +175,9 @@ def share_count(share: float, n: int) -> int:
     return int(math.floor(share * n + 0.5 + SHARE_TOLERANCE))
 
 
-def top_positions(rank: np.ndarray, share: float) -> np.ndarray:
-    """Boolean mask of the customers in the top ``share`` by rank."""
-    return rank < share_count(share, len(rank))
+def top_positions(rank: np.ndarray, share: float, n: int | None = None) -> np.ndarray:
+    """Boolean mask of the customers in the top ``share`` of ``n`` (default: len(rank)) by rank."""
+    return rank < share_count(share, len(rank) if n is None else n)
 
 
 # --------------------------------------------------------------------------- quadrants
@@ -231,6 +231,7 @@ def assign_tier(
     high_current: pd.Series,
     rank: np.ndarray,
     rule: TierRule,
+    n: int | None = None,
 ) -> pd.Series:
     """Platinum / gold / iron / lead.
 
@@ -242,54 +243,73 @@ def assign_tier(
     - gold: the rest of the top ``top_share`` (valuable, but little growth left or not yet
       proven by recent purchases);
     - iron: everyone else (the many customers with limited spend).
-    Lead wins over the top group when both apply.
+    Lead wins over the top group when both apply. ``n`` is the population size the ranks refer
+    to (default: the customers given).
     """
-    n = len(value)
+    n = len(value) if n is None else n
     lead = (value.to_numpy(dtype=float) <= rule.lead_max_value) | (rank >= n - share_count(rule.lead_share, n))
-    top = top_positions(rank, rule.top_share) & ~lead
+    top = top_positions(rank, rule.top_share, n) & ~lead
     growing = growth.to_numpy(dtype=float) >= rule.growing_ratio * current.to_numpy(dtype=float)
     platinum = top & high_current.to_numpy(dtype=bool) & growing
-    tier = np.full(n, "iron", dtype=object)
+    tier = np.full(len(value), "iron", dtype=object)
     tier[top] = "gold"
     tier[platinum] = "platinum"
     tier[lead] = "lead"
     return pd.Series(tier, index=value.index, name="tier")
 
 
-def assign_pyramid(rank: np.ndarray, shares: tuple[tuple[str, float], ...], index: pd.Index) -> pd.Series:
+def pyramid_counts(shares: tuple[tuple[str, float], ...], n: int) -> list[int]:
+    """Customers in each pyramid level and the ones above it, for every level but the last."""
+    bounds = np.cumsum([share for _, share in shares])
+    return [share_count(float(cumulative), n) for cumulative in bounds[:-1]]
+
+
+def assign_pyramid(
+    rank: np.ndarray, shares: tuple[tuple[str, float], ...], index: pd.Index, n: int | None = None
+) -> pd.Series:
     """Pyramid level by value rank: the first share of customers gets the first level, and so on.
 
     Level boundaries are cumulative counts rounded half up (top 1% of 250 customers = 3 VIPs);
     the last level takes everyone left.
     """
-    n = len(rank)
-    levels = np.full(n, shares[-1][0], dtype=object)
-    bounds = np.cumsum([share for _, share in shares])
-    for (name, _), cumulative in reversed(list(zip(shares[:-1], bounds[:-1], strict=True))):
-        levels[rank < share_count(float(cumulative), n)] = name
+    n = len(rank) if n is None else n
+    levels = np.full(len(rank), shares[-1][0], dtype=object)
+    for (name, _), count in reversed(list(zip(shares[:-1], pyramid_counts(shares, n), strict=True))):
+        levels[rank < count] = name
     return pd.Series(levels, index=index, name="pyramid_level")
 
 
-def assign_abc(value: pd.Series, rank: np.ndarray, a: float, b: float) -> pd.Series:
-    """ABC class by cumulative share of (non-negative) value in rank order.
+def abc_counts(value: pd.Series, rank: np.ndarray, a: float, b: float) -> tuple[int, int]:
+    """Customers in class A, and in A or B, by cumulative share of (non-negative) value in rank order.
 
     A customer is A when the value of everyone ranked before them is below ``a`` of the total
-    (so A is the smallest set making the first 80%), B when it is below ``b``, else C.
-    Negative values count as 0; customers with no value are C; if nobody has value, all are C.
+    (so A is the smallest set making the first 80%), B when it is below ``b``. Both classes are
+    a prefix of the rank order (the share before a customer only grows along it), so two counts
+    describe them. Customers with no value are never A or B; if nobody has value, both are 0.
     """
     clipped = value.to_numpy(dtype=float).clip(min=0.0)
     total = clipped.sum()
-    labels = np.full(len(clipped), "C", dtype=object)
     if total <= 0:
-        return pd.Series(labels, index=value.index, name="abc_class")
-    order = np.argsort(rank, kind="stable")
-    sorted_values = clipped[order]
+        return 0, 0
+    sorted_values = clipped[np.argsort(rank, kind="stable")]
     before = (np.cumsum(sorted_values) - sorted_values) / total
-    sorted_labels = np.where(
-        sorted_values <= 0, "C", np.where(before < a - SHARE_TOLERANCE, "A", np.where(before < b - SHARE_TOLERANCE, "B", "C"))
-    )
-    labels[order] = sorted_labels
+    valued = sorted_values > 0
+    n_a = int((valued & (before < a - SHARE_TOLERANCE)).sum())
+    n_ab = int((valued & (before < b - SHARE_TOLERANCE)).sum())
+    return n_a, n_ab
+
+
+def abc_from_counts(value: pd.Series, rank: np.ndarray, counts: tuple[int, int]) -> pd.Series:
+    """ABC class from the two prefix counts of :func:`abc_counts`; no value means C."""
+    valued = value.to_numpy(dtype=float) > 0
+    labels = np.where(valued & (rank < counts[0]), "A", np.where(valued & (rank < counts[1]), "B", "C")).astype(object)
     return pd.Series(labels, index=value.index, name="abc_class")
+
+
+def assign_abc(value: pd.Series, rank: np.ndarray, a: float, b: float) -> pd.Series:
+    """ABC class by cumulative share of (non-negative) value in rank order (see :func:`abc_counts`):
+    A makes the first ``a`` of the value, B the rest up to ``b``, C everyone else."""
+    return abc_from_counts(value, rank, abc_counts(value, rank, a, b))
 
 
 # --------------------------------------------------------------------------- lifecycle
@@ -311,16 +331,22 @@ def one_time_buyer_interval(ipi_mean: pd.Series, configured: float | None) -> fl
 
 
 def assign_lifecycle(
-    days_since_first: pd.Series, days_since_last: pd.Series, ipi_mean: pd.Series, rule: LifecycleRule
+    days_since_first: pd.Series,
+    days_since_last: pd.Series,
+    ipi_mean: pd.Series,
+    rule: LifecycleRule,
+    fallback: float | None = None,
 ) -> pd.Series:
     """new / active / drowsy / half_asleep / dormant.
 
     new: first purchase at most ``new_days`` days before the cutoff. Otherwise the gap ratio
     days_since_last / interval (interval = the customer's mean inter-purchase interval, or the
-    one-time-buyer interval) is compared with the multiples: ratio >= dormant -> dormant,
-    >= half_asleep -> half_asleep, >= drowsy -> drowsy, else active.
+    one-time-buyer interval ``fallback``, by default :func:`one_time_buyer_interval` of these
+    customers) is compared with the multiples: ratio >= dormant -> dormant, >= half_asleep ->
+    half_asleep, >= drowsy -> drowsy, else active.
     """
-    fallback = one_time_buyer_interval(ipi_mean, rule.one_time_buyer_interval_days)
+    if fallback is None:
+        fallback = one_time_buyer_interval(ipi_mean, rule.one_time_buyer_interval_days)
     interval = ipi_mean.astype(float).where(ipi_mean.astype(float) > 0, fallback)
     ratio = days_since_last.to_numpy(dtype=float) / interval.to_numpy(dtype=float)
     state = np.select(
@@ -335,17 +361,30 @@ def assign_lifecycle(
 # --------------------------------------------------------------------------- relationship
 
 
-def customer_count_level(cell: pd.Series, rule: RelationshipRule) -> pd.Series:
-    """many / moderate / few by the share of the base in each customer's cell (e.g. quadrant x tier)."""
-    share = cell.map(cell.value_counts(normalize=True)).astype(float)
+def cell_shares(cell: pd.Series) -> dict[str, float]:
+    """Share of the customers in each cell (e.g. quadrant x tier)."""
+    return {str(k): float(v) for k, v in cell.value_counts(normalize=True).items()}
+
+
+def customer_count_level(cell: pd.Series, rule: RelationshipRule, shares: dict[str, float] | None = None) -> pd.Series:
+    """many / moderate / few by the share of the base in each customer's cell (e.g. quadrant x tier).
+
+    ``shares``: the base's share per cell (default: these customers'); an unknown cell has share 0.
+    """
+    shares = cell_shares(cell) if shares is None else shares
+    share = cell.map(shares).astype(float).fillna(0.0)
     level = np.where(share >= rule.many_share, "many", np.where(share < rule.few_share, "few", "moderate"))
     return pd.Series(level.astype(object), index=cell.index, name="customer_count_level")
 
 
-def margin_level(rank: np.ndarray, index: pd.Index) -> pd.Series:
+def tercile_counts(n: int) -> tuple[int, int]:
+    return share_count(1 / 3, n), share_count(2 / 3, n)
+
+
+def margin_level(rank: np.ndarray, index: pd.Index, n: int | None = None) -> pd.Series:
     """high / medium / low: the customer's value tercile by rank (top third is high)."""
-    n = len(rank)
-    level = np.where(rank < share_count(1 / 3, n), "high", np.where(rank < share_count(2 / 3, n), "medium", "low"))
+    high, medium = tercile_counts(len(rank) if n is None else n)
+    level = np.where(rank < high, "high", np.where(rank < medium, "medium", "low"))
     return pd.Series(level.astype(object), index=index, name="margin_level")
 
 
@@ -375,16 +414,92 @@ SEGMENT_INPUT_COLUMNS = (
 
 
 @dataclass(frozen=True)
+class SegmentReference:
+    """What labelling a customer needs from the population scored at as_of.
+
+    Quadrant cuts, the one-time-buyer interval and the share of the base in each quadrant/tier
+    cell are numbers. Every rank rule asks "is the customer among the top c by value?" for a few
+    counts c; ``boundaries`` holds, per count, the ranking key (value, customer_id) of the last
+    customer inside, so one customer is placed without the others. For the population itself
+    this reproduces its rank labels exactly; a new customer is placed among the population.
+    """
+
+    n_customers: int
+    current_value_cut: float
+    growth_potential_cut: float
+    one_time_buyer_interval_days: float
+    abc: tuple[int, int]  # customers in A, and in A or B
+    boundaries: tuple[tuple[int, float, str], ...]  # (count, value, customer_id), by count
+    cell_shares: dict[str, float]
+
+    def to_dict(self) -> dict:
+        return {
+            "n_customers": self.n_customers,
+            "current_value_cut": self.current_value_cut,
+            "growth_potential_cut": self.growth_potential_cut,
+            "one_time_buyer_interval_days": self.one_time_buyer_interval_days,
+            "abc": list(self.abc),
+            "boundaries": [list(b) for b in self.boundaries],
+            "cell_shares": dict(sorted(self.cell_shares.items())),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SegmentReference:
+        return cls(
+            n_customers=int(data["n_customers"]),
+            current_value_cut=float(data["current_value_cut"]),
+            growth_potential_cut=float(data["growth_potential_cut"]),
+            one_time_buyer_interval_days=float(data["one_time_buyer_interval_days"]),
+            abc=(int(data["abc"][0]), int(data["abc"][1])),
+            boundaries=tuple((int(c), float(v), str(i)) for c, v, i in data["boundaries"]),
+            cell_shares={str(k): float(v) for k, v in data["cell_shares"].items()},
+        )
+
+    def rank(self, value: pd.Series, customer_id: pd.Series) -> np.ndarray:
+        """A stand-in for each customer's 0-based rank in the population: c - 1 for the smallest
+        stored count c whose top group holds the customer, ``n_customers`` when none does. Every
+        rank rule compares ranks with stored counts only, so it gives the labels the true rank
+        gives (and for a population member, the same labels as in the population)."""
+        v = value.to_numpy(dtype=float)
+        ids = customer_id.astype(str).to_numpy(dtype=object)
+        rank = np.full(len(v), self.n_customers, dtype=np.int64)
+        for count, last_value, last_id in sorted(self.boundaries, reverse=True):
+            inside = (v > last_value) | ((v == last_value) & (ids <= last_id))
+            rank[inside] = count - 1
+        return rank
+
+
+def rank_counts(rules: SegmentRules, n: int, abc: tuple[int, int]) -> list[int]:
+    """Every count c of a "top c by value" question the rank rules ask about n customers."""
+    tier = [share_count(rules.tier.top_share, n), n - share_count(rules.tier.lead_share, n)]
+    counts = {*tier, *pyramid_counts(rules.pyramid, n), *tercile_counts(n), *abc}
+    return sorted(c for c in counts if 0 < c <= n)
+
+
+def rank_boundaries(value: pd.Series, customer_id: pd.Series, rank: np.ndarray, counts: list[int]):
+    """(count, value, customer_id) of the customer at rank count - 1, for every count."""
+    at = np.empty(len(rank), dtype=np.int64)
+    at[rank] = np.arange(len(rank))
+    v, ids = value.to_numpy(dtype=float), customer_id.astype(str).to_numpy(dtype=object)
+    return tuple((c, float(v[at[c - 1]]), str(ids[at[c - 1]])) for c in counts)
+
+
+@dataclass(frozen=True)
 class SegmentResult:
-    """Per-customer labels plus the cut points used."""
+    """Per-customer labels plus the cut points used and the population reference."""
 
     customers: pd.DataFrame  # customer_id, current_value, growth_potential, ..., value, churn_probability
     current_value_cut: float
     growth_potential_cut: float
+    reference: SegmentReference | None = None
 
 
-def segment_customers(frame: pd.DataFrame, rules: SegmentRules) -> SegmentResult:
+def segment_customers(frame: pd.DataFrame, rules: SegmentRules, reference: SegmentReference | None = None) -> SegmentResult:
     """Apply every rule to one row per customer (columns ``SEGMENT_INPUT_COLUMNS``).
+
+    Without ``reference`` the customers are the population: cuts, ranks and cell shares are
+    theirs, and the result carries the reference they define. With one (from an earlier run),
+    each customer is labelled against that population, whoever else is in ``frame``.
 
     Returns the labelled customers in input order with the contract columns (without as_of) plus
     ``value`` (the ranking basis) and ``churn_probability`` for the summary.
@@ -398,16 +513,28 @@ def segment_customers(frame: pd.DataFrame, rules: SegmentRules) -> SegmentResult
     growth_clv = df["clv"].astype(float).rename("growth_potential_clv")
     growth = growth_potential(rules.growth_potential, df["clv"], df["p_no_purchase"], df["churn_probability"])
     value = customer_value(current, growth, rules.value_basis)
-    rank = value_rank(value, ids)
 
-    cv_cut = axis_cut(current, rules.cut.method, rules.cut.current_value)
-    gp_cut = axis_cut(growth, rules.cut.method, rules.cut.growth_potential)
+    if reference is None:
+        n = len(df)
+        rank = value_rank(value, ids)
+        cv_cut = axis_cut(current, rules.cut.method, rules.cut.current_value)
+        gp_cut = axis_cut(growth, rules.cut.method, rules.cut.growth_potential)
+        abc = abc_counts(value, rank, *rules.abc)
+        fallback = one_time_buyer_interval(df["ipi_mean"], rules.lifecycle.one_time_buyer_interval_days)
+    else:
+        n, rank = reference.n_customers, reference.rank(value, ids)
+        cv_cut, gp_cut = reference.current_value_cut, reference.growth_potential_cut
+        abc, fallback = reference.abc, reference.one_time_buyer_interval_days
+
     high_current = is_high(current, cv_cut)
     quadrant = assign_quadrant(high_current, is_high(growth, gp_cut))
-    tier = assign_tier(value, current, growth, high_current, rank, rules.tier)
+    tier = assign_tier(value, current, growth, high_current, rank, rules.tier, n)
     cell = quadrant + "/" + tier
+    if reference is None:
+        boundaries = rank_boundaries(value, ids, rank, rank_counts(rules, n, abc))
+        reference = SegmentReference(n, cv_cut, gp_cut, fallback, abc, boundaries, cell_shares(cell))
     relationship = relationship_level(
-        customer_count_level(cell, rules.relationship), margin_level(rank, df.index)
+        customer_count_level(cell, rules.relationship, reference.cell_shares), margin_level(rank, df.index, n)
     )
     out = pd.concat(
         [
@@ -418,16 +545,16 @@ def segment_customers(frame: pd.DataFrame, rules: SegmentRules) -> SegmentResult
             quadrant,
             quadrant_strategies(quadrant),
             tier,
-            assign_pyramid(rank, rules.pyramid, df.index),
-            assign_abc(value, rank, *rules.abc),
-            assign_lifecycle(df["days_since_first"], df["days_since_last"], df["ipi_mean"], rules.lifecycle),
+            assign_pyramid(rank, rules.pyramid, df.index, n),
+            abc_from_counts(value, rank, abc),
+            assign_lifecycle(df["days_since_first"], df["days_since_last"], df["ipi_mean"], rules.lifecycle, fallback),
             relationship,
             value,
             df["churn_probability"].astype(float),
         ],
         axis=1,
     )
-    return SegmentResult(out, cv_cut, gp_cut)
+    return SegmentResult(out, cv_cut, gp_cut, reference)
 
 
 # --------------------------------------------------------------------------- concentration

@@ -203,6 +203,9 @@ class SegmentParams(_Section):
     tier: TierParams = TierParams()
     lifecycle: LifecycleParams = LifecycleParams()
     relationship: RelationshipParams = RelationshipParams()
+    log_model: bool = True
+    model_name: str = "cvp-scores"
+    register_model: bool = True
 
 
 class ExportParams(_Section):

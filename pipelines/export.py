@@ -21,7 +21,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from features.errors import DataError
-from models.scores import COLUMN_NAMES, SCORE_COLUMNS, assemble_scores, model_version
+from models.scores import COLUMN_NAMES, SCORE_COLUMNS, assemble_scores
 from models.segments import label_counts
 from pipelines import io, paths, report, tracking
 from pipelines.config import ConfigError, ExportParams, Params
@@ -37,7 +37,6 @@ INPUTS: dict[str, tuple[Path, str]] = {
     "churn": (paths.churn_predictions_at(0), "churn"),
     "segments": (paths.SEGMENTS, "segment"),
 }
-REGISTRATIONS: tuple[tuple[Path, str], ...] = ((paths.CLV_MODEL_DIR, "clv"), (paths.CHURN_MODEL_DIR, "churn"))
 
 SQL_TYPES = {
     "str": lambda: sa.String(255),
@@ -57,22 +56,10 @@ def read_input(path: Path, stage: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def read_registration(model_dir: Path, stage: str) -> dict | None:
-    """The registered model {"name", "version", "run_id"} of a stage, or None (with a warning)."""
-    path = paths.registration_file(model_dir)
-    if not path.exists():
-        log.warning("%s not found: the %s model is reported as unregistered", path, stage)
-        return None
-    registration = io.read_json(path)
-    if not isinstance(registration, dict) or not {"name", "version"} <= registration.keys():
-        raise DataError(f"{path}: expected a JSON object with 'name' and 'version'; re-run `cvp {stage}`")
-    return registration
-
-
 def build_scores() -> pd.DataFrame:
     """Read the scoring-date outputs and assemble the validated export frame."""
     frames = {role: read_input(path, stage) for role, (path, stage) in INPUTS.items()}
-    version = model_version([read_registration(d, stage) for d, stage in REGISTRATIONS])
+    version = tracking.scoring_model_version()
     return assemble_scores(
         frames["features"],
         frames["clv"],

@@ -1,6 +1,9 @@
 """Atomic, deterministic file output: write to a temporary sibling, then rename over the target.
 
 A stage killed mid-write leaves the previous file (or none) in place, never a partial one.
+The temporary file it leaves (``.<name>.<pid>.<random>.tmp``, beside the target) is removed by
+the next write of the same target once its writer's process is gone, so stale temporary files
+neither pile up nor stay inside a DVC-tracked output directory (where they would change its hash).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -32,7 +36,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target`` atomically."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -42,6 +47,52 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+# One layer of temporary name around ``inner``: ".<inner>.<pid>.<random>.tmp" (mkstemp's random
+# part has no dot). Export stages a file in a temporary path and writes that atomically too, which
+# nests two layers.
+_TEMP_NAME = re.compile(r"\.(?P<inner>.+)\.(?P<pid>\d+)\.[^.]+\.tmp")
+
+
+def _temp_writer_pids(name: str, target_name: str) -> list[int] | None:
+    """The pids in ``name`` if it is a (possibly nested) temporary file of ``target_name``, else None."""
+    pids = []
+    while match := _TEMP_NAME.fullmatch(name):
+        pids.append(int(match["pid"]))
+        name = match["inner"]
+        if name == target_name:
+            return pids
+    return None
+
+
+def _process_exists(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill(pid, 0) would end the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temps(target: Path | str) -> list[Path]:
+    """Delete the temporary files of ``target`` left by writers whose process no longer exists
+    (killed mid-write); return them. A temporary file of a running process (this one included)
+    is kept, so a concurrent writer is never disturbed; a reused pid only keeps a stale file."""
+    target = Path(target)
+    removed = []
+    with os.scandir(target.parent) as entries:
+        names = [entry.name for entry in entries if entry.name.startswith(".") and entry.name.endswith(".tmp")]
+    for name in sorted(names):
+        pids = _temp_writer_pids(name, target.name)
+        if pids and not any(_process_exists(pid) for pid in pids):
+            (target.parent / name).unlink(missing_ok=True)
+            removed.append(target.parent / name)
+            log.info("removed %s, left by a writer that was killed (pid %s)", target.parent / name, pids[-1])
+    return removed
 
 
 def _umask() -> int:

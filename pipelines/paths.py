@@ -47,6 +47,8 @@ SEGMENT_SUMMARY = SEGMENTS_DIR / "summary.parquet"
 MODELS = Path("models") / "artifacts"
 CLV_MODEL_DIR = MODELS / "clv"
 CHURN_MODEL_DIR = MODELS / "churn"
+SEGMENT_MODEL_DIR = MODELS / "segment"
+SEGMENT_REFERENCE = SEGMENT_MODEL_DIR / "reference.json"
 
 
 def registration_file(model_dir: Path) -> Path:

@@ -141,30 +141,46 @@ def repro(args: list[str], parent_run_id: str, root: Path) -> None:
 
 @dataclass(frozen=True)
 class Versions:
-    """Registered model versions, by registered model name; None when a model has none."""
+    """Registered model versions, by registered model name; None when a model has none.
+
+    ``scores`` is the whole scoring chain the segment stage registers (what is served online);
+    it moves with the CLV and churn models it was built from.
+    """
 
     clv: str | None
     churn: str | None
+    scores: str | None = None
 
     def as_dict(self, params: Params) -> dict[str, str | None]:
-        return {params.clv.model_name: self.clv, params.churn.model_name: self.churn}
+        out = {params.clv.model_name: self.clv, params.churn.model_name: self.churn}
+        if self.scores is not None:
+            out[params.segment.model_name] = self.scores
+        return out
 
     @property
     def empty(self) -> bool:
         return self.clv is None and self.churn is None
 
 
+def registered_stages(params: Params) -> list[tuple[str, Path, str]]:
+    """(stage, model dir, registered name) of every model a retrain promotes."""
+    stages = [("clv", paths.CLV_MODEL_DIR, params.clv.model_name), ("churn", paths.CHURN_MODEL_DIR, params.churn.model_name)]
+    if params.segment.log_model and params.segment.register_model:
+        stages.append(("segment", paths.SEGMENT_MODEL_DIR, params.segment.model_name))
+    return stages
+
+
 def challenger_versions(params: Params) -> Versions:
-    """The versions the clv and churn stages just registered (their registration.json)."""
+    """The versions the clv, churn and segment stages just registered (their registration.json)."""
     found = {}
-    for key, model_dir, name in (("clv", paths.CLV_MODEL_DIR, params.clv.model_name), ("churn", paths.CHURN_MODEL_DIR, params.churn.model_name)):
+    for key, model_dir, name in registered_stages(params):
         target = paths.registration_file(model_dir)
         if not target.exists():
             raise DataError(f"{target}: not found; the {key} stage registers no model (set {key}.register_model: true)")
         registration = io.read_json(target)
         if registration.get("name") != name:
             raise DataError(f"{target}: names model '{registration.get('name')}', params say {key}.model_name '{name}'; rerun `cvp {key}`")
-        found[key] = str(registration["version"])
+        found["scores" if key == "segment" else key] = str(registration["version"])
     return Versions(**found)
 
 
@@ -173,11 +189,11 @@ def champion_versions(client: Any, params: Params) -> Versions:
     from mlflow.exceptions import MlflowException
 
     found = {}
-    for key, name in (("clv", params.clv.model_name), ("churn", params.churn.model_name)):
+    for key, _, name in registered_stages(params):
         try:
-            found[key] = str(client.get_model_version_by_alias(name, ALIAS).version)
+            found["scores" if key == "segment" else key] = str(client.get_model_version_by_alias(name, ALIAS).version)
         except MlflowException:
-            found[key] = None
+            found["scores" if key == "segment" else key] = None
     return Versions(**found)
 
 
@@ -194,6 +210,8 @@ def tag_versions(client: Any, params: Params, versions: Versions, decision: str,
 
 def move_champion(client: Any, params: Params, versions: Versions) -> None:
     for name, version in versions.as_dict(params).items():
+        if version is None:
+            continue
         client.set_registered_model_alias(name, ALIAS, version)
         log.info("%s@%s -> version %s", name, ALIAS, version)
 

@@ -8,6 +8,8 @@ potential ranks customers at least as well as the CLV model alone.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -19,6 +21,7 @@ from matplotlib.figure import Figure
 
 from features.errors import DataError
 from models import segments as seg
+from models import scores_pyfunc
 from pipelines import io, paths, tracking
 from pipelines.config import Params
 
@@ -390,6 +393,69 @@ def write_plots(result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, se
     return out
 
 
+# --------------------------------------------------------------------------- the served model
+
+# Pinned to the running versions (the chain unpickles the CLV and churn models).
+PYFUNC_REQUIREMENTS = ("lifetimes", "lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "pandera", "mlflow")
+MODEL_FILES = {
+    scores_pyfunc.PURCHASE_ARTIFACT: paths.CLV_MODEL_DIR / "purchase_model.pkl",
+    scores_pyfunc.SPEND_ARTIFACT: paths.CLV_MODEL_DIR / "spend_model.pkl",
+    scores_pyfunc.CHURN_ARTIFACT: paths.CHURN_MODEL_DIR / "model.pkl",
+    scores_pyfunc.REFERENCE_ARTIFACT: paths.SEGMENT_REFERENCE,
+}
+
+
+def clv_settings(params: Params) -> scores_pyfunc.ClvSettings:
+    return scores_pyfunc.ClvSettings(
+        days_per_unit=params.data.days_per_unit,
+        horizon_days=params.data.horizon_days,
+        margin=params.clv.margin,
+        discount_rate=params.clv.discount_rate,
+        discount_period_days=params.clv.discount_period_days,
+    )
+
+
+def log_scores_model(params: Params, rules: seg.SegmentRules, version: str):
+    """Log the scoring chain as one pyfunc (registered as segment.model_name when asked).
+
+    Its input example is the first rows of features_t0; its output example is what the chain
+    answers for them, so a broken chain fails here, not at serving time.
+    """
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+    from mlflow.pyfunc import PythonModelContext
+
+    absent = [str(p) for p in MODEL_FILES.values() if not p.exists()]
+    if absent:
+        raise DataError(f"{absent[0]}: not found; run `cvp clv` and `cvp churn` first")
+    model = scores_pyfunc.ScoresPyfuncModel(rules, clv_settings(params), version)
+    artifacts = {key: str(path.resolve()) for key, path in MODEL_FILES.items()}
+    example = pd.read_parquet(paths.features_at(0)).head(5)
+    model.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
+    output = model.predict(None, example)
+    cfg = params.segment
+    return mlflow.pyfunc.log_model(
+        name="scores_model",
+        python_model=model,
+        artifacts=artifacts,
+        signature=infer_signature(example, output),
+        input_example=example,
+        pip_requirements=[f"{name}=={importlib.metadata.version(name)}" for name in PYFUNC_REQUIREMENTS],
+        registered_model_name=cfg.model_name if cfg.register_model else None,
+    )
+
+
+def write_registration(info, params: Params) -> None:
+    """registration.json of the registered scores model; a stale one is removed otherwise."""
+    target = paths.registration_file(paths.SEGMENT_MODEL_DIR)
+    if info is None or not params.segment.register_model or info.registered_model_version is None:
+        target.unlink(missing_ok=True)
+        return
+    version = int(info.registered_model_version)
+    io.write_json({"name": params.segment.model_name, "version": version, "run_id": info.run_id}, target)
+    log.info("registered %s version %s", params.segment.model_name, version)
+
+
 # --------------------------------------------------------------------------- stage
 
 
@@ -410,6 +476,8 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
     io.write_parquet(segments, paths.SEGMENTS)
     io.write_parquet(summary, paths.SEGMENT_SUMMARY)
     io.write_json(metrics, paths.metrics_file(STAGE))
+    # Exact floats (not write_json's rounding): the boundaries are compared with values as computed.
+    io.write_text(json.dumps(result.reference.to_dict(), indent=2, sort_keys=True) + "\n", paths.SEGMENT_REFERENCE)
     plots = write_plots(result, summary, metrics["concentration"], params.seed)
     log.info("wrote %s, %s and %s", paths.SEGMENTS, paths.SEGMENT_SUMMARY, plots)
 
@@ -422,3 +490,5 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
             mlflow.log_table(summary, artifact_file="summary.json")
         mlflow.log_artifacts(str(plots), artifact_path="plots")
         mlflow.log_artifact(str(paths.metrics_file(STAGE)))
+        info = log_scores_model(params, rules, tracking.scoring_model_version()) if params.segment.log_model else None
+    write_registration(info, params)

@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from features.errors import DataError
+from pipelines import io, paths
 from pipelines.config import Params
 
 log = logging.getLogger(__name__)
@@ -186,3 +188,28 @@ def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
     }
     if flat:
         mlflow.log_metrics(flat)
+
+
+# --------------------------------------------------------------------------- registrations
+
+#: Stages whose registered models produce the exported scores: (artifact dir, stage).
+SCORING_REGISTRATIONS: tuple[tuple[Path, str], ...] = ((paths.CLV_MODEL_DIR, "clv"), (paths.CHURN_MODEL_DIR, "churn"))
+
+
+def read_registration(model_dir: Path, stage: str) -> dict | None:
+    """The registered model {"name", "version", "run_id"} of a stage, or None (with a warning)."""
+    path = paths.registration_file(model_dir)
+    if not path.exists():
+        log.warning("%s not found: the %s model is reported as unregistered", path, stage)
+        return None
+    registration = io.read_json(path)
+    if not isinstance(registration, dict) or not {"name", "version"} <= registration.keys():
+        raise DataError(f"{path}: expected a JSON object with 'name' and 'version'; re-run `cvp {stage}`")
+    return registration
+
+
+def scoring_model_version() -> str:
+    """The export's model_version text, e.g. ``cvp-clv/3;cvp-churn/2``."""
+    from models.scores import model_version
+
+    return model_version([read_registration(d, stage) for d, stage in SCORING_REGISTRATIONS])

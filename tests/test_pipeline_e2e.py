@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -86,3 +87,86 @@ def test_a_second_repro_changes_nothing(repro):
     for stage in ("features", "clv", "churn", "segment", "export"):
         assert f"Running stage '{stage}'" not in second.stdout, second.stdout
     assert before == {p: io.file_sha256(project / p) for p in before}
+
+
+# --------------------------------------------------------------------------- online scoring
+
+
+@pytest.fixture(scope="module")
+def scores_server(repro, tmp_path_factory):
+    """`mlflow models serve` of models:/cvp-scores@champion, the chain the segment stage registered."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_serving import free_local_port, server_env, stop, wait_until_up
+
+    project, env, _ = repro
+    uri = env["MLFLOW_TRACKING_URI"]
+    reg = io.read_json(project / paths.registration_file(paths.SEGMENT_MODEL_DIR))
+    MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(reg["name"], "champion", reg["version"])
+    port = free_local_port()
+    logs = tmp_path_factory.mktemp("scores_server")
+    command = [
+        str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{reg['name']}@champion",
+        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    with open(logs / "stdout.txt", "wb") as out, open(logs / "stderr.txt", "wb") as err:
+        proc = subprocess.Popen(command, cwd=project, env=server_env(uri), stdout=out, stderr=err, start_new_session=True)
+    try:
+        base_url = f"http://127.0.0.1:{port}"
+        wait_until_up(proc, base_url, logs / "stderr.txt")
+        yield base_url
+    finally:
+        stop(proc)
+
+
+def _served_rows(base_url: str, features: pd.DataFrame) -> pd.DataFrame:
+    """POST features rows as a client would send them: JSON numbers at full precision (Python's
+    json; pandas' to_json keeps 10 digits, enough to move a customer across a rank boundary),
+    dates as ISO text, NaN as null."""
+    import json
+    import urllib.request
+
+    def plain(value):
+        if isinstance(value, pd.Timestamp):
+            return value.isoformat()
+        if isinstance(value, float) and np.isnan(value):
+            return None
+        return value.item() if isinstance(value, np.generic) else value
+
+    rows = [[plain(v) for v in row] for row in features.astype(object).itertuples(index=False)]
+    body = {"columns": list(features.columns), "data": rows}
+    request = urllib.request.Request(
+        f"{base_url}/invocations", data=json.dumps({"dataframe_split": body}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return pd.DataFrame(json.loads(response.read())["predictions"])
+    except urllib.error.HTTPError as exc:
+        pytest.fail(f"/invocations answered {exc.code}: {exc.read().decode(errors='replace')[:2000]}")
+
+
+def test_served_champion_answers_each_customer_with_their_export_row(repro, scores_server):
+    project, _, _ = repro
+    features = pd.read_parquet(project / paths.features_at(0))
+    exported = pd.read_parquet(project / paths.SCORES_PARQUET).set_index("customer_id")
+    reference = io.read_json(project / paths.SEGMENT_REFERENCE)
+    # The customers on every rank boundary (the likeliest to flip), one of each quadrant x tier
+    # cell, and a few at random.
+    boundary = [customer for _, _, customer in reference["boundaries"]]
+    cells = exported.reset_index().groupby(["quadrant", "tier"]).head(1)["customer_id"].tolist()
+    picked = sorted({*boundary, *cells, *features["customer_id"].sample(5, random_state=0)})
+    rows = features.set_index("customer_id").loc[picked].reset_index()
+
+    together = _served_rows(scores_server, rows)
+    alone = pd.concat([_served_rows(scores_server, rows.iloc[[i]]) for i in (0, len(rows) - 1)], ignore_index=True)
+    expected = exported.loc[picked].reset_index()
+    assert list(together.columns) == list(expected.columns)
+    for served, want in ((together, expected), (alone, expected.iloc[[0, -1]].reset_index(drop=True))):
+        for column in expected.columns:
+            if expected[column].dtype.kind == "f":
+                np.testing.assert_allclose(served[column].astype(float), want[column], rtol=1e-9, atol=0, err_msg=column)
+            elif column == "as_of":
+                assert (pd.to_datetime(served[column]) == want[column]).all()
+            else:
+                assert served[column].astype(str).tolist() == want[column].astype(str).tolist(), column

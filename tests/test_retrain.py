@@ -92,7 +92,7 @@ class FakePipeline:
             io.write_parquet(data["labels_t1"], paths.labels_at(1))
             io.write_parquet(data["clv_t1"], paths.clv_predictions_at(1))
             io.write_parquet(data["churn_t1"], paths.churn_predictions_at(1))
-            for key, model_dir, name in (("clv", paths.CLV_MODEL_DIR, self.params.clv.model_name), ("churn", paths.CHURN_MODEL_DIR, self.params.churn.model_name)):
+            for _, model_dir, name in retrain.registered_stages(self.params):
                 version = self._register(name)
                 self.by_version[(name, version)] = data
                 io.write_json({"name": name, "version": version}, paths.registration_file(model_dir))
@@ -142,7 +142,8 @@ def project(tmp_path, monkeypatch, empty_store):
 
 def _aliases(params):
     client = mlflow.MlflowClient()
-    return {n: str(client.get_model_version_by_alias(n, "champion").version) for n in (params.clv.model_name, params.churn.model_name)}
+    names = (params.clv.model_name, params.churn.model_name, params.segment.model_name)
+    return {n: str(client.get_model_version_by_alias(n, "champion").version) for n in names}
 
 
 def _tags(params, version):
@@ -156,7 +157,7 @@ def test_first_round_promotes_and_snapshots_then_a_worse_challenger_is_refused(p
     report = retrain.run(params)
     assert report["decision"] == "promote" and report["exported"] and fake.exports == 1
     assert report["drift"] == {"passed": True, "skipped": "no champion snapshot"}
-    assert _aliases(params) == {"cvp-clv": "1", "cvp-churn": "1"}
+    assert _aliases(params) == {"cvp-clv": "1", "cvp-churn": "1", "cvp-scores": "1"}
     assert retrain.REFERENCE_FEATURES.read_bytes() == paths.features_at(0).read_bytes()
     assert io.read_json(retrain.REFERENCE)["profile"]["as_of"] == "1998-03-31"
     assert _tags(params, "1")["cvp.gate.decision"] == "promote"
@@ -168,13 +169,13 @@ def test_first_round_promotes_and_snapshots_then_a_worse_challenger_is_refused(p
         retrain.run(params)
     assert err.value.exit_code == 3
     assert "\n" not in str(err.value) and "churn.roc_auc" in str(err.value)
-    assert _aliases(params) == {"cvp-clv": "1", "cvp-churn": "1"}
+    assert _aliases(params) == {"cvp-clv": "1", "cvp-churn": "1", "cvp-scores": "1"}
     assert fake.exports == 1 and paths.SCORES_CSV.read_bytes() == exported
     assert io.read_json(retrain.REFERENCE)["profile"]["as_of"] == "1998-03-31"
     written = io.read_json(retrain.REPORT)
     assert written["decision"] == "refuse" and written["stopped_by"] == "gate" and written["exported"] is False
-    assert written["versions"]["challenger"] == {"cvp-clv": "2", "cvp-churn": "2"}
-    assert written["versions"]["champion_after"] == {"cvp-clv": "1", "cvp-churn": "1"}
+    assert written["versions"]["challenger"] == {"cvp-clv": "2", "cvp-churn": "2", "cvp-scores": "2"}
+    assert written["versions"]["champion_after"] == {"cvp-clv": "1", "cvp-churn": "1", "cvp-scores": "1"}
     assert {k for k, v in written["metrics"].items() if not v["passed"]} == {"churn.roc_auc", "churn.brier", "clv.spend_mae", "clv.spearman"}
     assert written["holdout"]["champion_overlap_days"] == 0  # as_of moved by exactly one horizon
     assert _tags(params, "2")["cvp.gate.decision"] == "refuse"
@@ -203,7 +204,7 @@ def test_the_gate_uses_the_stage_metric_functions_on_the_same_holdout(project):
     assert report["decision"] == "promote"
     for verdict in report["metrics"].values():
         assert verdict["challenger"] == pytest.approx(verdict["champion"])
-    assert _aliases(params) == {"cvp-clv": "2", "cvp-churn": "2"}
+    assert _aliases(params) == {"cvp-clv": "2", "cvp-churn": "2", "cvp-scores": "2"}
 
 
 def test_drift_stops_before_the_gate_and_tags_the_refused_versions(project):
@@ -219,7 +220,7 @@ def test_drift_stops_before_the_gate_and_tags_the_refused_versions(project):
     written = io.read_json(retrain.REPORT)
     assert written["stopped_by"] == "drift" and "metrics" not in written
     assert written["drift"]["checks"]["psi.monetary_value"]["passed"] is False
-    assert _aliases(params) == {"cvp-clv": "1", "cvp-churn": "1"}
+    assert _aliases(params) == {"cvp-clv": "1", "cvp-churn": "1", "cvp-scores": "1"}
     assert paths.SCORES_CSV.read_bytes() == exported and fake.exports == 1
     assert _tags(params, "2")["cvp.gate.decision"] == "refuse"
     assert _tags(params, "2")["cvp.gate.reasons"].startswith("drift: psi.monetary_value")
@@ -234,7 +235,7 @@ def test_force_promote_overrides_drift_and_the_gate_and_says_so(project):
     assert report["decision"] == "promote" and report["forced"] is True
     assert report["reasons"][0] == "forced by --force-promote"
     assert any(r.startswith("drift overridden: psi.monetary_value") for r in report["reasons"])
-    assert _aliases(params) == {"cvp-clv": "2", "cvp-churn": "2"}
+    assert _aliases(params) == {"cvp-clv": "2", "cvp-churn": "2", "cvp-scores": "2"}
     assert _tags(params, "2")["cvp.gate.decision"] == "promote-forced"
     assert fake.exports == 2
 
@@ -322,5 +323,5 @@ def test_a_rerun_that_registers_nothing_new_keeps_the_champion_without_a_gate(pr
     report = retrain.run(params)
     assert report["decision"] == "promote" and "metrics" not in report
     assert report["reasons"][0].startswith("no new model versions")
-    assert _aliases(params) == {"cvp-clv": "1", "cvp-churn": "1"}
+    assert _aliases(params) == {"cvp-clv": "1", "cvp-churn": "1", "cvp-scores": "1"}
     assert _tags(params, "1") == tags_before

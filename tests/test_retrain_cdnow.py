@@ -85,7 +85,7 @@ def test_three_retraining_rounds_on_cdnow(tmp_path, monkeypatch):
         monkeypatch.setenv(var, uri)
     monkeypatch.delenv("CVP_PIPELINE_RUN_ID", raising=False)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    names = ("cvp-clv", "cvp-churn")
+    names = ("cvp-clv", "cvp-churn", "cvp-scores")
 
     # 1. first run: promoted unconditionally, exported
     _set_params(project, as_of="1998-03-31")
@@ -94,7 +94,7 @@ def test_three_retraining_rounds_on_cdnow(tmp_path, monkeypatch):
     report = _report(project)
     assert report["decision"] == "promote" and report["exported"] is True
     assert report["reasons"] == ["first model: no champion to compare with"]
-    assert _aliases(names) == {"cvp-clv": "1", "cvp-churn": "1"}
+    assert _aliases(names) == {"cvp-clv": "1", "cvp-churn": "1", "cvp-scores": "1"}
     scores = pd.read_parquet(project / "exports" / "scores.parquet")
     assert scores["model_version"].unique().tolist() == ["cvp-clv/1;cvp-churn/1"]
     assert (project / "models" / "champion" / "features_t0.parquet").exists()
@@ -118,7 +118,7 @@ def test_three_retraining_rounds_on_cdnow(tmp_path, monkeypatch):
     calibrated = churn_metrics["models"]["classifier_calibrated"]
     assert report["metrics"]["churn.roc_auc"]["challenger"] == pytest.approx(calibrated["roc_auc"])
     assert report["metrics"]["churn.brier"]["challenger"] == pytest.approx(calibrated["brier"])
-    assert _aliases(names) == {"cvp-clv": "2", "cvp-churn": "2"}
+    assert _aliases(names) == {"cvp-clv": "2", "cvp-churn": "2", "cvp-scores": "2"}
     snapshot = (project / "models" / "champion" / "reference.json").read_bytes()
     exported = _digests(project)
     assert set(exported) >= {"exports/scores.parquet", "exports/scores.csv", "reports/segments.html"}
@@ -137,8 +137,8 @@ def test_three_retraining_rounds_on_cdnow(tmp_path, monkeypatch):
     assert checks["rows.drop"]["value"] == pytest.approx(1 - kept / 69659)  # 0.165 > 0.10
     assert 0.1 < checks["psi.spend_trailing"]["value"] < 0.25  # a moderate shift, under the limit
     assert report["reasons"] == ["drift: rows.drop = 0.165 > 0.1"]
-    assert report["versions"]["challenger"] == {"cvp-clv": "3", "cvp-churn": "3"}
-    assert _aliases(names) == {"cvp-clv": "2", "cvp-churn": "2"}
+    assert report["versions"]["challenger"] == {"cvp-clv": "3", "cvp-churn": "3", "cvp-scores": "3"}
+    assert _aliases(names) == {"cvp-clv": "2", "cvp-churn": "2", "cvp-scores": "2"}
     assert _digests(project) == exported
     assert (project / "models" / "champion" / "reference.json").read_bytes() == snapshot
     client = mlflow.MlflowClient()

@@ -424,3 +424,50 @@ def test_holdout_comparison_warns_when_combined_is_worse(caplog):
 
 def test_holdout_comparison_skipped_without_inputs():
     assert "skipped" in holdout_comparison(None)
+
+
+# --------------------------------------------------------------------------- labelling one customer
+
+
+def tied_base(n: int = 300, seed: int = 3) -> pd.DataFrame:
+    """A base with many ties in value (zero spend, equal CLV), so boundaries fall inside ties."""
+    rng = np.random.default_rng(seed)
+    frame = small_base(n)
+    frame["spend_trailing"] = np.where(rng.uniform(size=n) < 0.6, 0.0, rng.choice([10.0, 25.0, 40.0], n))
+    frame["clv"] = rng.choice([0.0, 5.0, 12.0, 30.0, 80.0], n)
+    frame["customer_id"] = rng.permutation([f"k{i}" for i in range(n)])
+    return frame
+
+
+@pytest.mark.parametrize("base", [small_base, tied_base], ids=["distinct", "tied"])
+def test_the_reference_labels_each_customer_alone_as_in_the_population(base):
+    frame = base()
+    rules = seg.SegmentRules()
+    batch = seg.segment_customers(frame, rules)
+    # The reference survives a JSON round trip (it is stored with the served model).
+    import json
+
+    reference = seg.SegmentReference.from_dict(json.loads(json.dumps(batch.reference.to_dict())))
+    alone = pd.concat(
+        [seg.segment_customers(frame.iloc[[i]], rules, reference).customers for i in range(len(frame))],
+        ignore_index=True,
+    )
+    pd.testing.assert_frame_equal(alone, batch.customers)
+    reversed_order = seg.segment_customers(frame.iloc[::-1], rules, reference).customers
+    pd.testing.assert_frame_equal(reversed_order.iloc[::-1].reset_index(drop=True), batch.customers)
+
+
+def test_a_new_customer_is_placed_among_the_population():
+    frame = small_base(200)  # 2 vips
+    rules = seg.SegmentRules()
+    batch = seg.segment_customers(frame, rules)
+    best = frame.loc[[batch.customers["value"].idxmax()]].assign(customer_id="new-best")
+    worst = frame.loc[[batch.customers["value"].idxmin()]].assign(customer_id="new-worst")
+    got = seg.segment_customers(pd.concat([best, worst]), rules, batch.reference).customers
+    # A copy of the best customer ranks second (its id sorts after the original's): vip and A; the
+    # worst's copy ranks after everyone: small and lead, whatever else is in the request.
+    assert got["pyramid_level"].tolist() == ["vip", "small"]
+    assert got["abc_class"].tolist()[0] == "A"
+    assert got["tier"].tolist()[1] == "lead"
+    # A cell no population customer is in has share 0: "few" customers.
+    assert seg.customer_count_level(pd.Series(["IV/lead"]), rules.relationship, {"I/iron": 1.0}).tolist() == ["few"]

@@ -92,6 +92,7 @@ def project(tmp_path, monkeypatch):
     raw = {
         "data": {"columns": {"customer_id": "customer_id", "timestamp": "date", "amount": "dollar_value"}},
         "mlflow": {"tracking_dir": str(tmp_path / "tracking")},
+        "segment": {"log_model": False},  # no CLV/churn model files here (served model: test_pipeline_e2e)
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     files = write_inputs(tmp_path)

@@ -1,0 +1,116 @@
+"""The whole scoring chain as one MLflow pyfunc: a customer's features in, their export row out.
+
+CLV models -> churn classifier -> segment rules, the same functions the batch stages call, so a
+served answer equals the customer's row of exports/scores.parquet (the contract in
+models/scores.py). Population-relative labels (quadrant cuts, tiers, pyramid, ABC, relationship)
+come from the :class:`~models.segments.SegmentReference` of the population scored at as_of, so
+a customer is labelled as in the batch whoever else is in the request.
+
+Artifacts: the pickled purchase, spend and churn models and the reference as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+
+import mlflow.pyfunc
+import pandas as pd
+
+from models.churn import prepare_features
+from models.clv import predict_customers
+from models.scores import assemble_scores
+from models.segments import SegmentReference, SegmentRules, segment_customers
+
+PURCHASE_ARTIFACT = "purchase_model"
+SPEND_ARTIFACT = "spend_model"
+CHURN_ARTIFACT = "churn_classifier"
+REFERENCE_ARTIFACT = "segment_reference"
+ARTIFACTS = (PURCHASE_ARTIFACT, SPEND_ARTIFACT, CHURN_ARTIFACT, REFERENCE_ARTIFACT)
+#: Columns of a features row the chain reads besides the churn classifier's own inputs.
+REQUIRED_COLUMNS = (
+    "customer_id", "cutoff", "frequency", "recency", "T", "monetary_value",
+    "spend_trailing", "margin_trailing", "days_since_first", "days_since_last", "ipi_mean",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ClvSettings:
+    """How the CLV stage turned the models into CLV: days per model time unit, horizon (days),
+    margin rate, annual discount rate and discount period (days)."""
+
+    days_per_unit: float
+    horizon_days: int
+    margin: float
+    discount_rate: float
+    discount_period_days: int
+
+
+@dataclass(frozen=True)
+class ScoringChain:
+    """The fitted models and rules of one pipeline run; :meth:`score` gives export rows."""
+
+    purchase_model: object
+    spend_model: object
+    churn_classifier: object
+    reference: SegmentReference
+    rules: SegmentRules
+    clv: ClvSettings
+    model_version: str
+
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Export rows (``SCORES_SCHEMA``, sorted by customer_id) for rows of a features file."""
+        missing = [c for c in REQUIRED_COLUMNS if c not in features.columns]
+        if missing:
+            raise ValueError(f"features: missing column(s) {missing}; send rows of data/features/features_t0.parquet")
+        features = features.reset_index(drop=True).copy()
+        features["customer_id"] = features["customer_id"].astype(str)
+        features["cutoff"] = pd.to_datetime(features["cutoff"])
+        clv = predict_customers(
+            self.purchase_model,
+            self.spend_model,
+            features,
+            horizon_days=self.clv.horizon_days,
+            days_per_unit=self.clv.days_per_unit,
+            margin=self.clv.margin,
+            annual_discount_rate=self.clv.discount_rate,
+            period_days=self.clv.discount_period_days,
+        )
+        X = prepare_features(features, clv)
+        churn = pd.DataFrame(
+            {
+                "customer_id": X.index.to_numpy(),
+                "cutoff": features.set_index("customer_id").loc[X.index, "cutoff"].to_numpy(),
+                "churn_probability": self.churn_classifier.predict_churn_probability(X),
+            }
+        )
+        inputs = features.merge(clv[["customer_id", "clv", "p_no_purchase"]], on="customer_id", validate="one_to_one")
+        inputs = inputs.merge(churn[["customer_id", "churn_probability"]], on="customer_id", validate="one_to_one")
+        labelled = segment_customers(inputs, self.rules, self.reference).customers
+        segments = labelled.assign(as_of=features["cutoff"].to_numpy())
+        return assemble_scores(features, clv, churn, segments, self.model_version)
+
+
+class ScoresPyfuncModel(mlflow.pyfunc.PythonModel):
+    """Features rows in, export rows out (see :class:`ScoringChain`)."""
+
+    def __init__(self, rules: SegmentRules, clv: ClvSettings, model_version: str):
+        self.rules = rules
+        self.clv = clv
+        self.model_version = model_version
+
+    def load_context(self, context) -> None:
+        loaded = {}
+        for key in (PURCHASE_ARTIFACT, SPEND_ARTIFACT, CHURN_ARTIFACT):
+            with open(context.artifacts[key], "rb") as fh:
+                loaded[key] = pickle.load(fh)
+        with open(context.artifacts[REFERENCE_ARTIFACT], encoding="utf-8") as fh:
+            reference = SegmentReference.from_dict(json.load(fh))
+        self.chain = ScoringChain(
+            loaded[PURCHASE_ARTIFACT], loaded[SPEND_ARTIFACT], loaded[CHURN_ARTIFACT], reference,
+            self.rules, self.clv, self.model_version,
+        )  # fmt: skip
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return self.chain.score(pd.DataFrame(model_input))
