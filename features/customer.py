@@ -382,13 +382,13 @@ def rfm_counts(features: ibis.Table) -> ibis.Table:
 
 
 def spend_counts(features: ibis.Table) -> ibis.Table:
-    """Distinct (frequency, monetary_value) of repeat customers with positive spend, with counts.
+    """Distinct (frequency, monetary_value) with their customer count: all a Gamma-Gamma fit needs.
 
-    This is what a Gamma-Gamma fit needs; one-time buyers and non-positive values are excluded.
+    Every customer is counted (one-time buyers collapse into one row), so the fit can report how
+    many it leaves out (frequency 0 or monetary_value <= 0) as it does on per-customer rows.
     """
     keys = ["frequency", "monetary_value"]
-    repeat = features.filter((features.frequency > 0) & (features.monetary_value > 0))
-    return repeat.group_by(keys).aggregate(count=_.count()).order_by(keys)
+    return features.group_by(keys).aggregate(count=_.count()).order_by(keys)
 
 
 # --------------------------------------------------------------------------- contracts

@@ -332,19 +332,25 @@ def compare_candidates(
     actual_purchases,
     horizon_units: float,
     make_model: Callable[[str], Any],
+    patterns: pd.DataFrame | None = None,
 ) -> list[Candidate]:
     """Fit each candidate on ``features`` (frequency, recency, T) and score its holdout purchases.
 
     ``make_model(name)`` returns an unfitted purchase model; its predicted purchases over the
     next ``horizon_units`` are compared with ``actual_purchases``. A candidate whose fit raises
     FitError is kept with ``failure`` set (and a warning), so the others still compete.
+    ``patterns``: the same customers as distinct (frequency, recency, T) rows with their
+    ``count``; when given, the fits use it (same fit, fewer rows).
     """
     history = [features[c] for c in ("frequency", "recency", "T")]
+    fit_on, weighted = history, {}
+    if patterns is not None:
+        fit_on, weighted = [patterns[c] for c in ("frequency", "recency", "T")], {"weights": patterns["count"]}
     out = []
     for name in names:
         log.info("fitting candidate %s on %d customers", name, len(features))
         try:
-            model = make_model(name).fit(*history)
+            model = make_model(name).fit(*fit_on, **weighted)
         except FitError as exc:
             log.warning("candidate %s skipped: %s", name, exc)
             out.append(Candidate(name, None, None, str(exc)))

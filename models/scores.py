@@ -143,7 +143,7 @@ def _pick(frame: pd.DataFrame, columns: Sequence[str], label: str) -> pd.DataFra
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{label}: missing column(s) {', '.join(missing)}; re-run the stage that writes it")
-    picked = _coerce(frame.loc[:, ["customer_id", *columns]].reset_index(drop=True), label)
+    picked = coerce_scores(frame.loc[:, ["customer_id", *columns]].reset_index(drop=True), label)
     schema = SCORES_SCHEMA.select_columns(["customer_id", *columns])
     return validate_scores(picked, label, schema).set_index("customer_id")
 
@@ -202,7 +202,7 @@ def assemble_scores(
     return validate_scores(scores)
 
 
-def _coerce(frame: pd.DataFrame, label: str) -> pd.DataFrame:
+def coerce_scores(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     """Cast the contract columns of ``frame`` to their contract dtypes; whole numbers stay exact."""
     out = frame.copy()
     for column in SCORE_COLUMNS:

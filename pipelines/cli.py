@@ -127,16 +127,19 @@ def generate(
 def score(
     out: Path = typer.Option(..., "--out", help="Parquet file to write the scores to."),
     engine: str = typer.Option("pandas", "--engine", help="pandas (this process) or pyspark (mlflow spark_udf)."),
+    model: str = typer.Option("scores", "--model", help="scores (the whole chain: export rows) or clv (CLV predictions)."),
     params: Path = PARAMS_OPTION,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Apply the registered CLV model (@champion, else the clv stage's version) to features_t0."""
+    """Apply a registered model (@champion, else the stage's version) to features_t0."""
     from pipelines import score as scoring
 
     setup_logging(verbose)
     if engine not in ("pandas", "pyspark"):
         raise ConfigError(f"--engine must be pandas or pyspark, not '{engine}'")
-    scoring.score(load_params(params), engine, out)
+    if model not in ("scores", "clv"):
+        raise ConfigError(f"--model must be scores or clv, not '{model}'")
+    scoring.score(load_params(params), engine, out, model)
 
 
 def main() -> None:

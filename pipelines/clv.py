@@ -23,10 +23,11 @@ from typing import Any
 import pandas as pd
 import pandera.pandas as pa
 
+from features.customer import rfm_counts, spend_counts
 from features.errors import DataError
 from models import clv_eval
-from models.clv import FitError, PurchaseModel, SpendModel, predict_customers
-from pipelines import clv_plots, io, paths, tracking
+from models.clv import FitError, PurchaseModel, SpendModel, compress, predict_customers
+from pipelines import clv_plots, engines, io, paths, tracking
 from pipelines.config import ClvParams, Params
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,41 @@ def cutoff_of(features: pd.DataFrame, k: int) -> pd.Timestamp:
     return pd.Timestamp(values[0])
 
 
+# --------------------------------------------------------------------------- sufficient statistics
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """What the fits need from one features file: distinct (frequency, recency, T) and distinct
+    (frequency, monetary_value), each with its customer ``count``."""
+
+    rfm: pd.DataFrame
+    spend: pd.DataFrame
+
+
+def fit_patterns(params: Params) -> dict[int, Patterns]:
+    """Per cutoff, the compressed tables, computed by the features engine (DuckDB, or Spark with
+    features.engine: pyspark) from the features files: only distinct rows reach Python."""
+    out = {}
+    with engines.connect(params.features) as con:
+        for k in paths.CUTOFF_OFFSETS:
+            out[k] = patterns_at(con, paths.features_at(k), f"clv_features_t{k}")
+            log.info("t_%d: %d customers as %d (frequency, recency, T) and %d (frequency, monetary_value) patterns",
+                     k, int(out[k].rfm["count"].sum()), len(out[k].rfm), len(out[k].spend))  # fmt: skip
+    return out
+
+
+def patterns_at(con, path: Path, table_name: str) -> Patterns:
+    """The compressed tables of one features file, computed on the ibis backend ``con``."""
+    table = con.read_parquet(path, table_name=table_name)
+    return Patterns(con.to_pandas(rfm_counts(table)), con.to_pandas(spend_counts(table)))
+
+
+def patterns_of(features: pd.DataFrame) -> Patterns:
+    """The same tables from a features frame already in memory."""
+    return Patterns(compress(features, ["frequency", "recency", "T"]), compress(features, ["frequency", "monetary_value"]))
+
+
 # --------------------------------------------------------------------------- fitting
 
 
@@ -159,20 +195,22 @@ def new_purchase_model(name: str, cfg: ClvParams, seed: int) -> PurchaseModel:
     return PurchaseModel(model=name, penalizer=cfg.penalizer, retry_penalizer=cfg.retry_penalizer, random_state=seed)
 
 
-def fit_purchase(model: PurchaseModel, features: pd.DataFrame) -> PurchaseModel:
-    return model.fit(features["frequency"], features["recency"], features["T"])
+def fit_purchase(model: PurchaseModel, patterns: Patterns) -> PurchaseModel:
+    rfm = patterns.rfm
+    return model.fit(rfm["frequency"], rfm["recency"], rfm["T"], weights=rfm["count"])
 
 
-def fit_spend(cfg: ClvParams, features: pd.DataFrame) -> SpendModel:
+def fit_spend(cfg: ClvParams, patterns: Patterns) -> SpendModel:
     model = SpendModel(penalizer=cfg.spend_penalizer, correlation_warn=cfg.spend_correlation_warn)
-    return model.fit(features["frequency"], features["monetary_value"])
+    spend = patterns.spend
+    return model.fit(spend["frequency"], spend["monetary_value"], weights=spend["count"])
 
 
-def fit_both(name: str, features: pd.DataFrame, k: int, params: Params) -> tuple[PurchaseModel, SpendModel]:
+def fit_both(name: str, patterns: Patterns, k: int, params: Params) -> tuple[PurchaseModel, SpendModel]:
     """The purchase model ``name`` and Gamma-Gamma fitted on features_t{k}; FitError if either fails."""
-    log.info("fitting %s and Gamma-Gamma at t_%d on %d customers", name, k, len(features))
-    purchase = fit_purchase(new_purchase_model(name, params.clv, params.seed), features)
-    return purchase, fit_spend(params.clv, features)
+    log.info("fitting %s and Gamma-Gamma at t_%d on %d customers", name, k, int(patterns.rfm["count"].sum()))
+    purchase = fit_purchase(new_purchase_model(name, params.clv, params.seed), patterns)
+    return purchase, fit_spend(params.clv, patterns)
 
 
 def choose_purchase_model(
@@ -182,6 +220,7 @@ def choose_purchase_model(
     labels: pd.DataFrame,
     horizon_units: float,
     make_model: Callable[[str], Any] | None = None,
+    patterns: Patterns | None = None,
 ) -> tuple[clv_eval.Candidate, dict]:
     """The purchase model fitted at t_1 that the stage uses, and the model_selection report.
 
@@ -190,7 +229,8 @@ def choose_purchase_model(
     make_model = make_model or (lambda name: new_purchase_model(name, cfg, seed))
     names = clv_eval.CANDIDATE_ORDER if cfg.model == "auto" else (cfg.model,)
     actual = labels["n_purchase_days"].to_numpy()
-    candidates = clv_eval.compare_candidates(names, features, actual, horizon_units, make_model)
+    rfm = patterns.rfm if patterns is not None else None
+    candidates = clv_eval.compare_candidates(names, features, actual, horizon_units, make_model, rfm)
     errors = {c.name: (c.errors["mae"] if c.errors else None) for c in candidates}
     if all(v is None for v in errors.values()):
         reasons = "; ".join(f"{c.name}: {c.failure}" for c in candidates)
@@ -232,14 +272,14 @@ def empty_predictions() -> pd.DataFrame:
     return to_predictions(pd.DataFrame({c: pd.Series([], dtype=t) for c, t in PREDICTION_DTYPES.items()}))
 
 
-def predict_t2(features: pd.DataFrame, name: str, params: Params) -> tuple[pd.DataFrame, str | None]:
+def predict_t2(features: pd.DataFrame, patterns: Patterns, name: str, params: Params) -> tuple[pd.DataFrame, str | None]:
     """Predictions at t_2 from models fitted up to t_2; empty (with the reason) when they cannot be fitted."""
     reason = None
     if len(features) < params.clv.min_customers:
         reason = f"{len(features)} customers at t_2, fewer than clv.min_customers={params.clv.min_customers}"
     else:
         try:
-            return predict_at(*fit_both(name, features, 2, params), features, params), None
+            return predict_at(*fit_both(name, patterns, 2, params), features, params), None
         except FitError as exc:
             reason = str(exc)
     log.warning("t_2 not fitted: %s; writing an empty predictions file", reason)
@@ -308,12 +348,12 @@ def purchase_block(model: PurchaseModel) -> dict:
     return {**model.params_, "log_likelihood": model.log_likelihood_, "penalizer": model.penalizer_}
 
 
-def bgnbd_block(chosen: str, chosen_t0: PurchaseModel, features: pd.DataFrame, params: Params) -> dict:
+def bgnbd_block(chosen: str, chosen_t0: PurchaseModel, patterns: Patterns, params: Params) -> dict:
     """BG/NBD parameters at t_0: the chosen model's, or a BG/NBD fitted for reference."""
     if chosen == "bgnbd":
         return purchase_block(chosen_t0)
     try:
-        return purchase_block(fit_purchase(new_purchase_model("bgnbd", params.clv, params.seed), features))
+        return purchase_block(fit_purchase(new_purchase_model("bgnbd", params.clv, params.seed), patterns))
     except FitError as exc:
         log.warning("reference BG/NBD fit at t_0 failed: %s", exc)
         return {**dict.fromkeys(BGNBD_PARAMS), "error": str(exc)}
@@ -337,7 +377,7 @@ def model_summary(name: str, purchase: PurchaseModel, spend: SpendModel, t0: pd.
 
 
 def stage_metrics(name: str, cutoffs: dict, purchase_t0: PurchaseModel, spend_t0: SpendModel, f0: pd.DataFrame,
-                  selection: dict, holdout: dict, predictions: dict, params: Params) -> dict:  # fmt: skip
+                  patterns: Patterns, selection: dict, holdout: dict, predictions: dict, params: Params) -> dict:  # fmt: skip
     """metrics/clv.json: t_0 parameters, model selection, holdout evaluation, prediction totals."""
     return {
         "model": name,
@@ -345,7 +385,7 @@ def stage_metrics(name: str, cutoffs: dict, purchase_t0: PurchaseModel, spend_t0
         "holdout_cutoff": cutoffs[1].date().isoformat(),
         "time_unit": params.data.time_unit,
         "horizon_days": params.data.horizon_days,
-        "bgnbd": bgnbd_block(name, purchase_t0, f0, params),
+        "bgnbd": bgnbd_block(name, purchase_t0, patterns, params),
         name: purchase_block(purchase_t0),
         "gamma_gamma": {**spend_t0.params_, "population_mean_spend": spend_t0.population_mean_spend_},
         "n_customers": int(len(f0)),
@@ -440,12 +480,14 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
     with tracking.stage_run(STAGE, params, section=section, tags=tags, params_path=params_path):
         import mlflow
 
+        patterns = fit_patterns(params)
+
         # 1-2. choose the purchase model at t_1 and evaluate it on (t_1, t_0]
         f1 = inputs.features[1]
-        chosen, selection = choose_purchase_model(cfg, seed, f1, inputs.labels_t1, horizon_units)
+        chosen, selection = choose_purchase_model(cfg, seed, f1, inputs.labels_t1, horizon_units, patterns=patterns[1])
         name = chosen.name
         try:
-            spend_t1 = fit_spend(cfg, f1)
+            spend_t1 = fit_spend(cfg, patterns[1])
         except FitError as exc:
             raise DataError(f"{paths.features_at(1)}: {exc}") from None
         predictions = {1: predict_at(chosen.model, spend_t1, f1, params)}
@@ -455,11 +497,11 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
         # 3. refit at t_0 and t_2, each on data up to its cutoff
         f0 = inputs.features[0]
         try:
-            purchase_t0, spend_t0 = fit_both(name, f0, 0, params)
+            purchase_t0, spend_t0 = fit_both(name, patterns[0], 0, params)
         except FitError as exc:
             raise DataError(f"{paths.features_at(0)}: {exc}") from None
         predictions[0] = predict_at(purchase_t0, spend_t0, f0, params)
-        predictions[2], skipped_t2 = predict_t2(inputs.features[2], name, params)
+        predictions[2], skipped_t2 = predict_t2(inputs.features[2], patterns[2], name, params)
         evaluation["matrices"] = clv_eval.purchase_matrices(purchase_t0, f0["frequency"], f0["T"], horizon_units)
 
         for k in paths.CUTOFF_OFFSETS:
@@ -469,8 +511,8 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
         io.write_json(model_summary(name, purchase_t0, spend_t0, cutoffs[0], params), MODEL_SUMMARY)
 
         # 4. metrics and plots
-        metrics = stage_metrics(name, cutoffs, purchase_t0, spend_t0, f0, selection, evaluation["summary"],
-                                predictions, params)  # fmt: skip
+        metrics = stage_metrics(name, cutoffs, purchase_t0, spend_t0, f0, patterns[0], selection,
+                                evaluation["summary"], predictions, params)  # fmt: skip
         if skipped_t2:
             metrics["predictions"]["t2"]["skipped"] = skipped_t2
         io.write_json(metrics, paths.metrics_file(STAGE))

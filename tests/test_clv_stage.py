@@ -331,3 +331,32 @@ def test_rerun_gives_byte_identical_predictions(project, tmp_path):
     for name in ("calibration_holdout.csv", "tracking.csv", "model_vs_baseline.csv"):
         assert (tmp_path / paths.plots_dir("clv") / name).read_bytes() == (root / paths.plots_dir("clv") / name).read_bytes()
     assert not (tmp_path / paths.registration_file(paths.CLV_MODEL_DIR)).exists()
+
+
+# --------------------------------------------------------------------------- sufficient statistics
+
+
+def test_the_fits_receive_only_distinct_patterns_from_the_engine(project):
+    """The stage asks the features engine for the compressed tables: what reaches Python has one
+    row per distinct (frequency, recency, T) / (frequency, monetary_value), with counts that add
+    up to the customers, and the fitted t_0 models equal fits on every customer's row."""
+    root, features = project
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        params = parse_params(yaml.safe_load((root / "params.yaml").read_text()))
+        patterns = stage.fit_patterns(params)
+    for k in paths.CUTOFF_OFFSETS:
+        in_pandas = stage.patterns_of(features[k])
+        pd.testing.assert_frame_equal(patterns[k].rfm, in_pandas.rfm, check_dtype=False)
+        pd.testing.assert_frame_equal(patterns[k].spend, in_pandas.spend, check_dtype=False)
+        assert patterns[k].rfm["count"].sum() == patterns[k].spend["count"].sum() == len(features[k])
+        assert len(patterns[k].rfm) < len(features[k])
+    with open(root / stage.PURCHASE_PICKLE, "rb") as fh:
+        fitted = pickle.load(fh)
+    f0 = features[0]
+    per_customer = stage.new_purchase_model(fitted.model_, params.clv, params.seed).fit(f0["frequency"], f0["recency"], f0["T"])
+    assert per_customer.params_ == fitted.params_
+    with open(root / stage.SPEND_PICKLE, "rb") as fh:
+        spend = pickle.load(fh)
+    assert stage.fit_spend(params.clv, stage.patterns_of(f0)).params_ == spend.params_
+    assert spend.n_excluded_ == int((f0["frequency"] == 0).sum() + ((f0["frequency"] > 0) & (f0["monetary_value"] <= 0)).sum())

@@ -110,7 +110,8 @@ def params_with(tmp_path):
 
 
 def test_t2_with_too_few_customers_gives_an_empty_file_with_the_schema(params_with):
-    pred, reason = stage.predict_t2(tiny_features(), "bgnbd", params_with(min_customers=10))
+    features = tiny_features()
+    pred, reason = stage.predict_t2(features, stage.patterns_of(features), "bgnbd", params_with(min_customers=10))
     assert pred.empty and reason and "clv.min_customers=10" in reason
     assert {c: str(t) for c, t in pred.dtypes.items()} == stage.PREDICTION_DTYPES
     stage.PREDICTIONS_SCHEMA.validate(pred)
@@ -118,7 +119,8 @@ def test_t2_with_too_few_customers_gives_an_empty_file_with_the_schema(params_wi
 
 def test_t2_whose_fit_fails_is_skipped(params_with):
     # nobody has a repeat purchase: the purchase model is not identifiable
-    pred, reason = stage.predict_t2(tiny_features(frequency=(0, 0, 0, 0)), "bgnbd", params_with(min_customers=1))
+    features = tiny_features(frequency=(0, 0, 0, 0))
+    pred, reason = stage.predict_t2(features, stage.patterns_of(features), "bgnbd", params_with(min_customers=1))
     assert pred.empty and "repeat purchase" in reason
 
 

@@ -17,6 +17,10 @@ import pandas as pd
 import pytest
 
 from pipelines import io, paths
+from tests.test_spark_features import requires_java, requires_pyspark
+
+# One worker runs the whole module (make test: --dist loadgroup), so `dvc repro` runs once.
+pytestmark = pytest.mark.xdist_group("pipeline_e2e")
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore")
@@ -170,3 +174,28 @@ def test_served_champion_answers_each_customer_with_their_export_row(repro, scor
                 assert (pd.to_datetime(served[column]) == want[column]).all()
             else:
                 assert served[column].astype(str).tolist() == want[column].astype(str).tolist(), column
+
+
+# --------------------------------------------------------------------------- batch scoring
+
+
+def _score(project: Path, env: dict[str, str], engine: str) -> pd.DataFrame:
+    out = project / f"scored_{engine}.parquet"
+    _run(["cvp", "score", "--engine", engine, "--out", str(out)], project, env)
+    return pd.read_parquet(out)
+
+
+def test_cvp_score_with_the_registered_chain_rewrites_the_export(repro):
+    project, env, _ = repro
+    exported = pd.read_parquet(project / paths.SCORES_PARQUET)
+    pd.testing.assert_frame_equal(_score(project, env, "pandas"), exported, check_exact=True)
+
+
+@requires_pyspark
+@requires_java
+def test_cvp_score_on_spark_gives_the_export_bit_for_bit(repro):
+    """spark_udf scores the customers in batches of Spark's choosing; the stored population
+    reference keeps every label (and every float) as in the batch export."""
+    project, env, _ = repro
+    exported = pd.read_parquet(project / paths.SCORES_PARQUET)
+    pd.testing.assert_frame_equal(_score(project, env, "pyspark"), exported, check_exact=True)

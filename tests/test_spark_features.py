@@ -21,6 +21,7 @@ import pytest
 from features.errors import DataError
 from features.synthetic import SyntheticParams, generate_transactions
 from pipelines import engines, io, paths, spark
+from pipelines import clv as clv_stage
 from pipelines import features as stage
 from pipelines.config import ConfigError, FeaturesParams, Params, load_params
 from tests.test_features import cdnow_master, transactions_frame
@@ -101,6 +102,14 @@ def test_spark_equals_duckdb_on_simulated_transactions(spark_con, params, tmp_pa
     assert list(got) == ["features_t1.parquet", "labels_t1.parquet"]
     assert_same_outputs(expected, got)
     t1 = got["features_t1.parquet"]
+    # The CLV stage's compressed tables, asked of each engine, are the same rows.
+    features_t1 = tmp_path / "spark" / paths.features_at(1)
+    with engines.connect(FeaturesParams()) as duck:
+        on_duckdb = clv_stage.patterns_at(duck, features_t1, "f1")
+    on_spark = clv_stage.patterns_at(spark_con, features_t1, "f1")
+    for name in ("rfm", "spend"):
+        pd.testing.assert_frame_equal(getattr(on_spark, name), getattr(on_duckdb, name), check_dtype=False, obj=name)
+    assert on_spark.rfm["count"].sum() == len(t1) > len(on_spark.rfm)
     assert t1["n_orders"].sum() > 0 and t1["margin_trailing"].notna().any() and t1["returns_count"].sum() > 0
     assert 0 < got["labels_t1.parquet"]["purchased"].sum() < len(t1)
 

@@ -62,12 +62,12 @@ def test_without_a_registered_model_scoring_stops_with_one_line(project):
     params, _ = project
     clv.REGISTRATION.unlink()
     with pytest.raises(DataError, match=r"no 'cvp-clv@champion' alias and no .*registration\.json; run `cvp clv`"):
-        score.score(params, "pandas", Path("scores.parquet"))
+        score.score(params, "pandas", Path("scores.parquet"), "clv")
 
 
 def test_pandas_scores_equal_the_clv_stage_predictions(project):
     params, expected = project
-    assert score.score(params, "pandas", Path("out/scores.parquet")) == len(expected) == 2357
+    assert score.score(params, "pandas", Path("out/scores.parquet"), "clv") == len(expected) == 2357
     got = pd.read_parquet("out/scores.parquet")
     pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=0, atol=1e-12)
 
@@ -78,7 +78,7 @@ def test_pandas_scores_equal_the_clv_stage_predictions(project):
 def test_spark_udf_scores_equal_the_clv_stage_predictions(project):
     params, expected = project
     MlflowClient().set_registered_model_alias("cvp-clv", "champion", "1")
-    assert score.score(params, "pyspark", Path("scores.parquet")) == len(expected)
+    assert score.score(params, "pyspark", Path("scores.parquet"), "clv") == len(expected)
     got = pd.read_parquet("scores.parquet")
     pd.testing.assert_frame_equal(got, expected, check_exact=False, rtol=0, atol=1e-12)
     assert got["clv"].gt(0).all() and got["model"].eq("bgnbd").all()
