@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -483,3 +484,21 @@ def predict_customers(purchase_model: PurchaseModel, spend_model: SpendModel, fe
         "expected_avg_spend": spend,
         "clv": clv,
     }, index=features.index)
+
+
+@dataclass(frozen=True)
+class ClvSettings:
+    """How fitted models become CLV: days per model time unit, horizon (days), margin rate,
+    annual discount rate and discount period (days)."""
+
+    days_per_unit: float
+    horizon_days: int
+    margin: float
+    discount_rate: float
+    discount_period_days: int
+
+    def predict(self, purchase_model: PurchaseModel, spend_model: SpendModel, features: pd.DataFrame) -> pd.DataFrame:
+        """:func:`predict_customers` with these settings."""
+        return predict_customers(purchase_model, spend_model, features, horizon_days=self.horizon_days,
+                                 days_per_unit=self.days_per_unit, margin=self.margin,
+                                 annual_discount_rate=self.discount_rate, period_days=self.discount_period_days)

@@ -17,7 +17,7 @@ import pandas as pd
 from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
-from models.clv import predict_customers
+from models.clv import ClvSettings
 
 #: Artifact keys of the two pickled models.
 PURCHASE_ARTIFACT = "purchase_model"
@@ -54,16 +54,14 @@ class ClvPyfuncModel(mlflow.pyfunc.PythonModel):
         if "cutoff" not in features:
             features["cutoff"] = pd.NaT
         features["customer_id"] = features["customer_id"].astype(str)
-        return predict_customers(
-            self.purchase_model,
-            self.spend_model,
-            features,
-            horizon_days=int(settings["horizon_days"]),
+        clv = ClvSettings(
             days_per_unit=self.days_per_unit,
+            horizon_days=int(settings["horizon_days"]),
             margin=float(settings["margin"]),
-            annual_discount_rate=float(settings["discount_rate"]),
-            period_days=int(settings["discount_period_days"]),
+            discount_rate=float(settings["discount_rate"]),
+            discount_period_days=int(settings["discount_period_days"]),
         )
+        return clv.predict(self.purchase_model, self.spend_model, features)
 
 
 def model_signature(defaults: dict[str, Any], outputs: pd.DataFrame | None = None) -> ModelSignature:

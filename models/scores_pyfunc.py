@@ -19,7 +19,7 @@ import mlflow.pyfunc
 import pandas as pd
 
 from models.churn import prepare_features
-from models.clv import predict_customers
+from models.clv import ClvSettings
 from models.scores import assemble_scores
 from models.segments import SegmentReference, SegmentRules, segment_customers
 
@@ -33,18 +33,6 @@ REQUIRED_COLUMNS = (
     "customer_id", "cutoff", "frequency", "recency", "T", "monetary_value",
     "spend_trailing", "margin_trailing", "days_since_first", "days_since_last", "ipi_mean",
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ClvSettings:
-    """How the CLV stage turned the models into CLV: days per model time unit, horizon (days),
-    margin rate, annual discount rate and discount period (days)."""
-
-    days_per_unit: float
-    horizon_days: int
-    margin: float
-    discount_rate: float
-    discount_period_days: int
 
 
 @dataclass(frozen=True)
@@ -67,16 +55,7 @@ class ScoringChain:
         features = features.reset_index(drop=True).copy()
         features["customer_id"] = features["customer_id"].astype(str)
         features["cutoff"] = pd.to_datetime(features["cutoff"])
-        clv = predict_customers(
-            self.purchase_model,
-            self.spend_model,
-            features,
-            horizon_days=self.clv.horizon_days,
-            days_per_unit=self.clv.days_per_unit,
-            margin=self.clv.margin,
-            annual_discount_rate=self.clv.discount_rate,
-            period_days=self.clv.discount_period_days,
-        )
+        clv = self.clv.predict(self.purchase_model, self.spend_model, features)
         X = prepare_features(features, clv)
         churn = pd.DataFrame(
             {

@@ -26,7 +26,7 @@ import pandera.pandas as pa
 from features.customer import rfm_counts, spend_counts
 from features.errors import DataError
 from models import clv_eval
-from models.clv import FitError, PurchaseModel, SpendModel, compress, predict_customers
+from models.clv import ClvSettings, FitError, PurchaseModel, SpendModel, compress
 from pipelines import clv_plots, engines, io, paths, tracking
 from pipelines.config import ClvParams, Params
 
@@ -254,18 +254,18 @@ def to_predictions(frame: pd.DataFrame) -> pd.DataFrame:
     return PREDICTIONS_SCHEMA.validate(out)
 
 
-def predict_at(purchase: PurchaseModel, spend: SpendModel, features: pd.DataFrame, params: Params) -> pd.DataFrame:
-    raw = predict_customers(
-        purchase,
-        spend,
-        features,
-        horizon_days=params.data.horizon_days,
+def clv_settings(params: Params) -> ClvSettings:
+    return ClvSettings(
         days_per_unit=params.data.days_per_unit,
+        horizon_days=params.data.horizon_days,
         margin=params.clv.margin,
-        annual_discount_rate=params.clv.discount_rate,
-        period_days=params.clv.discount_period_days,
+        discount_rate=params.clv.discount_rate,
+        discount_period_days=params.clv.discount_period_days,
     )
-    return to_predictions(raw)
+
+
+def predict_at(purchase: PurchaseModel, spend: SpendModel, features: pd.DataFrame, params: Params) -> pd.DataFrame:
+    return to_predictions(clv_settings(params).predict(purchase, spend, features))
 
 
 def empty_predictions() -> pd.DataFrame:

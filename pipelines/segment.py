@@ -23,6 +23,7 @@ from features.errors import DataError
 from models import segments as seg
 from models import scores_pyfunc
 from pipelines import io, paths, tracking
+from pipelines.clv import clv_settings
 from pipelines.config import Params
 
 log = logging.getLogger(__name__)
@@ -403,16 +404,6 @@ MODEL_FILES = {
     scores_pyfunc.CHURN_ARTIFACT: paths.CHURN_MODEL_DIR / "model.pkl",
     scores_pyfunc.REFERENCE_ARTIFACT: paths.SEGMENT_REFERENCE,
 }
-
-
-def clv_settings(params: Params) -> scores_pyfunc.ClvSettings:
-    return scores_pyfunc.ClvSettings(
-        days_per_unit=params.data.days_per_unit,
-        horizon_days=params.data.horizon_days,
-        margin=params.clv.margin,
-        discount_rate=params.clv.discount_rate,
-        discount_period_days=params.clv.discount_period_days,
-    )
 
 
 def log_scores_model(params: Params, rules: seg.SegmentRules, version: str):

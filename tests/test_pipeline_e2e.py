@@ -99,28 +99,12 @@ def test_a_second_repro_changes_nothing(repro):
 @pytest.fixture(scope="module")
 def scores_server(repro, tmp_path_factory):
     """`mlflow models serve` of models:/cvp-scores@champion, the chain the segment stage registered."""
-    from mlflow.tracking import MlflowClient
-
-    from tests.test_serving import free_local_port, server_env, stop, wait_until_up
+    from tests.test_serving import serving
 
     project, env, _ = repro
-    uri = env["MLFLOW_TRACKING_URI"]
-    reg = io.read_json(project / paths.registration_file(paths.SEGMENT_MODEL_DIR))
-    MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(reg["name"], "champion", reg["version"])
-    port = free_local_port()
     logs = tmp_path_factory.mktemp("scores_server")
-    command = [
-        str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", f"models:/{reg['name']}@champion",
-        "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port),
-    ]  # fmt: skip
-    with open(logs / "stdout.txt", "wb") as out, open(logs / "stderr.txt", "wb") as err:
-        proc = subprocess.Popen(command, cwd=project, env=server_env(uri), stdout=out, stderr=err, start_new_session=True)
-    try:
-        base_url = f"http://127.0.0.1:{port}"
-        wait_until_up(proc, base_url, logs / "stderr.txt")
+    with serving(paths.SEGMENT_MODEL_DIR, project, env["MLFLOW_TRACKING_URI"], logs) as base_url:
         yield base_url
-    finally:
-        stop(proc)
 
 
 def _served_rows(base_url: str, features: pd.DataFrame) -> pd.DataFrame:

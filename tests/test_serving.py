@@ -7,6 +7,7 @@ registry with the project's own environment (--env-manager local).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,15 +88,13 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=STOP_TIMEOUT_S)
 
 
-@pytest.fixture(scope="module")
-def server(project, tmp_path_factory):  # noqa: F811
-    """Base URL of `mlflow models serve` on models:/cvp-clv@champion (the clv stage's version)."""
-    root, _ = project
-    uri = store_uri(root)
-    reg = io.read_json(root / paths.registration_file(paths.CLV_MODEL_DIR))
+@contextlib.contextmanager
+def serving(model_dir: Path, root: Path, uri: str, logs: Path) -> Iterator[str]:
+    """`mlflow models serve` of the version a stage registered (its registration.json under
+    ``root / model_dir``), after giving it the champion alias; yields the base URL."""
+    reg = io.read_json(root / paths.registration_file(model_dir))
     MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(reg["name"], ALIAS, reg["version"])
     port = free_local_port()
-    logs = tmp_path_factory.mktemp("model_server")
     command = [
         str(Path(sys.executable).parent / "mlflow"), "models", "serve",
         "-m", f"models:/{reg['name']}@{ALIAS}", "--env-manager", "local",
@@ -108,6 +108,14 @@ def server(project, tmp_path_factory):  # noqa: F811
         yield base_url
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server(project, tmp_path_factory):  # noqa: F811
+    """Base URL of `mlflow models serve` on models:/cvp-clv@champion (the clv stage's version)."""
+    root, _ = project
+    with serving(paths.CLV_MODEL_DIR, root, store_uri(root), tmp_path_factory.mktemp("model_server")) as base_url:
+        yield base_url
 
 
 # --------------------------------------------------------------------------- requests
