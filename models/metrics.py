@@ -8,6 +8,7 @@ a tied boundary group proportionally, so no result depends on the order of the r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,39 @@ def roc_auc(y_true, score) -> float:
         return float("nan")
     fpr, tpr, _ = _roc_arrays(y, s)
     return float(np.trapezoid(tpr, fpr))
+
+
+def weighted_roc_auc(y_true, score) -> Callable[[np.ndarray], float]:
+    """``roc_auc`` of the rows repeated ``w`` times, as a function of the weights ``w``.
+
+    The scores are sorted once; each call is O(n), so a bootstrap (weights = how often each row
+    was drawn) costs one pass per resample instead of one sort. Ties count one half, as in
+    ``roc_auc``; NaN when the weights leave one class.
+    """
+    y, s = _as_arrays(y_true, score)
+    order = np.argsort(s, kind="stable")
+    s_sorted, positive = s[order], y[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
+
+    def auc(w: np.ndarray) -> float:
+        ws = np.asarray(w, dtype=float)[order]
+        pos = np.add.reduceat(ws * positive, starts)
+        neg = np.add.reduceat(ws * (1.0 - positive), starts)
+        n_pos, n_neg = pos.sum(), neg.sum()
+        if n_pos == 0 or n_neg == 0:
+            return float("nan")
+        below = np.cumsum(neg) - neg
+        return float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
+
+    return auc
+
+
+def weighted_brier(y_true, probability) -> Callable[[np.ndarray], float]:
+    """``brier`` of the rows repeated ``w`` times, as a function of the weights ``w``."""
+    y, p = _as_arrays(y_true, probability)
+    _check_probability(p)
+    loss = (p - y) ** 2
+    return lambda w: float(np.dot(np.asarray(w, dtype=float), loss) / np.sum(w))
 
 
 def precision_recall_points(y_true, score) -> pd.DataFrame:

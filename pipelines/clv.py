@@ -16,10 +16,11 @@ import importlib.metadata
 import logging
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
@@ -225,12 +226,23 @@ def choose_purchase_model(
     """The purchase model fitted at t_1 that the stage uses, and the model_selection report.
 
     ``clv.model: auto`` compares every candidate on the holdout; a named model is the only one.
+    With more than ``clv.selection_max_customers`` customers, the candidates are compared on a
+    seeded sample of that many and the chosen one is then fitted on everyone (``patterns``).
     """
     make_model = make_model or (lambda name: new_purchase_model(name, cfg, seed))
     names = clv_eval.CANDIDATE_ORDER if cfg.model == "auto" else (cfg.model,)
     actual = labels["n_purchase_days"].to_numpy()
-    rfm = patterns.rfm if patterns is not None else None
-    candidates = clv_eval.compare_candidates(names, features, actual, horizon_units, make_model, rfm)
+    sampled = cfg.model == "auto" and len(features) > cfg.selection_max_customers
+    if sampled:
+        rows = np.sort(np.random.default_rng(seed).choice(len(features), cfg.selection_max_customers, replace=False))
+        log.info("comparing the candidates on %d of the %d customers at t_1 (clv.selection_max_customers)",
+                 len(rows), len(features))  # fmt: skip
+        sample = features.iloc[rows]
+        candidates = clv_eval.compare_candidates(names, sample, actual[rows], horizon_units, make_model,
+                                                 patterns_of(sample).rfm)  # fmt: skip
+    else:
+        rfm = patterns.rfm if patterns is not None else None
+        candidates = clv_eval.compare_candidates(names, features, actual, horizon_units, make_model, rfm)
     errors = {c.name: (c.errors["mae"] if c.errors else None) for c in candidates}
     if all(v is None for v in errors.values()):
         reasons = "; ".join(f"{c.name}: {c.failure}" for c in candidates)
@@ -241,7 +253,12 @@ def choose_purchase_model(
     report = clv_eval.selection_report(candidates, chosen, "auto" if cfg.model == "auto" else "configured")
     table = clv_eval.selection_table(report).to_string(index=False)
     log.info("model selection (%s), holdout (t_1, t_0]:\n%s\nchosen: %s", report["method"], table, chosen)
-    return next(c for c in candidates if c.name == chosen), report
+    winner = next(c for c in candidates if c.name == chosen)
+    if sampled:
+        report["sample_customers"] = int(cfg.selection_max_customers)
+        everyone = patterns if patterns is not None else patterns_of(features)
+        winner = replace(winner, model=fit_purchase(make_model(chosen), everyone))
+    return winner, report
 
 
 # --------------------------------------------------------------------------- predictions

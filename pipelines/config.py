@@ -92,6 +92,7 @@ class ClvParams(_Section):
     spend_correlation_warn: float = Field(0.3, gt=0, le=1)
     spend_penalizer: float = Field(0.0, ge=0)
     min_customers: int = Field(100, gt=0)
+    selection_max_customers: int = Field(200_000, gt=0)
     model_name: str = "cvp-clv"
     register_model: bool = True
 

@@ -354,7 +354,14 @@ def test_bootstrap_interval_brackets_the_difference():
     y = rng.integers(0, 2, 1000)
     good = np.clip(y * 0.6 + rng.uniform(0, 0.4, 1000), 0, 1)
     bad = rng.uniform(size=1000)
-    low, high = bootstrap_difference(y, good, bad, metrics.brier, n_resamples=100, seed=0)
+    low, high = bootstrap_difference(y, good, bad, metrics.weighted_brier, n_resamples=100, seed=0)
     point = metrics.brier(y, good) - metrics.brier(y, bad)
     assert low < point < high < 0
-    assert bootstrap_difference(y, good, good, metrics.brier, n_resamples=20, seed=0) == (0.0, 0.0)
+    assert bootstrap_difference(y, good, good, metrics.weighted_brier, n_resamples=20, seed=0) == (0.0, 0.0)
+    # The same resamples as drawing rows: the interval of the plain metrics on the drawn rows.
+    rng = np.random.default_rng(0)
+    drawn = [rng.integers(0, 1000, 1000) for _ in range(100)]
+    diffs = [metrics.roc_auc(y[i], good[i]) - metrics.roc_auc(y[i], bad[i]) for i in drawn]
+    expected = np.quantile(diffs, [0.025, 0.975])
+    got = bootstrap_difference(y, good, bad, metrics.weighted_roc_auc, n_resamples=100, seed=0)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)

@@ -176,3 +176,18 @@ def test_input_breaking_the_contract_is_a_one_line_data_error(tmp_path, monkeypa
     with pytest.raises(DataError, match=r"features_t1.parquet: does not match the features .* contract") as err:
         stage.load_inputs()
     assert "\n" not in str(err.value)
+
+
+def test_a_large_base_compares_candidates_on_a_sample_then_fits_the_winner_on_everyone():
+    from tests.test_clv_stage import HORIZON, cdnow_sample_transactions, features_and_labels
+
+    features, labels = features_and_labels(cdnow_sample_transactions(), pd.Timestamp("1998-03-31"))
+    cfg = ClvParams(model="auto", selection_max_customers=800)
+    chosen, report = stage.choose_purchase_model(cfg, 0, features, labels, HORIZON / 7)
+    assert report["sample_customers"] == 800 and len(features) == 2357
+    # The winner is fitted on every customer: the same model as a fit on all of them.
+    everyone = stage.fit_purchase(stage.new_purchase_model(chosen.name, cfg, 0), stage.patterns_of(features))
+    assert chosen.model.n_customers_ == 2357 and chosen.model.params_ == everyone.params_
+    # Below the limit nothing is sampled.
+    _, full = stage.choose_purchase_model(ClvParams(model="auto"), 0, features, labels, HORIZON / 7)
+    assert "sample_customers" not in full

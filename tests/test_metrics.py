@@ -161,3 +161,15 @@ def test_inputs_are_checked():
     with pytest.raises(ValueError, match="NaN"):
         m.roc_auc([0, 1], [np.nan, 0.2])
     assert isinstance(m.reliability_curve([0, 1], [0.2, 0.8]), pd.DataFrame)
+
+
+def test_weighted_metrics_equal_the_metrics_of_repeated_rows():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 300)
+    score = np.round(rng.uniform(size=300), 1)  # many ties
+    w = rng.integers(0, 4, 300)
+    repeated = np.repeat(np.arange(300), w)
+    assert m.weighted_roc_auc(y, score)(w) == pytest.approx(m.roc_auc(y[repeated], score[repeated]), rel=1e-12)
+    assert m.weighted_roc_auc(y, score)(np.ones(300)) == pytest.approx(m.roc_auc(y, score), rel=1e-12)
+    assert m.weighted_brier(y, score)(w) == pytest.approx(m.brier(y[repeated], score[repeated]), rel=1e-12)
+    assert np.isnan(m.weighted_roc_auc(y, score)(np.where(y == 1, 1, 0)))  # one class left
