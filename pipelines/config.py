@@ -106,6 +106,7 @@ class LightGBMParams(_Section):
     subsample_freq: int = Field(1, ge=0)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
+    n_jobs: int = Field(2, gt=0)
 
 
 class ChurnParams(_Section):
