@@ -163,14 +163,18 @@ def expected_positives_in_top(y_true, score, share: float = TOP_DECILE) -> tuple
     if not 0 < share <= 1:
         raise ValueError("share must be in (0, 1]")
     size = share * y.size
-    c = _threshold_counts(y, s)
+    return size, _positives_in_top(_threshold_counts(y, s), size)
+
+
+def _positives_in_top(c: _ThresholdCounts, size: float) -> float:
+    """Expected positives among the ``size`` top rows (see :func:`expected_positives_in_top`)."""
     n_at_or_above = c.tp + c.fp
     boundary = int(np.searchsorted(n_at_or_above, size, side="left"))
     n_above = n_at_or_above[boundary - 1] if boundary > 0 else 0
     pos_above = c.tp[boundary - 1] if boundary > 0 else 0.0
     group_n = n_at_or_above[boundary] - n_above
     group_pos = c.tp[boundary] - pos_above
-    return size, float(pos_above + (size - n_above) / group_n * group_pos)
+    return float(pos_above + (size - n_above) / group_n * group_pos)
 
 
 def top_share_lift(y_true, score, share: float = TOP_DECILE) -> float:
@@ -225,14 +229,18 @@ def cumulative_gains(y_true, score, n_groups: int = 10) -> pd.DataFrame:
     Columns: share_targeted, capture (share of positives found), lift (cumulative).
     """
     y, s = _as_arrays(y_true, score)
+    counts = _threshold_counts(y, s)  # sorted once for every share
+    positives = y.sum()
     rows = []
     for g in range(1, n_groups + 1):
         share = g / n_groups
+        size = share * y.size
+        found = _positives_in_top(counts, size)
         rows.append(
             {
                 "share_targeted": share,
-                "capture": top_share_capture(y, s, share),
-                "lift": top_share_lift(y, s, share),
+                "capture": float(found / positives) if positives else float("nan"),
+                "lift": float((found / size) / y.mean()) if positives else float("nan"),
             }
         )
     return pd.DataFrame(rows)
