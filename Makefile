@@ -47,15 +47,17 @@ retrain: env
 
 ## Default test suite (slow tests excluded).
 test: env
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup -q
 
 ## Every test, including the slow ones.
 test-all: env
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 -q -m ""
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n 2 --dist loadgroup -q -m ""
 
-## Benchmarks (prints ratios against the lifetimes route; writes bench/results.json).
-bench: env
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run
+## Benchmarks at 1M and 10M transactions: dvc repro, the plain lifetimes route, features on Spark
+## (prints wall time, peak memory, ratios; writes bench/results.json). Out of core at 100M:
+## make bench BENCH_ARGS="--sizes 1e8 --features-only"
+bench: env-spark
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## Regenerate requirements.lock from requirements.in (needs network access to PyPI).
 lock:

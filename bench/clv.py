@@ -102,7 +102,7 @@ def plain_lifetimes_route(customers: pd.DataFrame) -> dict:
     timer = StepTimer()
     bgf = BetaGeoFitter().fit(f, r, T)
     timer.step("fit_purchase")
-    repeat = f > 0
+    repeat = (f > 0) & (m > 0)  # Gamma-Gamma needs a positive mean spend (returns can make it <= 0)
     ggf = GammaGammaFitter().fit(f[repeat], m[repeat])
     timer.step("fit_spend")
     clv = ggf.customer_lifetime_value(bgf, f, r, T, m, time=HORIZON_DAYS // PERIOD_DAYS,

@@ -425,11 +425,16 @@ def log_scores_model(params: Params, rules: seg.SegmentRules, version: str):
     model.load_context(PythonModelContext(artifacts=artifacts, model_config=None))
     output = model.predict(None, example)
     cfg = params.segment
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: the features contract
+        # has none in its integer columns (frequency, counts).
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+        signature = infer_signature(example, output)
     return mlflow.pyfunc.log_model(
         name="scores_model",
         python_model=model,
         artifacts=artifacts,
-        signature=infer_signature(example, output),
+        signature=signature,
         input_example=example,
         pip_requirements=[f"{name}=={importlib.metadata.version(name)}" for name in PYFUNC_REQUIREMENTS],
         registered_model_name=cfg.model_name if cfg.register_model else None,

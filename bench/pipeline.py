@@ -1,0 +1,581 @@
+"""Benchmark: the whole pipeline (`dvc repro` on DuckDB) against the plain lifetimes route, and the
+features stage on Spark, at 1M and 10M transactions.
+
+For each size, seeded synthetic transactions (pipelines.generate.write_synthetic, ten rows per
+customer by default: 1M rows ~ 100k customers, 10M rows ~ 1M customers) are generated once and
+cached under bench/out/data/ (not timed). Then, each route in its own process tree:
+
+- ``pipeline``: a fresh copy of the project (dvc.yaml, params.yaml, code) in the work directory,
+  its own MLflow store, params.yaml ``data`` pointing at the generated file (as_of = the last day
+  of the generated period, horizon and time unit as in params.yaml), `dvc init --no-scm` (not
+  timed), then `dvc repro` timed: total, and per stage from the moment DVC announces each stage
+  (so a stage's time includes DVC's hashing and caching of its outputs);
+- ``lifetimes``: the plain lifetimes route on the transactions the pipeline's ingest accepted:
+  `summary_data_from_transaction_data` (days), BetaGeoFitter fitted on every customer,
+  GammaGammaFitter on the repeat customers (with positive mean spend), `customer_lifetime_value`
+  (3 periods of 30 days, 10% a year) for every customer (bench.features / bench.clv code);
+- ``spark_features``: `cvp features` with ``features.engine: pyspark`` (``local[2]``) on the
+  same ingested transactions, the JVM included; its files are compared with DuckDB's. Skipped,
+  with the reason, when Java or pyspark is missing.
+
+Wall seconds are those of the whole command (interpreter start-up and imports included). Peak
+memory is the larger of (1) the peak of the summed RSS of the command's process tree, polled
+every 0.1 s with psutil, and (2) the largest max RSS of any single process of the tree that its
+parent waited for (os.wait4 rusage). GB means 10^9 bytes. Ratios are against ``lifetimes``.
+Results go to bench/results.json (merged by size with an existing file, so a later
+``--features-only`` run adds to it), with the machine, versions, the targets and pass/fail.
+
+The out-of-core route, ``--features-only``: `dvc repro ingest`, then `dvc repro -s features`,
+each measured on its own, with ``data.ingest_memory_limit`` and ``features.memory_limit`` set to
+``--memory-limit`` (default 6GB there) and DuckDB's spill directory watched:
+
+    python -m bench.pipeline [--sizes 1e6,1e7] [--seed 42] [--workdir DIR] [--out bench/results.json]
+    python -m bench.pipeline --sizes 1e8 --features-only [--memory-limit 6GB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = ROOT / "bench" / "out" / "data"
+DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "cvp-bench"
+DEFAULT_OUT = ROOT / "bench" / "results.json"
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore")
+PROJECT_DIRS = ("features", "models", "pipelines")
+BIN = Path(sys.executable).parent
+RESULT_PREFIX = "BENCH-RESULT "
+STAGE_LINE = re.compile(r"^Running stage '([^']+)'")
+GB = 10**9
+POLL_SECONDS = 0.1
+SPILL_POLL_SECONDS = 1.0
+VERSIONS = ("duckdb", "ibis-framework", "pyarrow", "pandas", "numpy", "scipy", "lifetimes", "lightgbm",
+            "mlflow", "dvc", "pyspark", "psutil")  # fmt: skip
+
+# Targets (GB = 10^9 bytes, the stricter reading). `route`/`key` say where the measure is.
+TARGETS = (
+    {"id": "e2e_10m_seconds", "size": "10000000", "route": "pipeline", "measure": "seconds", "limit": 300.0,
+     "what": "end-to-end dvc repro, 10M transactions / 1M customers: wall time under 5 minutes"},
+    {"id": "e2e_10m_peak", "size": "10000000", "route": "pipeline", "measure": "peak_bytes", "limit": 6 * GB,
+     "what": "end-to-end dvc repro, 10M transactions / 1M customers: peak memory under 6 GB"},
+    {"id": "features_100m_out_of_core", "size": "100000000", "route": "features_only", "measure": "features_peak_bytes",
+     "limit": 8 * GB, "what": "features stage on DuckDB, 100M transactions: completes out of core, peak memory under 8 GB"},
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- measuring a command
+
+
+@dataclass
+class Measured:
+    """One command's wall time, memory and the time each announced stage started."""
+
+    seconds: float
+    returncode: int
+    peak_tree_bytes: int  # peak of the summed RSS of the process tree (polled)
+    max_process_bytes: int  # largest max RSS of one process the command waited for (rusage)
+    peak_spill_bytes: int  # peak size of the watched directory (TMPDIR: DuckDB's spill files; 0 if none)
+    stage_starts: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds from start)
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds from start, tree RSS)
+    result: dict | None = None  # the child's BENCH-RESULT line, if any
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.peak_tree_bytes, self.max_process_bytes)
+
+    def stages(self) -> dict[str, dict]:
+        """Seconds and polled peak tree RSS from each stage's announcement to the next (the last
+        to the end of the command)."""
+        bounds = [*self.stage_starts, ("", self.seconds)]
+        out = {}
+        for (name, start), (_, end) in zip(bounds, bounds[1:]):
+            peak = max((rss for t, rss in self.samples if start <= t <= end), default=0)
+            out[name] = {"seconds": end - start, "peak_tree_bytes": peak}
+        return out
+
+
+def _tree_rss(root) -> int:
+    import psutil
+
+    total = 0
+    for proc in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            total += proc.memory_info().rss
+    return total
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512  # allocated, not apparent, size
+    return total
+
+
+def measure(command: list[str], cwd: Path, env: dict[str, str], log_file: Path, spill_dir: Path | None = None) -> Measured:
+    """Run ``command``; stdout and stderr go to ``log_file``, scanned for DVC's stage lines and the
+    child's result line. The process tree is polled for RSS (and ``spill_dir`` for its size)."""
+    samples: list[tuple[float, int]] = []
+    spill_peak = [0]
+    stop = threading.Event()
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def poll_memory() -> None:
+        try:
+            import psutil
+
+            root = psutil.Process(proc.pid)
+        except Exception:  # psutil missing or the process already gone: rusage only
+            return
+        while not stop.is_set():
+            try:
+                samples.append((time.perf_counter() - started, _tree_rss(root)))
+            except Exception:  # the root exited between two calls
+                break
+            stop.wait(POLL_SECONDS)
+
+    def poll_spill() -> None:
+        while spill_dir is not None and not stop.is_set():
+            spill_peak[0] = max(spill_peak[0], _dir_bytes(spill_dir))
+            stop.wait(SPILL_POLL_SECONDS)
+
+    pollers = [threading.Thread(target=poll_memory, daemon=True), threading.Thread(target=poll_spill, daemon=True)]
+    for thread in pollers:
+        thread.start()
+    stage_starts: list[tuple[str, float]] = []
+    result = None
+    with open(log_file, "ab") as log, proc.stdout:
+        log.write(f"\n$ {' '.join(command)}   (cwd {cwd})\n".encode())
+        for raw in proc.stdout:
+            now = time.perf_counter() - started
+            log.write(raw)
+            line = raw.decode(errors="replace").rstrip("\n")
+            if match := STAGE_LINE.match(line):
+                stage_starts.append((match.group(1), now))
+            elif line.startswith(RESULT_PREFIX):
+                result = json.loads(line[len(RESULT_PREFIX) :])
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stop.set()
+    for thread in pollers:
+        thread.join()
+    return Measured(
+        seconds=seconds, returncode=proc.returncode, peak_tree_bytes=max((rss for _, rss in samples), default=0),
+        max_process_bytes=usage.ru_maxrss * 1024, peak_spill_bytes=spill_peak[0],  # Linux: KiB
+        stage_starts=stage_starts, samples=samples, result=result,
+    )  # fmt: skip
+
+
+def route_entry(m: Measured, command: list[str], log_file: Path) -> dict:
+    entry = {
+        "command": " ".join(Path(command[0]).name if i == 0 else c for i, c in enumerate(command)),
+        "ok": m.returncode == 0, "seconds": m.seconds, "peak_bytes": m.peak_bytes,
+        "peak_tree_bytes": m.peak_tree_bytes, "max_process_bytes": m.max_process_bytes, "log": str(log_file),
+    }  # fmt: skip
+    if m.returncode != 0:
+        entry["error"] = f"exit code {m.returncode}; see {log_file}"
+    if m.peak_spill_bytes:
+        entry["peak_spill_bytes"] = m.peak_spill_bytes
+    return entry
+
+
+# --------------------------------------------------------------------------- data and project copies
+
+
+def ensure_data(rows: int, customers: int, seed: int) -> dict:
+    """The generated file for (rows, customers, seed), generated once; returns its description."""
+    from pipelines.generate import write_synthetic
+
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    path = DATA_DIR / f"synthetic_{rows}_c{customers}_s{seed}.parquet"
+    stamp = path.with_name(path.name + ".bench.json")
+    if path.exists() and stamp.exists():
+        return json.loads(stamp.read_text())
+    print(f"  generating {rows:,} rows for {customers:,} customers -> {path} (not timed)", flush=True)
+    summary = write_synthetic(path, rows, seed, customers)
+    start = summary.params.start
+    info = {
+        "path": str(path), "rows": summary.rows, "customers": summary.customers, "seed": seed,
+        "generation_seconds": summary.seconds, "file_bytes": path.stat().st_size,
+        "period": [start.isoformat(), (summary.params.end - dt.timedelta(days=1)).isoformat()],
+        "data": {**summary.data_params(), "path": str(path)},
+    }  # fmt: skip
+    stamp.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def make_project(dest: Path, data: dict, memory_limit: str | None) -> Path:
+    """A fresh copy of the project whose params read ``data``; returns its params file."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        shutil.copy2(ROOT / name, dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "artifacts", "champion")
+    for name in PROJECT_DIRS:
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    # as_of: the last day of the generated period (a customer acquired on it has T = 0); t_2 is
+    # two horizons earlier, well inside the two-year period.
+    params["data"].update(data["data"], as_of=data["period"][1])
+    if memory_limit:
+        params["data"]["ingest_memory_limit"] = memory_limit
+        params["features"]["memory_limit"] = memory_limit
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / "tracking").mkdir()
+    return dest / "params.yaml"
+
+
+def project_env(project: Path, tmpdir: Path) -> dict[str, str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'tracking' / 'mlflow.db'}",
+           "TMPDIR": str(tmpdir)}  # fmt: skip
+    for name in ("MLFLOW_REGISTRY_URI", "CVP_PIPELINE_RUN_ID", "CVP_SPARK_MASTER"):
+        env.pop(name, None)
+    tmpdir.mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def run_checked(command: list[str], cwd: Path, env: dict[str, str]) -> None:
+    proc = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench.pipeline: {' '.join(command)} failed in {cwd}:\n{proc.stderr[-2000:]}")
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def bench_pipeline(project: Path, env: dict[str, str], log_file: Path) -> dict:
+    """(a) `dvc repro` of the whole pipeline in the project copy."""
+    run_checked([str(BIN / "dvc"), "init", "--no-scm", "-q"], project, env)
+    command = [str(BIN / "dvc"), "repro"]
+    m = measure(command, project, env, log_file, spill_dir=Path(env["TMPDIR"]))
+    entry = route_entry(m, command, log_file)
+    stages = m.stages()
+    entry["dvc_startup_seconds"] = m.stage_starts[0][1] if m.stage_starts else None
+    entry["stages"] = {name: s["seconds"] for name, s in stages.items()}
+    entry["stage_peak_tree_bytes"] = {name: s["peak_tree_bytes"] for name, s in stages.items()}
+    if m.returncode == 0:
+        ingest = json.loads((project / "metrics" / "ingest.json").read_text())
+        entry["rows_accepted"], entry["customers"] = ingest["rows_accepted"], ingest["n_customers"]
+    return entry
+
+
+def bench_features_only(project: Path, env: dict[str, str], log_file: Path) -> dict:
+    """`dvc repro ingest`, then `dvc repro -s features`, each measured on its own."""
+    run_checked([str(BIN / "dvc"), "init", "--no-scm", "-q"], project, env)
+    entry: dict = {"ok": True, "stages": {}, "stage_peak_bytes": {}, "stage_peak_spill_bytes": {}, "stage_commands": {}}
+    for stage, command in (("ingest", ["dvc", "repro", "ingest"]), ("features", ["dvc", "repro", "-s", "features"])):
+        print(f"    {' '.join(command)} ...", flush=True)
+        m = measure([str(BIN / command[0]), *command[1:]], project, env, log_file, spill_dir=Path(env["TMPDIR"]))
+        part = route_entry(m, command, log_file)
+        entry["stage_commands"][stage] = part
+        entry["stages"][stage] = m.seconds
+        entry["stage_peak_bytes"][stage] = m.peak_bytes
+        entry["stage_peak_spill_bytes"][stage] = m.peak_spill_bytes
+        if not part["ok"]:
+            entry.update(ok=False, error=f"{stage}: {part['error']}")
+            break
+    entry["seconds"] = sum(entry["stages"].values())
+    entry["peak_bytes"] = max(entry["stage_peak_bytes"].values())
+    entry["features_peak_bytes"] = entry["stage_peak_bytes"].get("features") if entry["ok"] else None
+    if entry["ok"]:
+        ingest = json.loads((project / "metrics" / "ingest.json").read_text())
+        entry["rows_accepted"], entry["customers"] = ingest["rows_accepted"], ingest["n_customers"]
+    return entry
+
+
+def bench_lifetimes(project: Path, as_of: str, env: dict[str, str], log_file: Path) -> dict:
+    """(b) the plain lifetimes route, in a child process (see ``child_lifetimes``)."""
+    command = [sys.executable, "-m", "bench.pipeline", "--child", "lifetimes", "--project", str(project), "--as-of", as_of]
+    m = measure(command, ROOT, env, log_file)
+    entry = route_entry(m, command, log_file)
+    if m.result:
+        entry.update(m.result)
+    return entry
+
+
+def child_lifetimes(project: Path, as_of: str) -> dict:
+    """Summary util, BG/NBD fit on every customer, Gamma-Gamma fit on repeat customers and
+    customer_lifetime_value for every customer, on the ingested transactions (days)."""
+    started = time.perf_counter()
+    from bench.clv import plain_lifetimes_route
+    from bench.features import lifetimes_summary
+    from pipelines import paths
+
+    imported = time.perf_counter()
+    summary, load_seconds, summary_seconds = lifetimes_summary(project / paths.TRANSACTIONS, as_of, freq_multiplier=1)
+    route = plain_lifetimes_route(summary)
+    steps = route["seconds"]
+    return {
+        "work_seconds": time.perf_counter() - imported, "import_seconds": imported - started,
+        "stages": {"load_transactions": load_seconds, "summary_data_from_transaction_data": summary_seconds,
+                   "fit_bgnbd": steps["fit_purchase"], "fit_gamma_gamma": steps["fit_spend"],
+                   "customer_lifetime_value": steps["predict"]},
+        "customers": len(summary), "gamma_gamma_customers": int(((summary["frequency"] > 0) & (summary["monetary_value"] > 0)).sum()),
+        "params": {**route["purchase_params"], **route["spend_params"]}, "total_clv": float(route["clv"].sum()),
+    }  # fmt: skip
+
+
+def spark_missing() -> str | None:
+    """Why the Spark route cannot run here, or None."""
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (make env-spark)"
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        return "Java is not installed (Spark 4 needs Java 17 or 21)"
+    return None
+
+
+def bench_spark(project: Path, workdir: Path, driver_memory: str | None, log_file: Path) -> dict:
+    """(c) `cvp features` on Spark local[2] on the ingested transactions of ``project``."""
+    reason = spark_missing()
+    if reason:
+        return {"skipped": reason}
+    from pipelines import io
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    transactions = workdir / "data" / "interim" / "transactions.parquet"
+    transactions.parent.mkdir(parents=True)
+    os.symlink(project / "data" / "interim" / "transactions.parquet", transactions)
+    (workdir / "dvc.yaml").write_text("stages: {}\n")  # the project root of the run
+    (workdir / "tracking").mkdir()
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["features"].update(engine="pyspark", spark_master="local[2]")
+    if driver_memory:
+        params["features"]["spark_conf"] = {**(params["features"].get("spark_conf") or {}), "spark.driver.memory": driver_memory}
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env(workdir, workdir / "tmp")
+    command = [str(BIN / "cvp"), "features"]
+    m = measure(command, workdir, env, log_file)
+    entry = route_entry(m, command, log_file)
+    entry.update(master="local[2]", driver_memory=driver_memory or "Spark default (1g)")
+    if m.returncode == 0:
+        files = sorted(p.name for p in (project / "data" / "features").glob("*.parquet"))
+        entry["identical_to_duckdb"] = all(
+            io.file_sha256(workdir / "data" / "features" / name) == io.file_sha256(project / "data" / "features" / name)
+            for name in files
+        )
+    return entry
+
+
+# --------------------------------------------------------------------------- one size
+
+
+def bench_size(rows: int, args: argparse.Namespace) -> dict:
+    customers = max(1, rows // args.rows_per_customer)
+    data = ensure_data(rows, customers, args.seed)
+    print(f"  data: {data['rows']:,} rows, {data['customers']:,} customers, period {data['period'][0]}..{data['period'][1]}",
+          flush=True)  # fmt: skip
+    workdir = args.workdir / f"rows_{rows}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_file = workdir / "bench.log"
+    log_file.write_text("")
+    project = workdir / "project"
+    make_project(project, data, args.memory_limit)
+    env = project_env(project, workdir / "tmp")
+    result: dict = {
+        "data": {k: data[k] for k in ("rows", "customers", "seed", "generation_seconds", "file_bytes", "period", "path")},
+        "as_of": data["period"][1], "work_dir": str(workdir),
+    }  # fmt: skip
+    context = {"memory_limit": args.memory_limit, "measured_at": dt.datetime.now().isoformat(timespec="seconds"),
+               "load_average_before": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    if args.features_only:
+        print("  (features only) dvc repro ingest; dvc repro -s features ...", flush=True)
+        result["features_only"] = {**context, **bench_features_only(project, env, log_file)}
+        return result
+    print("  (a) dvc repro ...", flush=True)
+    result["pipeline"] = {**context, **bench_pipeline(project, env, log_file)}
+    if not result["pipeline"]["ok"]:
+        print(f"  (a) failed: {result['pipeline']['error']}", flush=True)
+        return result
+    print("  (b) plain lifetimes route ...", flush=True)
+    result["lifetimes"] = bench_lifetimes(project, data["period"][1], env, log_file)
+    print("  (c) features on Spark local[2] ...", flush=True)
+    result["spark_features"] = bench_spark(project, workdir / "spark", args.spark_driver_memory, log_file)
+    if "skipped" in result["spark_features"]:
+        print(f"  (c) skipped: {result['spark_features']['skipped']}", flush=True)
+    add_ratios(result)
+    return result
+
+
+def add_ratios(result: dict) -> None:
+    """Each route's seconds and peak against the plain lifetimes route (and Spark's features
+    against the pipeline's features stage)."""
+    ref = result.get("lifetimes") or {}
+    if not ref.get("ok"):
+        return
+    for name in ("pipeline", "spark_features"):
+        route = result.get(name) or {}
+        if route.get("ok"):
+            route["ratio_vs_lifetimes"] = {"seconds": route["seconds"] / ref["seconds"], "peak": route["peak_bytes"] / ref["peak_bytes"]}
+    pipeline, spark = result.get("pipeline") or {}, result.get("spark_features") or {}
+    if spark.get("ok") and pipeline.get("ok"):
+        duck = pipeline["stages"]["features"]
+        spark["ratio_vs_duckdb_features_stage"] = spark["seconds"] / duck
+        pipeline["features_and_clv_seconds"] = duck + pipeline["stages"]["clv"]
+
+
+# --------------------------------------------------------------------------- report
+
+
+def machine_info() -> dict:
+    import psutil
+
+    versions = {}
+    for name in VERSIONS:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    java = None
+    if shutil.which("java"):
+        proc = subprocess.run(["java", "-version"], capture_output=True, text=True)
+        java = (proc.stderr or proc.stdout).splitlines()[0] if (proc.stderr or proc.stdout) else None
+    return {
+        "cores": os.cpu_count(), "ram_bytes": psutil.virtual_memory().total, "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(), "python": platform.python_version(),
+        "java": java, "versions": versions,
+    }  # fmt: skip
+
+
+def evaluate_targets(sizes: dict) -> list[dict]:
+    out = []
+    for target in TARGETS:
+        route = (sizes.get(target["size"]) or {}).get(target["route"]) or {}
+        measured = route.get(target["measure"]) if route.get("ok") else None
+        if route and not route.get("ok"):
+            verdict, note = False, route.get("error", "failed")
+        elif measured is None:
+            verdict, note = None, "not measured"
+        else:
+            verdict, note = measured < target["limit"], None
+        entry = {**target, "measured": measured, "pass": verdict}
+        if note:
+            entry["note"] = note
+        out.append(entry)
+    return out
+
+
+STEP_ORDER = ("ingest", "features", "clv", "churn", "segment", "export", "load_transactions",
+              "summary_data_from_transaction_data", "fit_bgnbd", "fit_gamma_gamma", "customer_lifetime_value")  # fmt: skip
+
+
+def _order(step: str) -> int:
+    return STEP_ORDER.index(step) if step in STEP_ORDER else len(STEP_ORDER)
+
+
+def _gb(value) -> str:
+    return f"{value / GB:.2f}" if value else "-"
+
+
+def print_table(sizes: dict, targets: list[dict]) -> None:
+    print()
+    print(f"{'rows':>12} {'customers':>10}  {'route':<34} {'wall s':>8} {'peak GB':>8} {'x time':>7} {'x peak':>7}")
+    for size, result in sorted(sizes.items(), key=lambda kv: int(kv[0])):
+        customers = result["data"]["customers"]
+        rows = [("pipeline", "(a) dvc repro, DuckDB"), ("lifetimes", "(b) plain lifetimes"),
+                ("spark_features", "(c) features stage, Spark local[2]"),
+                ("features_only", f"ingest+features, DuckDB {(result.get('features_only') or {}).get('memory_limit')}")]  # fmt: skip
+        for key, label in rows:
+            route = result.get(key)
+            if route is None:
+                continue
+            head = f"{int(size):>12,} {customers:>10,}  {label:<34}"
+            if "skipped" in route:
+                print(f"{head} skipped: {route['skipped']}")
+                continue
+            if not route.get("ok"):
+                print(f"{head} FAILED: {route.get('error')}")
+                continue
+            ratio = route.get("ratio_vs_lifetimes") or {}
+            x_time = f"{ratio['seconds']:.2f}" if ratio else ("1.00" if key == "lifetimes" else "")
+            x_peak = f"{ratio['peak']:.2f}" if ratio else ("1.00" if key == "lifetimes" else "")
+            print(f"{head} {route['seconds']:>8.1f} {_gb(route['peak_bytes']):>8} {x_time:>7} {x_peak:>7}")
+            stages = sorted((route.get("stages") or {}).items(), key=lambda kv: _order(kv[0]))
+            if stages:
+                print(" " * 26 + "   " + ", ".join(f"{name} {s:.1f}" for name, s in stages))
+            if key == "spark_features" and "ratio_vs_duckdb_features_stage" in route:
+                print(" " * 26 + f"   {route['ratio_vs_duckdb_features_stage']:.2f}x the DuckDB features stage; "
+                      f"files identical to DuckDB's: {route.get('identical_to_duckdb')}")  # fmt: skip
+            if key == "features_only":
+                spill = route.get("stage_peak_spill_bytes") or {}
+                peaks = route.get("stage_peak_bytes") or {}
+                print(" " * 26 + "   peak GB " + ", ".join(f"{n} {_gb(peaks[n])}" for n in sorted(peaks, key=_order))
+                      + "; spilled GB " + ", ".join(f"{n} {_gb(spill[n])}" for n in sorted(spill, key=_order)))  # fmt: skip
+    print("\ntargets:")
+    for t in targets:
+        verdict = {True: "PASS", False: "FAIL", None: "not measured"}[t["pass"]]
+        measured = t["measured"]
+        shown = "-" if measured is None else (f"{measured:.1f} s" if t["measure"] == "seconds" else f"{measured / GB:.2f} GB")
+        print(f"  {verdict:<12} {t['what']} (measured {shown})")
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1e6,1e7", help="comma-separated transaction (row) counts, e.g. 1e6,1e7")
+    parser.add_argument("--rows-per-customer", type=int, default=10, help="customers = rows / this (default 10)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--features-only", action="store_true",
+                        help="only ingest + features on DuckDB, with a memory limit (the out-of-core route)")  # fmt: skip
+    parser.add_argument("--memory-limit", default=None,
+                        help="DuckDB memory limit for ingest and features (default: params.yaml's; 6GB with --features-only)")  # fmt: skip
+    parser.add_argument("--spark-driver-memory", default="4g", help="spark.driver.memory of route (c); '' = Spark's default")
+    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="project copies and logs (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--child", choices=("lifetimes",), help=argparse.SUPPRESS)
+    parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--as-of", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(RESULT_PREFIX + json.dumps(child_lifetimes(args.project, args.as_of)), flush=True)
+        return None
+    if args.features_only and args.memory_limit is None:
+        args.memory_limit = "6GB"
+    args.workdir = args.workdir.resolve()
+    sizes = [int(float(s)) for s in args.sizes.split(",")]
+
+    from pipelines.io import write_json
+
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report = {"machine": machine_info(), "sizes": previous.get("sizes", {}),
+              "note": "indicative: measured on a shared 2-core machine; wall seconds include interpreter start-up"}  # fmt: skip
+    for rows in sizes:
+        print(f"benchmarking {rows:,} rows (work dir {args.workdir / f'rows_{rows}'})", flush=True)
+        entry = bench_size(rows, args)
+        if args.features_only:  # keep this size's full-pipeline results, replace its features-only one
+            report["sizes"].setdefault(str(rows), {}).update(entry)
+        else:  # keep this size's features-only result, replace the rest
+            kept = {k: v for k, v in report["sizes"].get(str(rows), {}).items() if k == "features_only"}
+            report["sizes"][str(rows)] = {**entry, **kept}
+        report["targets"] = evaluate_targets(report["sizes"])
+        write_json(report, args.out)  # partial results survive
+    print_table({str(r): report["sizes"][str(r)] for r in sizes}, report["targets"])
+    print(f"\nwrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    main()
