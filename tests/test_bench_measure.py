@@ -14,7 +14,7 @@ from bench.pipeline import measure
 MB = 2**20
 
 # The parent prints two DVC-like stage lines; a grandchild holds 300 MB while the parent holds
-# 200 MB; the parent exits without waiting for it (rusage never sees the grandchild).
+# 200 MB; the parent exits without waiting for it (rusage reports one process at a time, never the sum).
 SCRIPT = textwrap.dedent(
     """
     import subprocess, sys, time
@@ -34,9 +34,9 @@ def test_measure_sees_the_whole_tree_and_the_stages(tmp_path):
     assert m.returncode == 0
     assert m.result == {"answer": 42}
     assert [name for name, _ in m.stage_starts] == ["first", "second"]
-    assert 200 * MB <= m.max_process_bytes < 300 * MB  # rusage: the parent only
-    assert m.peak_tree_bytes >= 500 * MB  # polled: parent and grandchild together
-    assert m.peak_bytes == m.peak_tree_bytes
+    assert m.max_process_bytes >= 200 * MB  # rusage: the largest single process waited for
+    assert m.peak_tree_bytes >= 500 * MB  # polled: parent and grandchild together, at the same time
+    assert m.peak_bytes == max(m.peak_tree_bytes, m.max_process_bytes)
     stages = m.stages()
     assert list(stages) == ["first", "second"]
     assert stages["first"]["peak_tree_bytes"] >= 500 * MB
