@@ -177,22 +177,27 @@ def _positives_in_top(c: _ThresholdCounts, size: float) -> float:
     return float(pos_above + (size - n_above) / group_n * group_pos)
 
 
+def _capture_and_lift(y: np.ndarray, counts: _ThresholdCounts, share: float) -> tuple[float, float]:
+    """(share of all positives, cumulative lift) of the top ``share`` of rows; NaN without positives."""
+    if y.sum() == 0:
+        return float("nan"), float("nan")
+    if not 0 < share <= 1:
+        raise ValueError("share must be in (0, 1]")
+    size = share * y.size
+    positives = _positives_in_top(counts, size)
+    return float(positives / y.sum()), float((positives / size) / y.mean())
+
+
 def top_share_lift(y_true, score, share: float = TOP_DECILE) -> float:
     """Positive rate in the top ``share`` by score divided by the overall positive rate."""
-    y, _ = _as_arrays(y_true, score)
-    if y.sum() == 0:
-        return float("nan")
-    size, positives = expected_positives_in_top(y_true, score, share)
-    return float((positives / size) / y.mean())
+    y, s = _as_arrays(y_true, score)
+    return _capture_and_lift(y, _threshold_counts(y, s), share)[1]
 
 
 def top_share_capture(y_true, score, share: float = TOP_DECILE) -> float:
     """Share of all positives found in the top ``share`` by score (cumulative gain)."""
-    y, _ = _as_arrays(y_true, score)
-    if y.sum() == 0:
-        return float("nan")
-    _, positives = expected_positives_in_top(y_true, score, share)
-    return float(positives / y.sum())
+    y, s = _as_arrays(y_true, score)
+    return _capture_and_lift(y, _threshold_counts(y, s), share)[0]
 
 
 def reliability_curve(y_true, probability, n_bins: int = RELIABILITY_BINS) -> pd.DataFrame:
@@ -230,19 +235,10 @@ def cumulative_gains(y_true, score, n_groups: int = 10) -> pd.DataFrame:
     """
     y, s = _as_arrays(y_true, score)
     counts = _threshold_counts(y, s)  # sorted once for every share
-    positives = y.sum()
     rows = []
     for g in range(1, n_groups + 1):
-        share = g / n_groups
-        size = share * y.size
-        found = _positives_in_top(counts, size)
-        rows.append(
-            {
-                "share_targeted": share,
-                "capture": float(found / positives) if positives else float("nan"),
-                "lift": float((found / size) / y.mean()) if positives else float("nan"),
-            }
-        )
+        capture, lift = _capture_and_lift(y, counts, g / n_groups)
+        rows.append({"share_targeted": g / n_groups, "capture": capture, "lift": lift})
     return pd.DataFrame(rows)
 
 

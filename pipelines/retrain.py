@@ -162,25 +162,28 @@ class Versions:
         return self.clv is None and self.churn is None
 
 
-def registered_stages(params: Params) -> list[tuple[str, Path, str]]:
-    """(stage, model dir, registered name) of every model a retrain promotes."""
-    stages = [("clv", paths.CLV_MODEL_DIR, params.clv.model_name), ("churn", paths.CHURN_MODEL_DIR, params.churn.model_name)]
+def registered_stages(params: Params) -> list[tuple[str, str, Path, str]]:
+    """(Versions field, stage, model dir, registered name) of every model a retrain promotes."""
+    stages = [
+        ("clv", "clv", paths.CLV_MODEL_DIR, params.clv.model_name),
+        ("churn", "churn", paths.CHURN_MODEL_DIR, params.churn.model_name),
+    ]
     if params.segment.log_model and params.segment.register_model:
-        stages.append(("segment", paths.SEGMENT_MODEL_DIR, params.segment.model_name))
+        stages.append(("scores", "segment", paths.SEGMENT_MODEL_DIR, params.segment.model_name))
     return stages
 
 
 def challenger_versions(params: Params) -> Versions:
     """The versions the clv, churn and segment stages just registered (their registration.json)."""
     found = {}
-    for key, model_dir, name in registered_stages(params):
+    for field_name, stage, model_dir, name in registered_stages(params):
         target = paths.registration_file(model_dir)
         if not target.exists():
-            raise DataError(f"{target}: not found; the {key} stage registers no model (set {key}.register_model: true)")
+            raise DataError(f"{target}: not found; the {stage} stage registers no model (set {stage}.register_model: true)")
         registration = io.read_json(target)
         if registration.get("name") != name:
-            raise DataError(f"{target}: names model '{registration.get('name')}', params say {key}.model_name '{name}'; rerun `cvp {key}`")
-        found["scores" if key == "segment" else key] = str(registration["version"])
+            raise DataError(f"{target}: names model '{registration.get('name')}', params say {stage}.model_name '{name}'; rerun `cvp {stage}`")
+        found[field_name] = str(registration["version"])
     return Versions(**found)
 
 
@@ -189,11 +192,11 @@ def champion_versions(client: Any, params: Params) -> Versions:
     from mlflow.exceptions import MlflowException
 
     found = {}
-    for key, _, name in registered_stages(params):
+    for field_name, _, _, name in registered_stages(params):
         try:
-            found["scores" if key == "segment" else key] = str(client.get_model_version_by_alias(name, ALIAS).version)
+            found[field_name] = str(client.get_model_version_by_alias(name, ALIAS).version)
         except MlflowException:
-            found["scores" if key == "segment" else key] = None
+            found[field_name] = None
     return Versions(**found)
 
 

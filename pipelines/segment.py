@@ -23,7 +23,8 @@ from features.errors import DataError
 from models import segments as seg
 from models import scores_pyfunc
 from pipelines import io, paths, tracking
-from pipelines.clv import clv_settings
+from pipelines.churn import MODEL_FILE as CHURN_MODEL_FILE
+from pipelines.clv import PURCHASE_PICKLE, SPEND_PICKLE, clv_settings
 from pipelines.config import Params
 
 log = logging.getLogger(__name__)
@@ -399,9 +400,9 @@ def write_plots(result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, se
 # Pinned to the running versions (the chain unpickles the CLV and churn models).
 PYFUNC_REQUIREMENTS = ("lifetimes", "lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "pandera", "mlflow")
 MODEL_FILES = {
-    scores_pyfunc.PURCHASE_ARTIFACT: paths.CLV_MODEL_DIR / "purchase_model.pkl",
-    scores_pyfunc.SPEND_ARTIFACT: paths.CLV_MODEL_DIR / "spend_model.pkl",
-    scores_pyfunc.CHURN_ARTIFACT: paths.CHURN_MODEL_DIR / "model.pkl",
+    scores_pyfunc.PURCHASE_ARTIFACT: PURCHASE_PICKLE,
+    scores_pyfunc.SPEND_ARTIFACT: SPEND_PICKLE,
+    scores_pyfunc.CHURN_ARTIFACT: paths.CHURN_MODEL_DIR / CHURN_MODEL_FILE,
     scores_pyfunc.REFERENCE_ARTIFACT: paths.SEGMENT_REFERENCE,
 }
 

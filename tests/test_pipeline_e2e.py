@@ -111,8 +111,7 @@ def _served_rows(base_url: str, features: pd.DataFrame) -> pd.DataFrame:
     """POST features rows as a client would send them: JSON numbers at full precision (Python's
     json; pandas' to_json keeps 10 digits, enough to move a customer across a rank boundary),
     dates as ISO text, NaN as null."""
-    import json
-    import urllib.request
+    from tests.test_serving import invoke
 
     def plain(value):
         if isinstance(value, pd.Timestamp):
@@ -122,16 +121,7 @@ def _served_rows(base_url: str, features: pd.DataFrame) -> pd.DataFrame:
         return value.item() if isinstance(value, np.generic) else value
 
     rows = [[plain(v) for v in row] for row in features.astype(object).itertuples(index=False)]
-    body = {"columns": list(features.columns), "data": rows}
-    request = urllib.request.Request(
-        f"{base_url}/invocations", data=json.dumps({"dataframe_split": body}).encode(),
-        headers={"Content-Type": "application/json"},
-    )  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return pd.DataFrame(json.loads(response.read())["predictions"])
-    except urllib.error.HTTPError as exc:
-        pytest.fail(f"/invocations answered {exc.code}: {exc.read().decode(errors='replace')[:2000]}")
+    return invoke(base_url, {"dataframe_split": {"columns": list(features.columns), "data": rows}})
 
 
 def test_served_champion_answers_each_customer_with_their_export_row(repro, scores_server):

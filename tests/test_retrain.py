@@ -92,7 +92,7 @@ class FakePipeline:
             io.write_parquet(data["labels_t1"], paths.labels_at(1))
             io.write_parquet(data["clv_t1"], paths.clv_predictions_at(1))
             io.write_parquet(data["churn_t1"], paths.churn_predictions_at(1))
-            for _, model_dir, name in retrain.registered_stages(self.params):
+            for _, _, model_dir, name in retrain.registered_stages(self.params):
                 version = self._register(name)
                 self.by_version[(name, version)] = data
                 io.write_json({"name": name, "version": version}, paths.registration_file(model_dir))
