@@ -24,8 +24,10 @@ $(SPARK_STAMP): $(STAMP) requirements-spark.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r requirements-spark.lock
 	@touch $@
 
-## Run the whole pipeline on the configured data (default: bundled CDNOW).
+## Run the whole pipeline on the configured data (default: bundled CDNOW). params.yaml is
+## checked first: DVC cannot read some YAML values (an unquoted date) and says so only cryptically.
 run: env
+	$(BIN)/cvp check-params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/python -m pipelines.summary
 
@@ -42,6 +44,7 @@ run-spark: env-spark
 
 ## Scheduled retraining: drift checks, champion/challenger gate, export only when promoted
 ## (docs/retrain.md). `make retrain RETRAIN_ARGS=--force-promote` records an override.
+## `cvp retrain` checks params.yaml (as `cvp check-params` does) before its `dvc repro`.
 retrain: env
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cvp retrain $(RETRAIN_ARGS)
 

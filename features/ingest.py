@@ -7,13 +7,13 @@ sources, ``source_file``.
 
 Rules are checked in the order of ``REASONS``; a row gets the first one it fails:
 
-1. ``missing_customer_id``    customer id null, empty or only whitespace
-2. ``missing_timestamp``      timestamp null, empty or only whitespace
-3. ``unparseable_timestamp``  not parseable with ``timestamp_format`` (strptime) or, when that is
-                              None, by a lenient cast
-4. ``implausible_timestamp``  outside [valid_from, valid_to)
-5. ``missing_amount``         amount null, empty or only whitespace
-6. ``non_numeric_amount``     amount not a finite number ("abc", "inf", "nan", "1,5")
+1. ``missing_customer_id``    customer id null, empty, only whitespace or a null word
+2. ``missing_timestamp``      timestamp null, empty, only whitespace or a null word
+3. ``unparseable_timestamp``  not parseable with any of ``timestamp_format`` (strptime formats,
+                              tried in order) or, when that is None, as ISO 8601
+4. ``implausible_timestamp``  outside [valid_from, valid_to) after conversion to UTC
+5. ``missing_amount``         amount null, empty, only whitespace or a null word
+6. ``non_numeric_amount``     amount not a finite number ("abc", "inf", "nan", "1,5" with decimal ".")
 7. ``non_numeric_quantity``   quantity mapped, present and not a finite number
 8. ``non_numeric_cost``       cost mapped, present and not a finite number
 9. ``duplicate_order_line``   order id mapped and present, and the row's raw values are identical
@@ -22,7 +22,17 @@ Rules are checked in the order of ``REASONS``; a row gets the first one it fails
 
 Negative amounts (returns) and zero amounts are accepted. An empty quantity, cost or order id
 is accepted as missing (NaN / null). Text is trimmed of surrounding whitespace before it is
-checked; rejected rows keep their raw text.
+checked; rejected rows keep their raw text. The null words ``NULL``, ``N/A``, ``#N/A``, ``NA``
+and ``None`` (any case) count as empty.
+
+Numbers (``parse_number``): a plain cast first; only text that fails it goes through the
+(regexp) money parser: currency symbols and codes (``$12.00``, ``12 EUR``), thousands separators
+(``1,234.50``, ``1'234.50``, ``1 234.50``), parentheses and a trailing minus for negatives
+(``(12.00)``, ``12.00-``). ``decimal=","`` reads ``12,5`` and ``1.234,50``.
+
+Timestamps (``parse_timestamp``) come out as naive UTC: values with an offset (``-05:00``, ``Z``)
+are converted; naive values are wall-clock time in ``timezone`` (None = UTC) and converted;
+date-only values (no time of day) are calendar days and are not shifted.
 
 ``classify`` runs everything as one expression (small inputs, tests). On large inputs run
 ``parse``, materialise it, then ``rejections`` (small) and ``attach_reasons``: ibis inlines a
@@ -32,10 +42,12 @@ parsed expression into every rule that uses it, so materialising parses each val
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import ibis
+import ibis.expr.datatypes as dtypes
 import ibis.expr.types as ir
 import numpy as np
 import pandera.pandas as pa
@@ -74,9 +86,11 @@ class IngestRules:
     """
 
     columns: Mapping[str, str]
-    timestamp_format: str | None = None
+    timestamp_format: str | tuple[str, ...] | None = None
     valid_from: dt.date = dt.date(1970, 1, 1)
     valid_to: dt.date = dt.date(2100, 1, 1)
+    timezone: str | None = None
+    decimal: str = "."
     mapped_roles: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -85,8 +99,23 @@ class IngestRules:
             raise ValueError(f"required column role(s) not mapped: {', '.join(missing)}")
         if self.valid_from >= self.valid_to:
             raise ValueError("valid_from must be before valid_to")
+        if self.decimal not in (".", ","):
+            raise ValueError("decimal must be '.' or ','")
+        if isinstance(self.timestamp_format, list):
+            object.__setattr__(self, "timestamp_format", tuple(self.timestamp_format))
+        if self.timestamp_format is not None and not self.formats:
+            raise ValueError("timestamp_format must be a format or a non-empty list of formats")
         roles = tuple(r for r in (*REQUIRED_ROLES, *OPTIONAL_ROLES) if self.columns.get(r))
         object.__setattr__(self, "mapped_roles", roles)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """The timestamp formats in the order they are tried (empty = ISO 8601 inference)."""
+        if self.timestamp_format is None:
+            return ()
+        if isinstance(self.timestamp_format, str):
+            return (self.timestamp_format,)
+        return tuple(self.timestamp_format)
 
 
 def missing_mapped_columns(available: Iterable[str], columns: Mapping[str, str | None]) -> list[tuple[str, str]]:
@@ -97,21 +126,73 @@ def missing_mapped_columns(available: Iterable[str], columns: Mapping[str, str |
 
 # --- parsing helpers -------------------------------------------------------------------------
 
+# Words that mean "no value" in exports (compared case-insensitively, after trimming).
+NULL_WORDS: tuple[str, ...] = ("null", "n/a", "#n/a", "na", "none")
+# ``timestamp_format`` list entry that stands for the ISO 8601 parse used when the format is None.
+ISO_FORMAT = "iso"
+
+_CURRENCY_SYMBOLS = "$€£¥₹₽₩₺₪₫₴₦₱¢"
+_CURRENCY_CODES = (
+    "USD", "EUR", "GBP", "JPY", "CNY", "RMB", "CHF", "CAD", "AUD", "NZD", "SEK", "NOK", "DKK", "ISK", "PLN",
+    "CZK", "HUF", "RON", "BGN", "HRK", "RUB", "UAH", "TRY", "ILS", "INR", "PKR", "BRL", "MXN", "ARS", "CLP",
+    "COP", "PEN", "ZAR", "NGN", "KES", "EGP", "SAR", "AED", "QAR", "KRW", "SGD", "HKD", "TWD", "THB", "MYR",
+    "IDR", "PHP", "VND",
+)
+# A currency: a symbol with an optional letter prefix (US$, R$, HK$) or an ISO 4217 code.
+_CURRENCY = f"(?:[A-Z]{{0,3}}[{_CURRENCY_SYMBOLS}]|(?:{'|'.join(_CURRENCY_CODES)})\\b)"
+_LEADING_CURRENCY = rf"^([-+]?)\s*{_CURRENCY}\s*"
+_TRAILING_CURRENCY = rf"\s*{_CURRENCY}$"
+_TRAILING_MINUS = r"^([0-9][0-9.,' \x{00A0}\x{202F}]*)\s*-$"
+# Thousands groups: 1-3 digits, then groups of exactly 3 after one kind of separator.
+_GROUP_SEPARATORS = {".": (",", "'", " ", "\u00a0", "\u202f"), ",": (".", "'", " ", "\u00a0", "\u202f")}
+
+
+def _grouped_number(decimal: str) -> str:
+    """A whole number with digits ungrouped or in thousands groups of one separator kind."""
+    groups = "|".join(rf"[0-9]{{1,3}}(?:{_regex_char(sep)}[0-9]{{3}})+" for sep in _GROUP_SEPARATORS[decimal])
+    return rf"^[-+]?(?:[0-9]+|{groups})?(?:{_regex_char(decimal)}[0-9]*)?$"
+
+
+def _regex_char(char: str) -> str:
+    return {".": r"\.", " ": " ", "\u00a0": r"\x{00A0}", "\u202f": r"\x{202F}"}.get(char, char)
+
+
 @ibis.udf.scalar.builtin(name="try_strptime")
 def _try_strptime(value: str, fmt: str) -> dt.datetime:
     """DuckDB's TRY_STRPTIME: NULL instead of an error when the text does not match."""
+
+
+@ibis.udf.scalar.builtin(name="try_strptime")
+def _try_strptime_offset(value: str, fmt: str) -> dtypes.Timestamp(timezone="UTC"):
+    """TRY_STRPTIME with a %z/%Z format: an instant (DuckDB returns TIMESTAMPTZ)."""
+
+
+@ibis.udf.scalar.builtin(name="timezone")
+def _wall_clock(zone: str, value: dtypes.Timestamp(timezone="UTC")) -> dt.datetime:
+    """DuckDB's timezone(zone, instant): the naive wall-clock time of an instant in ``zone``."""
+
+
+@ibis.udf.scalar.builtin(name="timezone")
+def _instant(zone: str, value: dt.datetime) -> dtypes.Timestamp(timezone="UTC"):
+    """DuckDB's timezone(zone, naive): the instant of a wall-clock time in ``zone``."""
 
 
 def _as_text(col: ir.Value) -> ir.StringValue:
     return col if col.type().is_string() else col.cast("string")
 
 
+def _has_edge_space(text: ir.StringValue) -> ir.BooleanValue:
+    return (text.ascii_str() <= 32) | (text.right(1).ascii_str() <= 32)
+
+
 def trimmed(col: ir.Value) -> ir.StringValue:
     """Text without leading/trailing whitespace. Only values that start or end with a character
     <= ' ' go through the (slower) full strip, so clean columns cost one cheap check."""
     text = _as_text(col)
-    edge = (text.ascii_str() <= 32) | (text.right(1).ascii_str() <= 32)
-    return ibis.ifelse(edge, text.strip(), text)
+    return ibis.ifelse(_has_edge_space(text), text.strip(), text)
+
+
+_NULL_WORD_TEXT = f"^\\s*(?i:{'|'.join(re.escape(w) for w in NULL_WORDS)})\\s*$"
 
 
 def is_blank(value: ir.Value) -> ir.BooleanValue:
@@ -121,11 +202,51 @@ def is_blank(value: ir.Value) -> ir.BooleanValue:
     return value.isnull() | (value == "")
 
 
-def parse_number(value: ir.Value) -> ir.FloatingValue:
-    """Float64 of a numeric column or of trimmed text (null when the text is not a number)."""
+def is_null_word(col: ir.Value) -> ir.BooleanValue:
+    """True where raw text is a null word (``NULL``, ``N/A``, ``#N/A``, ``NA``, ``None``, any case,
+    surrounding whitespace allowed). The rules test it behind cheaper checks: DuckDB evaluates the
+    rest of an AND/OR in a CASE condition only for the rows still undecided."""
+    if not col.type().is_string():
+        return ibis.literal(False)
+    return (col.length() <= 12) & col.re_search(_NULL_WORD_TEXT)
+
+
+def parse_number(value: ir.Value, decimal: str = ".", money: bool = False) -> ir.FloatingValue:
+    """Float64 of a numeric column or of trimmed text (null when the text is not a number).
+
+    Text is cast as it is first (with ``decimal=","``: text without a "." with its comma read as
+    the decimal point); only where that fails is it normalised with regexps: thousands separators
+    in groups of three, a trailing minus, and with ``money`` currency symbols/codes and
+    parentheses for negatives. Clean columns cost one cast; COALESCE runs the rest only on the
+    rows that need it. Each step uses the text once, so the SQL stays small.
+    """
     if value.type().is_numeric():
         return value.cast("float64")
-    return _as_text(value).try_cast("float64")
+    text = _as_text(value)
+    return ibis.coalesce(_plain_number(text, decimal), _formatted_number(text, decimal, money))
+
+
+def _plain_number(text: ir.StringValue, decimal: str) -> ir.FloatingValue:
+    if decimal == ".":
+        return text.try_cast("float64")
+    return text.re_extract(r"^([^.]*)$", 1).replace(",", ".").try_cast("float64")
+
+
+def _formatted_number(text: ir.StringValue, decimal: str, money: bool) -> ir.FloatingValue:
+    """The slow path of ``parse_number``: a number written with currency marks or separators."""
+    if money:
+        text = _strip_currency(_strip_currency(text).re_replace(r"^\((.*)\)$", r"-\1"))
+    text = text.re_replace(_TRAILING_MINUS, r"-\1")
+    separators = "[" + "".join(_regex_char(c) for c in _GROUP_SEPARATORS[decimal]) + "]"
+    grouped = text.re_extract(_grouped_number(decimal), 0).re_replace(separators, "")
+    if decimal == ".":
+        return grouped.try_cast("float64")
+    return _plain_number(grouped, decimal)
+
+
+def _strip_currency(text: ir.StringValue) -> ir.StringValue:
+    """Text without a leading (after an optional sign) or trailing currency symbol or code."""
+    return text.re_replace(_LEADING_CURRENCY, r"\1").re_replace(_TRAILING_CURRENCY, "")
 
 
 def is_not_finite(value: ir.FloatingValue) -> ir.BooleanValue:
@@ -133,20 +254,65 @@ def is_not_finite(value: ir.FloatingValue) -> ir.BooleanValue:
     return value.isnull() | value.isnan().fill_null(True) | value.isinf().fill_null(True)
 
 
-def parse_timestamp(value: ir.Value, timestamp_format: str | None) -> ir.TimestampValue:
-    """Naive timestamp of a timestamp/date column or of trimmed text; null when it does not parse.
+_ZONE_SUFFIX = r"[0-9]:[0-9]{2}(?::[0-9]{2}(?:[.,][0-9]+)?)?\s*(?:[A-Za-z][A-Za-z_/]*|[+-][0-9]{2}(?::?[0-9]{2})?)$"
+_TIME_DIRECTIVE = re.compile(r"%-?[HIklMSfcXTsp]")
 
-    Typed columns (Parquet) are cast (time-zone aware values become naive in the connection's
-    time zone, UTC for the pipeline); text is parsed with ``timestamp_format`` (strptime codes)
-    or, when it is None, cast leniently (ISO dates and date-times parse, anything else is null).
+
+def format_has_offset(fmt: str) -> bool:
+    """True for a strptime format that reads a UTC offset or zone name (%z, %Z)."""
+    return "%z" in fmt or "%Z" in fmt
+
+
+def format_has_time(fmt: str) -> bool:
+    """True for a strptime format that reads a time of day (a date-only format is not shifted)."""
+    return bool(_TIME_DIRECTIVE.search(fmt)) or fmt.lower() == ISO_FORMAT
+
+
+def _local_to_utc(naive: ir.TimestampValue, timezone: str | None) -> ir.TimestampValue:
+    """A naive wall-clock time in ``timezone`` as naive UTC (unchanged when the zone is None/UTC)."""
+    if timezone is None or timezone.upper() == "UTC":
+        return naive
+    return _wall_clock("UTC", _instant(timezone, naive))
+
+
+def parse_timestamp(
+    value: ir.Value, timestamp_format: str | tuple[str, ...] | None, timezone: str | None = None
+) -> ir.TimestampValue:
+    """Naive UTC timestamp of a timestamp/date column or of trimmed text; null when it does not parse.
+
+    Text is parsed with each strptime format of ``timestamp_format`` in order (the first that
+    matches wins; ``"iso"`` is the ISO 8601 parse), or as ISO 8601 when it is None. Values with a
+    UTC offset or zone (``2024-03-01T10:00:00-05:00``, ``...Z``, a ``%z`` format) are converted to
+    UTC; naive values are taken as wall-clock time in ``timezone`` (None = UTC) and converted;
+    date-only values are calendar days and are not shifted. Typed columns: zone-aware timestamps
+    are converted, naive ones are read in ``timezone``, dates are kept.
     """
     dtype = value.type()
-    if dtype.is_timestamp() or dtype.is_date():
+    if dtype.is_date():
         return value.cast("timestamp")
+    if dtype.is_timestamp():
+        if dtype.timezone is not None:
+            return _wall_clock("UTC", value)
+        return _local_to_utc(value, timezone)
     text = _as_text(value)
-    if timestamp_format is None:
-        return text.try_cast("timestamp")
-    return _try_strptime(text, timestamp_format).cast("timestamp")
+    formats = (ISO_FORMAT,) if timestamp_format is None else (
+        (timestamp_format,) if isinstance(timestamp_format, str) else tuple(timestamp_format))
+    parsed = [_parse_with(text, fmt, timezone) for fmt in formats]
+    return parsed[0] if len(parsed) == 1 else ibis.coalesce(*parsed)
+
+
+def _parse_with(text: ir.StringValue, fmt: str, timezone: str | None) -> ir.TimestampValue:
+    """One format's parse of ``text`` as naive UTC (null when it does not match)."""
+    if fmt.lower() == ISO_FORMAT:
+        naive = text.try_cast("timestamp")  # drops an offset: used only for text without one
+        with_offset = _wall_clock("UTC", text.try_cast(dtypes.Timestamp(timezone="UTC")))
+        date_only = text.length() <= 10
+        local = ibis.ifelse(date_only, naive, _local_to_utc(naive, timezone)) if timezone else naive
+        return ibis.ifelse(text.re_search(_ZONE_SUFFIX), with_offset, local)
+    if format_has_offset(fmt):
+        return _wall_clock("UTC", _try_strptime_offset(text, fmt))
+    naive = _try_strptime(text, fmt).cast("timestamp")
+    return _local_to_utc(naive, timezone) if format_has_time(fmt) else naive
 
 
 def _parsed(role: str) -> str:
@@ -170,12 +336,12 @@ def parse(raw: ir.Table, rules: IngestRules) -> ir.Table:
         if role == "customer_id":
             columns[_parsed(role)] = _as_text(value)
         elif role == "timestamp":
-            columns[_parsed(role)] = parse_timestamp(value, rules.timestamp_format)
+            columns[_parsed(role)] = parse_timestamp(value, rules.timestamp_format, rules.timezone)
         elif role == "order_id":
             text = _as_text(value)
-            columns[_parsed(role)] = ibis.ifelse(text == "", ibis.null("string"), text)
+            columns[_parsed(role)] = ibis.ifelse(is_blank(value), ibis.null("string"), text)
         else:
-            columns[_parsed(role)] = parse_number(value)
+            columns[_parsed(role)] = parse_number(value, rules.decimal, money=role in ("amount", "cost"))
     for role, dtype in (("quantity", "float64"), ("cost", "float64"), ("order_id", "string")):
         if role not in rules.mapped_roles:
             columns[_parsed(role)] = ibis.null(dtype)
@@ -187,17 +353,21 @@ def add_reasons(parsed: ir.Table, rules: IngestRules) -> ir.Table:
     ts = parsed[_parsed("timestamp")]
     valid_from = ibis.literal(dt.datetime.combine(rules.valid_from, dt.time()))
     valid_to = ibis.literal(dt.datetime.combine(rules.valid_to, dt.time()))
+    def null_word(role: str) -> ir.BooleanValue:
+        return is_null_word(parsed[rules.columns[role]])
+
+    amount = parsed[_parsed("amount")]
     cases: list[tuple[ir.BooleanValue, str]] = [
-        (parsed[_blank("customer_id")], "missing_customer_id"),
-        (parsed[_blank("timestamp")], "missing_timestamp"),
+        (parsed[_blank("customer_id")] | null_word("customer_id"), "missing_customer_id"),
+        (parsed[_blank("timestamp")] | (ts.isnull() & null_word("timestamp")), "missing_timestamp"),
         (ts.isnull(), "unparseable_timestamp"),
         ((ts < valid_from) | (ts >= valid_to), "implausible_timestamp"),
-        (parsed[_blank("amount")], "missing_amount"),
-        (is_not_finite(parsed[_parsed("amount")]), "non_numeric_amount"),
+        (parsed[_blank("amount")] | (amount.isnull() & null_word("amount")), "missing_amount"),
+        (is_not_finite(amount), "non_numeric_amount"),
     ]
     for role in ("quantity", "cost"):
         if role in rules.mapped_roles:
-            bad = ~parsed[_blank(role)] & is_not_finite(parsed[_parsed(role)])
+            bad = is_not_finite(parsed[_parsed(role)]) & ~parsed[_blank(role)] & ~null_word(role)
             cases.append((bad, f"non_numeric_{role}"))
     table = parsed
     if "order_id" in rules.mapped_roles:
@@ -273,6 +443,23 @@ def rejected_rows(classified: ir.Table, raw_columns: Iterable[str]) -> ir.Table:
         selection[SOURCE_FILE] = bad[SOURCE_FILE].cast("string")
     selection[REASON] = bad[REASON]
     return bad.select(**selection).order_by(SOURCE_ROW)
+
+
+def rejected_samples(parsed: ir.Table, rejected: ir.Table, raw_columns: Iterable[str], per_reason: int = 2) -> ir.Table:
+    """The first ``per_reason`` rejected rows (smallest source_row) of every reason: reason,
+    source_row, [source_file] and ``raw_columns`` as text. ``rejected`` is a ``rejections``
+    result (source_row, reason), so the window runs over the rejected rows only."""
+    rank = ibis.row_number().over(group_by=rejected[REASON], order_by=rejected[SOURCE_ROW])
+    first = rejected.mutate(**{f"{_PARSED}rank": rank})
+    first = first.filter(first[f"{_PARSED}rank"] < per_reason).drop(f"{_PARSED}rank")
+    key = f"{_PARSED}row"
+    first = first.rename(**{key: SOURCE_ROW})
+    joined = first.inner_join(parsed, first[key] == parsed[SOURCE_ROW])
+    selection = {REASON: joined[REASON], SOURCE_ROW: joined[key].cast("int64")}
+    if SOURCE_FILE in parsed.columns:
+        selection[SOURCE_FILE] = joined[SOURCE_FILE].cast("string")
+    selection.update({name: _as_text(joined[name]) for name in raw_columns})
+    return joined.select(**selection).order_by([REASON, SOURCE_ROW])
 
 
 def reason_counts(classified: ir.Table) -> ir.Table:

@@ -62,9 +62,9 @@ _NOISE_TEXT: dict[str, tuple[str | None, tuple[str | None, ...]]] = {
     "unparseable_timestamp": ("timestamp", ("not a date", "2023-02-30 10:00:00", "31/12/2023 10:00")),
     "implausible_timestamp": ("timestamp", ("1900-01-01 00:00:00", "2999-12-31 23:59:59")),
     "missing_amount": ("amount", (None, "", " ")),
-    "non_numeric_amount": ("amount", ("abc", "inf", "NaN", "12.34.5", "EUR 12")),
+    "non_numeric_amount": ("amount", ("abc", "inf", "NaN", "12.34.5", "12 EUR 50")),
     "non_numeric_quantity": ("quantity", ("two", "1/2")),
-    "non_numeric_cost": ("cost", ("n/a", "-inf")),
+    "non_numeric_cost": ("cost", ("cheap", "-inf")),
     "duplicate_order_line": (None, ()),
 }
 

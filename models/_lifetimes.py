@@ -1,9 +1,13 @@
-"""The one door to the `lifetimes` package: fitting its models on (compressed) rows and
-evaluating its published closed forms from plain parameter dictionaries.
+"""The one door to the `lifetimes` package: fitting BG/NBD, MBG/NBD and Gamma-Gamma on
+(compressed) rows, and the dispatch of every purchase-model fit.
+
+Pareto/NBD is fitted by our own bounded search (models/btyd.py) and every prediction (P(alive),
+expectations) comes from models/btyd.py's numerically safe closed forms: lifetimes' Pareto/NBD
+likelihood calls scipy's hyp2f1 on unguarded arguments per row, and its predictions overflow to
+NaN for heavy buyers (docs/clv_models.md). lifetimes stays the reference in the tests.
 
 Nothing here keeps a lifetimes fitter object around: fitters hold lambdas and data that do not
-pickle, so the public models in ``models/clv.py`` store parameters only and rebuild a
-parameters-only fitter whenever they need one of lifetimes' formulas.
+pickle, so the public models in ``models/clv.py`` store parameters only.
 """
 
 from __future__ import annotations
@@ -14,13 +18,13 @@ import logging
 import warnings
 
 import numpy as np
-import pandas as pd
-from scipy.optimize import minimize
+
+from models import btyd
 
 with warnings.catch_warnings():
     # lifetimes 0.11.3 imports pkg_resources, which warns at import time; nothing to act on.
     warnings.simplefilter("ignore", UserWarning)
-    from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter, ParetoNBDFitter
+    from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter
     from lifetimes.utils import ConvergenceError
 
 log = logging.getLogger(__name__)
@@ -34,55 +38,15 @@ PURCHASE_MODEL_NAMES = {"bgnbd": "BG/NBD", "mbgnbd": "MBG/NBD", "paretonbd": "Pa
 TIME_RATE_PARAMS = ("alpha", "beta")  # parameters in 1 / time: they scale with the time unit
 SPEND_PARAMS = ("p", "q", "v")
 
-# Convergence of the Pareto/NBD search (mean log-likelihood per customer, log-parameters).
-PARETO_NBD_TOL = 1e-10
-PARETO_NBD_MAXITER = 5000
+# Default bounds of the Pareto/NBD search (our own fitter, models/btyd.py).
+PARETO_NBD_MAXITER = 1000
+PARETO_NBD_TIME_BUDGET_S = 300.0
 
-# What a failed lifetimes fit can raise once its inputs have been validated.
-FIT_FAILURES = (ConvergenceError, np.linalg.LinAlgError, FloatingPointError, ValueError, ZeroDivisionError)
+# What a failed fit can raise once its inputs have been validated.
+FIT_FAILURES = (ConvergenceError, np.linalg.LinAlgError, FloatingPointError, ValueError, ZeroDivisionError,
+                btyd.SearchFailed)
 
-
-class PerCustomerParetoNBDFitter(ParetoNBDFitter):
-    """lifetimes' Pareto/NBD fitter with the conventions of its BG/NBD fitter.
-
-    lifetimes 0.11.3 divides the weighted Pareto/NBD log-likelihood by the MEAN weight, so a fit on
-    compressed rows optimises a differently scaled objective (and a differently weighted penalty)
-    than the same customers uncompressed, and its Nelder-Mead search on raw parameters (tol 1e-4)
-    never reports failure. Here the objective is the mean log-likelihood per customer (as in
-    BetaGeoFitter), the search runs on log-parameters to tight tolerances (2-4 times fewer
-    likelihood evaluations than Nelder-Mead to the same optimum), and non-convergence raises.
-    """
-
-    @staticmethod
-    def _negative_log_likelihood(params, freq, rec, T, weights, penalizer_coef):
-        params = np.asarray(params, dtype=float)
-        if np.any(params <= 0.0):
-            return np.inf
-        cll = ParetoNBDFitter._conditional_log_likelihood(params, freq, rec, T)
-        return -(weights * cll).sum() / weights.sum() + penalizer_coef * np.sum(params**2)
-
-    def _fit(self, minimizing_function_args, iterative_fitting, initial_params, params_size, disp,
-             tol=PARETO_NBD_TOL, fit_method=None, maxiter=PARETO_NBD_MAXITER, **kwargs):
-        """L-BFGS-B (central-difference gradient) on log-parameters; Nelder-Mead from where it stopped
-        when it reports failure. Returns (parameters, mean negative log-likelihood)."""
-
-        def objective(log_params):
-            return self._negative_log_likelihood(np.exp(log_params), *minimizing_function_args)
-
-        start = np.zeros(params_size) if initial_params is None else np.log(initial_params)
-        output = minimize(objective, start, method="L-BFGS-B", jac="3-point",
-                          options={"ftol": 1e-15, "gtol": tol, "maxiter": maxiter})
-        if not output.success or not np.isfinite(output.fun):
-            log.debug("Pareto/NBD L-BFGS-B stopped (%s); continuing with Nelder-Mead", output.message)
-            output = minimize(objective, output.x if np.isfinite(output.fun) else start, method="Nelder-Mead",
-                              options={"xatol": tol, "fatol": tol, "maxiter": maxiter, "maxfev": 2 * maxiter})
-        if not output.success or not np.isfinite(output.fun):
-            raise ConvergenceError(f"Pareto/NBD search did not converge: {output.message}")
-        return np.exp(output.x), output.fun
-
-
-_FIT_CLASSES = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter, "paretonbd": PerCustomerParetoNBDFitter}
-_PREDICT_CLASSES = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter, "paretonbd": ParetoNBDFitter}
+_FIT_CLASSES = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter}
 
 
 @contextlib.contextmanager
@@ -97,16 +61,25 @@ def _quiet_lifetimes_call():
         log.debug("lifetimes output: %s", " ".join(printed.getvalue().split()))
 
 
-def fit_purchase(model: str, frequency, recency, T, weights, penalizer: float,
-                 initial_params=None) -> dict[str, float]:
+def fit_purchase(model: str, frequency, recency, T, weights, penalizer: float, initial_params=None,
+                 max_iterations: int = PARETO_NBD_MAXITER,
+                 time_budget_s: float = PARETO_NBD_TIME_BUDGET_S) -> dict[str, float]:
     """Fit a BG/NBD-family model on rows with `weights` customers each; parameters in the unit of T.
 
-    Raises one of FIT_FAILURES when lifetimes fails.
+    BG/NBD and MBG/NBD: lifetimes' fitters (closed-form likelihoods, no hypergeometric terms, a
+    few milliseconds per evaluation), BFGS capped at ``max_iterations`` iterations.
+    Pareto/NBD: our bounded search (models/btyd.py), within ``max_iterations`` iterations and
+    ``time_budget_s`` seconds. Raises one of FIT_FAILURES when a fit fails
+    (btyd.FitBudgetExceeded when it runs over its budget).
     """
+    if model == "paretonbd":
+        start = np.ones(4) if initial_params is None else initial_params
+        values, _, _ = btyd.fit_pareto_nbd(frequency, recency, T, weights, penalizer, start,
+                                           max_iterations=max_iterations, time_budget_s=time_budget_s)
+        return dict(zip(PURCHASE_PARAMS[model], (float(v) for v in values)))
     fitter = _FIT_CLASSES[model](penalizer_coef=penalizer)
-    options = {"tol": PARETO_NBD_TOL, "maxiter": PARETO_NBD_MAXITER} if model == "paretonbd" else {}
     with _quiet_lifetimes_call():
-        fitter.fit(frequency, recency, T, weights=weights, initial_params=initial_params, **options)
+        fitter.fit(frequency, recency, T, weights=weights, initial_params=initial_params, maxiter=int(max_iterations))
     return {name: float(fitter.params_[name]) for name in PURCHASE_PARAMS[model]}
 
 
@@ -115,7 +88,7 @@ def purchase_log_likelihood(model: str, params: dict[str, float], frequency, rec
     values = np.array([params[name] for name in PURCHASE_PARAMS[model]])
     weights = np.asarray(weights, dtype=float)
     if model == "paretonbd":
-        cll = ParetoNBDFitter._conditional_log_likelihood(values, frequency, recency, T)
+        cll = btyd.pareto_log_likelihood(*values, frequency, recency, T)
         return float((weights * cll).sum())
     mean_nll = _FIT_CLASSES[model]._negative_log_likelihood(np.log(values), frequency, recency, T, weights, 0.0)
     return float(-mean_nll * weights.sum())
@@ -127,28 +100,3 @@ def fit_spend(frequency, monetary_value, weights, penalizer: float) -> dict[str,
     with _quiet_lifetimes_call():
         fitter.fit(frequency, monetary_value, weights=weights)
     return {name: float(fitter.params_[name]) for name in SPEND_PARAMS}
-
-
-def _purchase_fitter(model: str, params: dict[str, float]):
-    """A lifetimes fitter that knows only its parameters: enough for every closed form."""
-    fitter = _PREDICT_CLASSES[model]()
-    fitter.params_ = pd.Series({name: float(params[name]) for name in PURCHASE_PARAMS[model]})
-    return fitter
-
-
-def p_alive(model: str, params: dict[str, float], frequency, recency, T) -> np.ndarray:
-    """P(alive at T | x, t_x, T): FHL (2005) / note 021, Batislam et al. (2007), Fader & Hardie note 009."""
-    values = _purchase_fitter(model, params).conditional_probability_alive(frequency, recency, T)
-    return np.asarray(values, dtype=float).reshape(np.shape(frequency))
-
-
-def conditional_expected_purchases(model: str, params: dict[str, float], t, frequency, recency, T) -> np.ndarray:
-    """E[X(T, T+t) | x, t_x, T] (repeat purchases in the next t time units)."""
-    fitter = _purchase_fitter(model, params)
-    values = fitter.conditional_expected_number_of_purchases_up_to_time(t, frequency, recency, T)
-    return np.asarray(values, dtype=float)
-
-
-def unconditional_expected_purchases(model: str, params: dict[str, float], t) -> np.ndarray:
-    """E[X(t)]: repeat purchases in (0, t] of a customer just acquired."""
-    return np.asarray(_purchase_fitter(model, params).expected_number_of_purchases_up_to_time(t), dtype=float)

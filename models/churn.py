@@ -3,12 +3,15 @@
 Churned = no purchase day in (cutoff, cutoff + horizon]. Features come only from data up to
 the cutoff; :func:`check_time_honest` and :func:`check_no_window_columns` refuse inputs that
 break that rule. The estimator follows scikit-learn conventions; its probabilities are
-P(churn) (the positive class is churned = 1).
+P(churn) (the positive class is churned = 1). :func:`choose_churn_source` guards the output:
+a constant classifier, or one that ranks worse than the best CLV baseline, gives way to that
+baseline calibrated on the training labels (:class:`CalibratedBaseline`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -17,7 +20,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize
-from scipy.special import expit
+from scipy.special import expit, logit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
@@ -38,6 +41,7 @@ WINDOW_NAME = re.compile(
     re.IGNORECASE,
 )
 CALIBRATION_METHODS = ("none", "sigmoid", "isotonic")  # auto prefers earlier ones on ties
+MIN_CALIBRATION_CLASS = 4  # churned and retained customers needed to hold out a calibration set
 
 
 # --------------------------------------------------------------------------- labels & checks
@@ -240,6 +244,25 @@ def choose_calibration(margin: np.ndarray, y: np.ndarray, seed: int) -> tuple[st
     return best, scores
 
 
+# --------------------------------------------------------------------------- complexity
+
+MIN_CHILD_FLOOR = 5  # fewest customers in a leaf whatever the share says (a leaf of 1-4 is noise)
+
+
+def scaled_min_child_samples(n_customers: int, cap: int, share: float | None) -> int:
+    """Fewest customers per leaf for a fit on ``n_customers``: ``share`` of them, rounded up,
+    at least MIN_CHILD_FLOOR (or ``cap`` when smaller) and at most ``cap``.
+
+    ``share`` None keeps ``cap`` as an absolute number. A fixed leaf minimum tuned on a large
+    base (300 on CDNOW's 16,499 fit customers) leaves 100-1,000 customers without a single
+    split, and the classifier then predicts one constant for everyone.
+    """
+    if share is None:
+        return int(cap)
+    wanted = math.ceil(round(share * n_customers, 9))  # round first: 0.05 * 180 must give 9, not 10
+    return int(min(cap, max(MIN_CHILD_FLOOR, wanted)))
+
+
 # --------------------------------------------------------------------------- estimator
 
 
@@ -269,9 +292,13 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
     all customers. Training is deterministic: fixed thread count, ``deterministic=True``,
     row-wise histograms, every seed from ``random_state``.
 
+    ``min_child_samples`` is LightGBM's leaf minimum; with ``min_child_share`` set it is the cap
+    of a minimum that scales with the customers of each fit (:func:`scaled_min_child_samples`).
+    With fewer than 4 churned or retained customers ``auto`` holds nothing out (method none).
+
     Fitted attributes: feature_names_in_, categories_, booster_ (lightgbm.LGBMClassifier),
     calibrator_ (None when the method is none), calibration_method_, calibration_scores_,
-    classes_, n_fit_, n_calibration_.
+    classes_, n_fit_, n_calibration_, min_child_samples_ (the leaf minimum of the last fit).
     """
 
     def __init__(
@@ -280,6 +307,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         learning_rate: float = 0.02,
         num_leaves: int = 4,
         min_child_samples: int = 300,
+        min_child_share: float | None = None,
         subsample: float = 0.8,
         subsample_freq: int = 1,
         colsample_bytree: float = 0.8,
@@ -293,6 +321,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
+        self.min_child_share = min_child_share
         self.subsample = subsample
         self.subsample_freq = subsample_freq
         self.colsample_bytree = colsample_bytree
@@ -304,13 +333,16 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
 
     # -- fitting
 
-    def _lightgbm(self) -> lgb.LGBMClassifier:
+    def _lightgbm(self, n_customers: int) -> lgb.LGBMClassifier:
+        """LightGBM for a fit on ``n_customers`` (the leaf minimum scales with it, see
+        :func:`scaled_min_child_samples`); records the value used in ``min_child_samples_``."""
+        self.min_child_samples_ = scaled_min_child_samples(n_customers, self.min_child_samples, self.min_child_share)
         return lgb.LGBMClassifier(
             objective="binary",
             n_estimators=self.n_estimators,
             learning_rate=self.learning_rate,
             num_leaves=self.num_leaves,
-            min_child_samples=self.min_child_samples,
+            min_child_samples=self.min_child_samples_,
             subsample=self.subsample,
             subsample_freq=self.subsample_freq,
             colsample_bytree=self.colsample_bytree,
@@ -341,12 +373,16 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         }
         self.classes_ = np.array([0, 1])
         Xt = self._transform(X)
-        if self.calibration == "none":
+        too_few = int(y.value_counts().min()) < MIN_CALIBRATION_CLASS
+        if self.calibration == "none" or (self.calibration == "auto" and too_few):
+            if self.calibration == "auto":
+                log.info("fewer than %d churned or retained customers: no calibration hold-out (auto -> none)",
+                         MIN_CALIBRATION_CLASS)
             fit_ids, cal_ids = y.index, y.index[:0]
         else:
             fit_ids, cal_ids = self._calibration_split(y)
         fit_pos = y.index.get_indexer(fit_ids)
-        self.booster_ = self._lightgbm().fit(Xt.iloc[fit_pos], y.iloc[fit_pos].to_numpy())
+        self.booster_ = self._lightgbm(len(fit_pos)).fit(Xt.iloc[fit_pos], y.iloc[fit_pos].to_numpy())
         self.n_fit_, self.n_calibration_ = len(fit_ids), len(cal_ids)
         self.calibrator_ = None
         self.calibration_scores_: dict[str, float] = {}
@@ -362,7 +398,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
             if self.calibration_method_ != "none":
                 self.calibrator_ = _make_calibrator(self.calibration_method_).fit(margin, y_cal)
             else:  # nothing to calibrate: the held-out customers go back into the LightGBM fit
-                self.booster_ = self._lightgbm().fit(Xt, y.to_numpy())
+                self.booster_ = self._lightgbm(len(y)).fit(Xt, y.to_numpy())
                 self.n_fit_ = len(y)
         log.debug(
             "churn classifier: %d fit, %d calibration rows, calibration %s",
@@ -371,9 +407,11 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _calibration_split(self, y: pd.Series) -> tuple[pd.Index, pd.Index]:
-        if y.value_counts().min() < 4:
+        counts = y.value_counts()
+        if counts.min() < MIN_CALIBRATION_CLASS:
             raise DataError(
-                "too few churned or retained customers to hold out a calibration set; set churn.calibration: none"
+                f"too few churned or retained customers to hold out a calibration set ({counts.get(1, 0)} churned, "
+                f"{counts.get(0, 0)} retained; {MIN_CALIBRATION_CLASS} of each needed): set churn.calibration: none or auto"
             )
         # The split of split_customers, by position (matching ids with isin is slow on text ids);
         # kept in the original row order (sorted customer ids) for reproducible LightGBM input.
@@ -559,3 +597,107 @@ def comparison_intervals(
             bootstrap_difference(y, clf.score, auc_ref.score, metrics.weighted_roc_auc, n_resamples, seed)
         ),
     }
+
+
+# --------------------------------------------------------------------------- churn source guard
+
+CONSTANT_STD = 1e-9  # a churn probability whose standard deviation is below this is one number for everyone
+LOGIT_CLIP = 1e-12  # baseline probabilities are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before the logit
+CLASSIFIER_SOURCE = "classifier"
+
+
+def _baseline_probability(X: pd.DataFrame, baseline: str) -> np.ndarray:
+    """A CLV baseline's own churn probability: P(no purchase) or exp(-E[purchases])."""
+    if baseline == "p_no_purchase":
+        return X["p_no_purchase"].to_numpy(float)
+    if baseline == "expected_purchases":
+        return np.exp(-X["expected_purchases"].to_numpy(float))
+    names = [b.removeprefix("baseline_") for b in PROBABILISTIC_BASELINES]
+    raise ValueError(f"baseline must be one of {names} (got {baseline!r})")
+
+
+class CalibratedBaseline(ClassifierMixin, BaseEstimator):
+    """A CLV baseline as the churn model: the fallback when the classifier is not trusted.
+
+    P(churn) = expit(a * logit(p) + b), where p is the baseline's own probability
+    (``p_no_purchase``: the CLV model's P(no purchase in the window); ``expected_purchases``:
+    exp(-E[purchases])), clipped to [1e-12, 1 - 1e-12]. a and b are fitted by maximum
+    likelihood on the training labels (Platt scaling). With a > 0 the map is increasing, so
+    the baseline's ranking, hence its ROC-AUC, is kept; when the fit gives a <= 0 or the labels
+    hold one class, p itself is used (a = 1, b = 0, ``calibrated_`` False).
+
+    Same prediction interface as :class:`ChurnClassifier` (prepared features in). Fitted
+    attributes: a_, b_, calibrated_, n_fit_, classes_, feature_names_in_.
+    """
+
+    def __init__(self, baseline: str = "p_no_purchase"):
+        self.baseline = baseline
+
+    def _margin(self, X: pd.DataFrame) -> np.ndarray:
+        return logit(np.clip(_baseline_probability(X, self.baseline), LOGIT_CLIP, 1 - LOGIT_CLIP))
+
+    def fit(self, X: pd.DataFrame, y) -> "CalibratedBaseline":
+        """Fit the calibration map on a prepared feature frame and 0/1 churn labels."""
+        margin = self._margin(X)
+        y = _aligned_labels(y, X.index).to_numpy()
+        self.a_, self.b_, self.calibrated_ = 1.0, 0.0, False
+        if np.unique(y).size == 2:
+            platt = SigmoidCalibrator().fit(margin, y)
+            if platt.a_ > 0:
+                self.a_, self.b_, self.calibrated_ = platt.a_, platt.b_, True
+        self.classes_ = np.array([0, 1])
+        self.n_fit_ = len(y)
+        self.feature_names_in_ = np.array([self.baseline], dtype=object)  # the baseline's CLV column
+        self.n_features_in_ = 1
+        return self
+
+    def predict_churn_probability(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated P(churn), shape (n,)."""
+        if not hasattr(self, "a_"):
+            raise AttributeError("CalibratedBaseline is not fitted yet; call fit first")
+        return np.clip(expit(self.a_ * self._margin(X) + self.b_), 0.0, 1.0)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Class probabilities, columns (retained, churned)."""
+        p = self.predict_churn_probability(X)
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return (self.predict_churn_probability(X) >= 0.5).astype(np.int8)
+
+
+def is_constant(probability: np.ndarray) -> bool:
+    """True when a score tells customers apart by nothing: one value, or a spread below CONSTANT_STD."""
+    p = np.asarray(probability, dtype=np.float64)
+    return p.size == 0 or np.unique(p).size == 1 or float(np.std(p)) < CONSTANT_STD
+
+
+def baseline_source(comparison: dict) -> str:
+    """``baseline:<name>`` of the best probabilistic CLV baseline by ROC-AUC (see :func:`compare_with_baselines`)."""
+    return "baseline:" + comparison["best_baseline_by_auc"].removeprefix("baseline_")
+
+
+def choose_churn_source(comparison: dict, classifier_probabilities: dict[str, np.ndarray]) -> tuple[str, str]:
+    """Which churn probability to export, and why: ``classifier`` or ``baseline:<name>``.
+
+    The classifier is exported only when none of its probabilities (``{where: values}``, e.g.
+    the scored customers and the test customers) is constant and its ROC-AUC is within the
+    tolerance of the best CLV baseline's (``comparison["classifier_auc_within_tolerance"]``);
+    otherwise the best baseline by ROC-AUC, which then needs calibrating (:class:`CalibratedBaseline`).
+    """
+    fallback = baseline_source(comparison)
+    for where, probability in classifier_probabilities.items():
+        if is_constant(probability):
+            value = f"{float(np.asarray(probability, float)[0]):.4f}" if len(probability) else "none"
+            return fallback, f"the classifier's churn probability is constant {where} ({value} for every customer)"
+    clf, ref, tol = comparison["classifier_auc"], comparison["best_baseline_auc"], comparison["auc_tolerance"]
+    best = fallback.removeprefix("baseline:")
+    if not comparison["classifier_auc_within_tolerance"]:
+        return fallback, (
+            f"classifier ROC-AUC {clf:.4f} trails the best CLV baseline {best} ({ref:.4f}) "
+            f"by more than churn.auc_tolerance={tol:g}"
+        )
+    return CLASSIFIER_SOURCE, (
+        f"classifier ROC-AUC {clf:.4f} is not below the best CLV baseline {best} ({ref:.4f}) "
+        f"by more than churn.auc_tolerance={tol:g}"
+    )

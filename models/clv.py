@@ -3,9 +3,10 @@
 Pure code (arrays and frames in, arrays and frames out). Estimators follow scikit-learn
 conventions and store plain parameters only, so they pickle cleanly as model artifacts.
 
-- `PurchaseModel`: BG/NBD, MBG/NBD or Pareto/NBD, fitted by lifetimes on unique
-  (frequency, recency, T) rows weighted by their customer counts, in an internally rescaled time
-  unit; parameters are reported in the caller's time unit.
+- `PurchaseModel`: BG/NBD, MBG/NBD or Pareto/NBD, fitted on unique (frequency, recency, T)
+  rows weighted by their customer counts (lifetimes for BG/NBD and MBG/NBD, our bounded search
+  for Pareto/NBD), in an internally rescaled time unit; parameters are reported in the caller's
+  time unit. Predictions come from the numerically safe closed forms of models/btyd.py.
 - `SpendModel`: Gamma-Gamma model of the mean spend per repeat purchase.
 - `discounted_value` / `predict_customers`: expected margin over a horizon, discounted per period,
   vectorised over customers (evaluated once per unique purchase history).
@@ -28,7 +29,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from features.errors import DataError
-from models import _lifetimes
+from models import _lifetimes, btyd
 from models.clv_formulas import bg_family_p_no_purchase, pareto_nbd_p_no_purchase
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,14 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
+def penalizer_ladder(penalizer, retry_penalizer) -> list[float]:
+    """The penalties a fit tries in turn: the first, then the retry (unless None or the same)."""
+    penalizers = [float(penalizer)]
+    if retry_penalizer is not None and float(retry_penalizer) != penalizers[0]:
+        penalizers.append(float(retry_penalizer))
+    return penalizers
+
+
 def _check_fitted(model, attribute: str = "params_") -> None:
     if not hasattr(model, attribute):
         raise NotFittedError(f"this {type(model).__name__} is not fitted yet; call fit() first")
@@ -157,19 +166,23 @@ class PurchaseModel(BaseEstimator):
     on the per-customer mean log-likelihood); retry_penalizer: penalty of the one retry after a
     failed fit (None: no retry). time_scale: "auto" or a divisor of recency/T used while fitting.
     random_state: seeds the Pareto/NBD search's starting point (the BG/NBD and MBG/NBD searches
-    start from lifetimes' fixed point).
+    start from lifetimes' fixed point). max_iterations: iteration cap of each search (all three
+    models); time_budget_s: wall-time budget of each Pareto/NBD search (not retried when over).
 
     Fitted: params_ (name -> value, in the caller's time unit: r, alpha, a, b or r, alpha, s,
     beta; alpha and beta are rates per time unit), model_, n_customers_, n_unique_rows_,
     penalizer_ (the one that succeeded), time_scale_, log_likelihood_ (total, unpenalised).
     """
 
-    def __init__(self, model="bgnbd", penalizer=0.0, retry_penalizer=0.001, time_scale="auto", random_state=None):
+    def __init__(self, model="bgnbd", penalizer=0.0, retry_penalizer=0.001, time_scale="auto", random_state=None,
+                 max_iterations=_lifetimes.PARETO_NBD_MAXITER, time_budget_s=_lifetimes.PARETO_NBD_TIME_BUDGET_S):
         self.model = model
         self.penalizer = penalizer
         self.retry_penalizer = retry_penalizer
         self.time_scale = time_scale
         self.random_state = random_state
+        self.max_iterations = max_iterations
+        self.time_budget_s = time_budget_s
 
     @classmethod
     def from_params(cls, model: str, params: dict[str, float], **init_params) -> PurchaseModel:
@@ -179,6 +192,7 @@ class PurchaseModel(BaseEstimator):
             expected = _lifetimes.PURCHASE_PARAMS.get(model)
             raise ValueError(f"{model!r} needs parameters {expected}, got {sorted(params)}")
         instance.params_ = {name: float(params[name]) for name in _lifetimes.PURCHASE_PARAMS[model]}
+        btyd.check_params(instance.params_)
         instance.model_ = model
         return instance
 
@@ -217,10 +231,7 @@ class PurchaseModel(BaseEstimator):
         return self
 
     def _attempts(self) -> list[float]:
-        penalizers = [float(self.penalizer)]
-        if self.retry_penalizer is not None and float(self.retry_penalizer) != penalizers[0]:
-            penalizers.append(float(self.retry_penalizer))
-        return penalizers
+        return penalizer_ladder(self.penalizer, self.retry_penalizer)
 
     def _start(self, n_params: int):
         """Pareto/NBD starting point near 1 in lifetimes' internal unit (max T = 1), as lifetimes draws it."""
@@ -236,16 +247,24 @@ class PurchaseModel(BaseEstimator):
         for penalizer in self._attempts():
             try:
                 params = _lifetimes.fit_purchase(self.model, frequency, recency, T, rows["count"].to_numpy(),
-                                                 penalizer, self._start(len(_lifetimes.PURCHASE_PARAMS[self.model])))
+                                                 penalizer, self._start(len(_lifetimes.PURCHASE_PARAMS[self.model])),
+                                                 max_iterations=self.max_iterations, time_budget_s=self.time_budget_s)
                 _check_interior(params)
                 return params, penalizer
+            except btyd.FitBudgetExceeded as exc:
+                failures.append(f"penalizer {penalizer:g}: {_one_line(exc).rstrip('.')}")
+                log.warning("%s fit with penalizer %g stopped: %s", name, penalizer, _one_line(exc))
+                raise FitError(
+                    f"{name} fit on {n_customers:.0f} customers ({len(rows)} unique frequency/recency/T rows) ran over "
+                    f"its budget: {'; '.join(failures)}. Raise clv.fit_time_budget_s or clv.fit_max_iterations, "
+                    "or choose another clv.model") from None
             except _lifetimes.FIT_FAILURES as exc:
-                failures.append(f"penalizer {penalizer:g}: {_one_line(exc)}")
+                failures.append(f"penalizer {penalizer:g}: {_one_line(exc).rstrip('.')}")
                 log.warning("%s fit with penalizer %g failed: %s", name, penalizer, _one_line(exc))
         raise FitError(
             f"{name} fit failed on {n_customers:.0f} customers ({len(rows)} unique frequency/recency/T rows, time "
             f"divided by {scale:g}); tried {'; '.join(failures)}. Check that frequency, recency and T are "
-            "consistent, or raise clv.retry_penalizer")
+            "consistent, raise clv.retry_penalizer (e.g. 0.01), or choose another clv.model")
 
     # -- predictions (arrays in the caller's time unit)
 
@@ -257,7 +276,7 @@ class PurchaseModel(BaseEstimator):
     def p_alive(self, frequency, recency, T) -> np.ndarray:
         """P(customer still active at T | frequency, recency, T)."""
         (f, r, age), shape = self._history(frequency, recency, T)
-        return _lifetimes.p_alive(self.model_, self.params_, f, r, age).reshape(shape)
+        return btyd.p_alive(self.model_, self.params_, f, r, age).reshape(shape)
 
     def expected_purchases(self, t, frequency, recency, T) -> np.ndarray:
         """E[X(T, T+t) | frequency, recency, T]: expected repeat purchases in the next t time units."""
@@ -265,7 +284,7 @@ class PurchaseModel(BaseEstimator):
         t = _check_horizon(t)
         if t == 0:
             return np.zeros(shape)
-        return _lifetimes.conditional_expected_purchases(self.model_, self.params_, t, f, r, age).reshape(shape)
+        return btyd.conditional_expected(self.model_, self.params_, t, f, r, age).reshape(shape)
 
     def p_no_purchase(self, t, frequency, recency, T) -> np.ndarray:
         """P(X(T, T+t) = 0 | frequency, recency, T), closed form (see models/clv_formulas.py)."""
@@ -287,7 +306,7 @@ class PurchaseModel(BaseEstimator):
         t = np.asarray(t, dtype=float)
         if (t < 0).any():
             raise ValueError("t must be >= 0")
-        return _lifetimes.unconditional_expected_purchases(self.model_, self.params_, t)
+        return btyd.unconditional_expected(self.model_, self.params_, t)
 
 
 def _check_horizon(t) -> float:
@@ -312,17 +331,25 @@ class SpendModel(BaseEstimator):
     """Gamma-Gamma model of the mean spend per repeat purchase (Fader, Hardie & Lee 2005, note 025).
 
     Fitted on repeat customers (frequency > 0) with positive mean spend; others are left out and
-    get the population mean. penalizer: lifetimes' L2 penalty; correlation_warn: a warning is
-    logged when |corr(frequency, monetary_value)| among fitted customers exceeds it (the model
-    assumes spend independent of frequency).
+    get the population mean. penalizer: lifetimes' L2 penalty of the first fit; retry_penalizer:
+    penalty of the one retry after a failed fit (None: no retry), as for the purchase models;
+    correlation_warn: a warning is logged when |corr(frequency, monetary_value)| among fitted
+    customers exceeds it (the model assumes spend independent of frequency). fallback: what to do
+    when every penalty of the ladder fails (small or very heavy-tailed spend, e.g. q <= 1):
+    "population_mean" gives every customer the customer-weighted mean of the fitted customers'
+    mean spend (no per-customer spend differences, but a finite, unbiased level), None raises.
 
-    Fitted: params_ {p, q, v}, population_mean_spend_ (p v / (q - 1)), n_fit_, n_excluded_,
-    frequency_spend_corr_.
+    Fitted: params_ {p, q, v} ({} for the fallback), population_mean_spend_ (p v / (q - 1), or the
+    fallback's mean), source_ ("gamma_gamma" or "fallback:population_mean"), fit_failure_ (why the
+    fallback was used, else None), penalizer_ (the one that succeeded, None for the fallback),
+    n_fit_, n_excluded_, frequency_spend_corr_.
     """
 
-    def __init__(self, penalizer=0.0, correlation_warn=0.3):
+    def __init__(self, penalizer=0.0, correlation_warn=0.3, retry_penalizer=0.001, fallback="population_mean"):
         self.penalizer = penalizer
         self.correlation_warn = correlation_warn
+        self.retry_penalizer = retry_penalizer
+        self.fallback = fallback
 
     @classmethod
     def from_params(cls, params: dict[str, float], **init_params) -> SpendModel:
@@ -332,11 +359,15 @@ class SpendModel(BaseEstimator):
         return instance
 
     def _set_params(self, params: dict[str, float]) -> None:
+        btyd.check_params(params)
         if params["q"] <= 1.0:
             raise FitError(f"Gamma-Gamma fit gave q = {params['q']:.3g} <= 1: the population mean spend p*v/(q-1) is "
-                           "undefined (spend too heavy-tailed); cap extreme monetary_value or use a penalizer")
+                           "undefined (spend too heavy-tailed); cap extreme monetary_value or raise "
+                           "clv.spend_penalizer")
         self.params_ = params
         self.population_mean_spend_ = params["p"] * params["v"] / (params["q"] - 1.0)
+        self.source_ = "gamma_gamma"
+        self.fit_failure_ = None
 
     def fit(self, frequency, monetary_value, weights=None) -> SpendModel:
         data = _as_float_arrays(frequency=frequency, monetary_value=monetary_value)
@@ -354,20 +385,58 @@ class SpendModel(BaseEstimator):
                         "%.3f among the %.0f fitted customers (|corr| > %g)", corr, n_fit, self.correlation_warn)
         log.info("fitting Gamma-Gamma on %.0f repeat customers (%d unique rows); %.0f left out (frequency 0 or "
                  "monetary_value <= 0)", n_fit, len(rows), n_excluded)
+        if self.fallback not in (None, "population_mean"):
+            raise ValueError(f"fallback must be 'population_mean' or None, not {self.fallback!r}")
         try:
-            params = _lifetimes.fit_spend(rows["frequency"].to_numpy(), rows["monetary_value"].to_numpy(),
-                                          rows["count"].to_numpy(), float(self.penalizer))
-            _check_interior(params)
-        except _lifetimes.FIT_FAILURES as exc:
-            raise FitError(f"Gamma-Gamma fit failed on {n_fit:.0f} repeat customers ({len(rows)} unique rows) with "
-                           f"penalizer {float(self.penalizer):g}: {_one_line(exc)}") from exc
-        self._set_params(params)
+            params, penalizer = self._fit_with_retry(rows, n_fit)
+        except FitError as exc:
+            if self.fallback is None:
+                raise
+            self._set_fallback(rows, str(exc))
+        else:
+            self._set_params(params)
+            self.penalizer_ = penalizer
         self.n_fit_ = int(n_fit) if n_fit.is_integer() else n_fit
         self.n_excluded_ = int(n_excluded) if n_excluded.is_integer() else n_excluded
         self.frequency_spend_corr_ = float(corr)
-        log.info("Gamma-Gamma fitted: %s, population mean spend %.4g",
-                 ", ".join(f"{k}={v:.4g}" for k, v in params.items()), self.population_mean_spend_)
+        if self.source_ == "gamma_gamma":
+            log.info("Gamma-Gamma fitted: %s, population mean spend %.4g",
+                     ", ".join(f"{k}={v:.4g}" for k, v in self.params_.items()), self.population_mean_spend_)
         return self
+
+    def _set_fallback(self, rows: pd.DataFrame, failure: str) -> None:
+        """Every customer gets the customer-weighted mean of the fitted customers' mean spend."""
+        mean = float(np.average(rows["monetary_value"].to_numpy(), weights=rows["count"].to_numpy()))
+        log.warning("%s; expected spend falls back to the population mean spend %.4g for every customer "
+                    "(set clv.spend_fallback: null to stop instead)", failure.rstrip("."), mean)
+        self.params_ = {}
+        self.population_mean_spend_ = mean
+        self.source_ = "fallback:population_mean"
+        self.fit_failure_ = failure
+        self.penalizer_ = None
+
+    def _attempts(self) -> list[float]:
+        return penalizer_ladder(self.penalizer, self.retry_penalizer)
+
+    def _fit_with_retry(self, rows: pd.DataFrame, n_fit: float) -> tuple[dict[str, float], float]:
+        """Gamma-Gamma with penalizer, then retry_penalizer: the first fit with a finite, interior optimum
+        and q > 1 (a finite population mean spend)."""
+        failures = []
+        for penalizer in self._attempts():
+            try:
+                params = _lifetimes.fit_spend(rows["frequency"].to_numpy(), rows["monetary_value"].to_numpy(),
+                                              rows["count"].to_numpy(), penalizer)
+                _check_interior(params)
+                if params["q"] <= 1.0:
+                    raise FloatingPointError(f"q = {params['q']:.3g} <= 1, so the population mean spend p*v/(q-1) "
+                                             "is undefined (spend too heavy-tailed)")
+                return params, penalizer
+            except _lifetimes.FIT_FAILURES as exc:
+                failures.append(f"penalizer {penalizer:g}: {_one_line(exc).rstrip('.')}")
+                log.warning("Gamma-Gamma fit with penalizer %g failed: %s", penalizer, _one_line(exc))
+        raise FitError(f"Gamma-Gamma fit failed on {n_fit:.0f} repeat customers ({len(rows)} unique rows); tried "
+                       f"{'; '.join(failures)}. Raise clv.spend_retry_penalizer (e.g. 0.01; first fit: "
+                       "clv.spend_penalizer), cap extreme monetary_value, or set clv.spend_fallback: population_mean")
 
     def expected_avg_spend(self, frequency, monetary_value) -> np.ndarray:
         """E[mean spend per purchase | frequency, monetary_value] (note 025, eq. 5): a credibility
@@ -376,6 +445,8 @@ class SpendModel(BaseEstimator):
         _check_fitted(self)
         frequency, monetary_value = np.broadcast_arrays(np.asarray(frequency, dtype=float),
                                                         np.asarray(monetary_value, dtype=float))
+        if getattr(self, "source_", "gamma_gamma") != "gamma_gamma":  # models pickled before fallbacks existed
+            return np.full(frequency.shape, self.population_mean_spend_)
         p, q = self.params_["p"], self.params_["q"]
         individual_weight = p * frequency / (p * frequency + q - 1.0)
         blended = (1.0 - individual_weight) * self.population_mean_spend_ + individual_weight * monetary_value
@@ -474,6 +545,8 @@ def predict_customers(purchase_model: PurchaseModel, spend_model: SpendModel, fe
     spend = spend_model.expected_avg_spend(features["frequency"].to_numpy(dtype=float),
                                            features["monetary_value"].to_numpy(dtype=float))
     clv = np.asarray(margin, dtype=float) * spend * discounted[codes]
+    _check_outputs(purchase_model, {"p_alive": p_alive, "expected_purchases": cumulative[-1],
+                                    "p_no_purchase": p_no_purchase}, history)
     return pd.DataFrame({
         "customer_id": features["customer_id"].array,
         "cutoff": features["cutoff"].array,
@@ -484,6 +557,18 @@ def predict_customers(purchase_model: PurchaseModel, spend_model: SpendModel, fe
         "expected_avg_spend": spend,
         "clv": clv,
     }, index=features.index)
+
+
+def _check_outputs(purchase_model, outputs: dict[str, np.ndarray], history: pd.DataFrame) -> None:
+    """A non-finite or out-of-range model output is a one-line error naming a customer history, never a NaN
+    passed on (the closed forms of models/btyd.py are built so that this does not happen)."""
+    for name, values in outputs.items():
+        bad = ~np.isfinite(values) | (values < 0) | ((values > 1) if name != "expected_purchases" else False)
+        if bad.any():
+            row = history.iloc[int(np.flatnonzero(bad)[0])]
+            raise FitError(f"{purchase_model.model_} gave {name} = {float(values[bad][0])} for {int(bad.sum())} "
+                           f"customer histories, e.g. frequency={row['frequency']:g}, recency={row['recency']:g}, "
+                           f"T={row['T']:g}, with parameters {purchase_model.params_}; choose another clv.model")
 
 
 @dataclass(frozen=True)

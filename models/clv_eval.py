@@ -337,8 +337,9 @@ def compare_candidates(
     """Fit each candidate on ``features`` (frequency, recency, T) and score its holdout purchases.
 
     ``make_model(name)`` returns an unfitted purchase model; its predicted purchases over the
-    next ``horizon_units`` are compared with ``actual_purchases``. A candidate whose fit raises
-    FitError is kept with ``failure`` set (and a warning), so the others still compete.
+    next ``horizon_units`` are compared with ``actual_purchases``. A candidate whose fit fails
+    (FitError, including a search over its time budget) or whose predictions are not finite is
+    kept with ``failure`` set (and a warning naming the reason), so the others still compete.
     ``patterns``: the same customers as distinct (frequency, recency, T) rows with their
     ``count``; when given, the fits use it (same fit, fewer rows).
     """
@@ -351,21 +352,23 @@ def compare_candidates(
         log.info("fitting candidate %s on %d customers", name, len(features))
         try:
             model = make_model(name).fit(*fit_on, **weighted)
-        except FitError as exc:
+            predicted = np.asarray(model.expected_purchases(horizon_units, *history), dtype=float)
+            if not np.isfinite(predicted).all():
+                raise FitError(f"{int((~np.isfinite(predicted)).sum())} expected purchases are not finite")
+        except (FitError, ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
             log.warning("candidate %s skipped: %s", name, exc)
-            out.append(Candidate(name, None, None, str(exc)))
+            out.append(Candidate(name, None, None, " ".join(str(exc).split()) or type(exc).__name__))
             continue
-        predicted = model.expected_purchases(horizon_units, *history)
         out.append(Candidate(name, model, prediction_errors(predicted, actual_purchases)))
     return out
 
 
 def selection_report(candidates: Sequence[Candidate], chosen: str, method: str) -> dict:
-    """The model-selection summary: the holdout errors (or the failure) of every candidate."""
+    """The model-selection summary: the holdout errors of every candidate, or why it was skipped."""
     table = {}
     for c in candidates:
         if c.errors is None:
-            table[c.name] = {"status": "failed", "error": c.failure}
+            table[c.name] = {"status": "skipped", "reason": c.failure}
         else:
             table[c.name] = {"status": "ok", **{k: c.errors[k] for k in ("mae", "rmse", "aggregate_error")}}
     return {
@@ -378,9 +381,9 @@ def selection_report(candidates: Sequence[Candidate], chosen: str, method: str) 
 
 
 def selection_table(report: dict) -> pd.DataFrame:
-    """The candidates of a selection report as rows: candidate, status, mae, rmse, aggregate_error, error."""
+    """The candidates of a selection report as rows: candidate, status, mae, rmse, aggregate_error, reason."""
     rows = [{"candidate": name, **values} for name, values in report["candidates"].items()]
-    return pd.DataFrame(rows).reindex(columns=["candidate", "status", "mae", "rmse", "aggregate_error", "error"])
+    return pd.DataFrame(rows).reindex(columns=["candidate", "status", "mae", "rmse", "aggregate_error", "reason"])
 
 
 def purchase_matrices(purchase_model, frequency, T, horizon_units: float) -> tuple[pd.DataFrame, pd.DataFrame, float]:

@@ -30,7 +30,8 @@ MBG/NBD and lambda^x e^(-(lambda+mu) T) for Pareto/NBD):
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import hyp2f1
+
+from models.btyd import safe_hyp2f1 as hyp2f1  # never hands scipy a non-finite or absurd argument
 
 
 def bg_family_p_no_purchase(p_alive, r: float, alpha: float, t, frequency, T) -> np.ndarray:

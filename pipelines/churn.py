@@ -4,8 +4,11 @@ Churned = no purchase day in (cutoff, cutoff + horizon]. The final model trains 
 features at t1 (labels in (t1, t0]) and scores every customer at t0. The honest evaluation is
 out-of-time when t2 has enough customers (train at t2, test at t1), else a customer-grouped
 split at t1; both compare the classifier with the CLV model's own churn signals on the same
-test customers. Outputs: data/churn/predictions_t{0,1}.parquet, metrics/churn.json,
-plots/churn/, models/artifacts/churn/ and an MLflow run with the registered pyfunc model.
+test customers. The exported churn probability is the classifier's unless it is constant or
+its ROC-AUC trails the best CLV baseline by more than churn.auc_tolerance; then it is that
+baseline's, calibrated on the same training labels (``churn_source`` in metrics/churn.json).
+Outputs: data/churn/predictions_t{0,1}.parquet, metrics/churn.json, plots/churn/,
+models/artifacts/churn/ and an MLflow run with the registered pyfunc model.
 """
 
 from __future__ import annotations
@@ -28,16 +31,20 @@ from features.customer import LABELS_SCHEMA, features_schema
 from features.errors import DataError
 from models import metrics as m
 from models.churn import (
+    CLASSIFIER_SOURCE,
+    CalibratedBaseline,
     ChurnClassifier,
     Scored,
     baseline_predictions,
     check_time_honest,
+    choose_churn_source,
     churn_labels,
     compare_with_baselines,
     comparison_intervals,
     customer_folds,
     evaluate_scores,
     fit_recency_map,
+    is_constant,
     prepare_features,
     split_customers,
 )
@@ -123,6 +130,35 @@ def load_snapshot(k: int, params: Params, with_labels: bool) -> Snapshot:
     return Snapshot(k, cutoff, X, y)
 
 
+def class_counts(y: pd.Series) -> tuple[int, int]:
+    """(churned, retained) customers of 0/1 churn labels."""
+    churned = int(y.sum())
+    return churned, len(y) - churned
+
+
+def too_few_of_a_class(snap: Snapshot, minimum: int, horizon_days: int) -> str | None:
+    """What is too small when the labels at t_k hold fewer than ``minimum`` churned or retained
+    customers (a classifier, its calibration and a stratified split need both); None when enough."""
+    churned, retained = class_counts(snap.y)
+    if min(churned, retained) >= minimum:
+        return None
+    end = (snap.cutoff + pd.Timedelta(days=horizon_days)).date()
+    return (
+        f"{paths.labels_at(snap.k)}: {retained:,} retained and {churned:,} churned customers in the window "
+        f"({snap.cutoff.date()}, {end}], fewer than churn.min_class_customers={minimum} of each"
+    )
+
+
+def require_both_classes(snap: Snapshot, params: Params) -> None:
+    """Stop with one line when the training labels at t1 are too one-sided to train or check anything."""
+    problem = too_few_of_a_class(snap, params.churn.min_class_customers, params.data.horizon_days)
+    if problem:
+        raise DataError(
+            f"{problem}; the churn model needs churned and retained customers: check data.as_of "
+            "(null = the last transaction date), use a longer data.horizon_days or more history"
+        )
+
+
 def out_of_time_snapshot(params: Params) -> tuple[Snapshot | None, str]:
     """The t2 training snapshot when it is usable for an out-of-time evaluation, else (None, reason)."""
     needed = (paths.features_at(2), paths.labels_at(2), paths.clv_predictions_at(2))
@@ -136,8 +172,9 @@ def out_of_time_snapshot(params: Params) -> tuple[Snapshot | None, str]:
     minimum = params.churn.min_train_customers
     if len(snap.X) < minimum:
         return None, f"{len(snap.X)} customers at t2 < churn.min_train_customers={minimum}"
-    if snap.y.nunique() < 2:
-        return None, "the t2 labels hold one class only"
+    problem = too_few_of_a_class(snap, params.churn.min_class_customers, params.data.horizon_days)
+    if problem:
+        return None, problem
     return snap, "enough history at t2"
 
 
@@ -172,6 +209,9 @@ class Evaluation:
     scored: dict[str, Scored]
     model: ChurnClassifier
     t1_probability: pd.Series  # out-of-sample calibrated P(churn) for every t1 customer
+    X_train: pd.DataFrame  # the evaluation model's training customers (t2, or the train share of t1)
+    X_test: pd.DataFrame
+    folds: list[tuple[pd.Index, pd.Index]] | None = None  # the t1 cross-fit (grouped split); None out of time
     results: dict[str, dict] = field(default_factory=dict)
 
 
@@ -192,12 +232,14 @@ def evaluate_out_of_time(build: Callable[[], ChurnClassifier], t2: Snapshot, t1:
     log.info("out-of-time evaluation: train t2 (%d customers), test t1 (%d customers)", len(t2.X), len(t1.X))
     model, scored = score_split(build, t2.X, t2.y, t1.X)
     probability = pd.Series(scored["classifier_calibrated"].probability, index=t1.X.index)
-    return Evaluation("out_of_time", reason, t2.cutoff, t1.cutoff, t2.y, t1.y, scored, model, probability)
+    return Evaluation("out_of_time", reason, t2.cutoff, t1.cutoff, t2.y, t1.y, scored, model, probability, t2.X, t1.X)
 
 
-def grouped_folds(test_fraction: float) -> int:
-    """Folds of the cross-fit that gives every t1 customer an out-of-sample probability."""
-    return max(2, round(1 / test_fraction))
+def grouped_folds(test_fraction: float, smallest_class: int | None = None) -> int:
+    """Folds of the cross-fit that gives every t1 customer an out-of-sample probability
+    (no more than the smaller class has customers, so every fold's test part has both)."""
+    folds = max(2, round(1 / test_fraction))
+    return folds if smallest_class is None else max(2, min(folds, smallest_class))
 
 
 def evaluate_grouped_split(
@@ -206,20 +248,37 @@ def evaluate_grouped_split(
     """Customer-grouped split at t1: metrics on the test share; predictions_t1 from a K-fold cross-fit."""
     train_ids, test_ids = split_customers(t1.y, test_fraction, seed)
     log.info("grouped-split evaluation at t1: %d train, %d test customers (%s)", len(train_ids), len(test_ids), reason)
-    model, scored = score_split(build, t1.X.loc[train_ids], t1.y.loc[train_ids], t1.X.loc[test_ids])
+    X_train, X_test = t1.X.loc[train_ids], t1.X.loc[test_ids]
+    model, scored = score_split(build, X_train, t1.y.loc[train_ids], X_test)
+    folds = customer_folds(t1.y, grouped_folds(test_fraction, min(class_counts(t1.y))), seed)
+    probability = cross_fit(build, t1, folds)
+    return Evaluation(
+        "grouped_split", reason, t1.cutoff, t1.cutoff, t1.y.loc[train_ids], t1.y.loc[test_ids], scored, model, probability,
+        X_train, X_test, folds,
+    )  # fmt: skip
+
+
+def cross_fit(build: Callable, t1: Snapshot, folds: list[tuple[pd.Index, pd.Index]]) -> pd.Series:
+    """Out-of-fold P(churn) of every t1 customer from models built by ``build`` (one per fold)."""
     probability = pd.Series(np.nan, index=t1.X.index)
-    folds = customer_folds(t1.y, grouped_folds(test_fraction), seed)
     for i, (fold_train, fold_test) in enumerate(folds, 1):
         log.info("cross-fit fold %d/%d for the t1 out-of-sample probabilities", i, len(folds))
         fold_model = build().fit(t1.X.loc[fold_train], t1.y.loc[fold_train])
         probability.loc[fold_test] = fold_model.predict_churn_probability(t1.X.loc[fold_test])
-    return Evaluation(
-        "grouped_split", reason, t1.cutoff, t1.cutoff, t1.y.loc[train_ids], t1.y.loc[test_ids], scored, model, probability
-    )
+    return probability
+
+
+def out_of_sample_t1(build: Callable, ev: "Evaluation", t1: Snapshot) -> pd.Series:
+    """Out-of-sample P(churn) of every t1 customer, the way the evaluation made the classifier's:
+    trained at t2 (out of time) or cross-fitted over the same folds (grouped split)."""
+    if ev.folds is None:
+        return pd.Series(build().fit(ev.X_train, ev.y_train).predict_churn_probability(t1.X), index=t1.X.index)
+    return cross_fit(build, t1, ev.folds)
 
 
 def evaluate(params: Params, t1: Snapshot) -> Evaluation:
     """Out-of-time when t2 is usable, else a grouped split at t1; metrics and the comparison."""
+    require_both_classes(t1, params)
     build = make_classifier(params)
     t2, reason = out_of_time_snapshot(params)
     if t2 is not None:
@@ -229,6 +288,75 @@ def evaluate(params: Params, t1: Snapshot) -> Evaluation:
         result = evaluate_grouped_split(build, t1, params.churn.test_fraction, params.seed, reason)
     result.results = evaluate_scores(result.y_test.to_numpy(), result.scored)
     return result
+
+
+# --------------------------------------------------------------------------- churn source
+
+
+@dataclass(frozen=True)
+class Exported:
+    """The churn probability written, registered and served: the classifier's, or the best CLV
+    baseline's calibrated on the same training customers (``source`` ``baseline:<name>``)."""
+
+    source: str  # "classifier" | "baseline:<name>"
+    reason: str
+    model: ChurnClassifier | CalibratedBaseline
+    t0: np.ndarray  # P(churn) of every t0 customer (the predictions_t0 order: t0.X's index)
+    t1: pd.Series  # out-of-sample P(churn) of every t1 customer
+    test: dict  # metrics of this source on the evaluation's test customers
+
+
+def choose_exported(params: Params, ev: Evaluation, final: ChurnClassifier, scores_t0: np.ndarray,
+                    t1: Snapshot, t0: Snapshot) -> Exported:  # fmt: skip
+    """Guard the output: the classifier when it is not constant and not worse than the best CLV
+    baseline by more than churn.auc_tolerance (:func:`models.churn.choose_churn_source`), else that
+    baseline, Platt-calibrated on the labels the classifier would have been trained on."""
+    comparison = compare_with_baselines(ev.results, auc_tolerance=params.churn.auc_tolerance)
+    classifier_probabilities = {
+        "at t0": scores_t0,
+        "on the test customers": ev.scored["classifier_calibrated"].probability,
+        "at t1 (out of sample)": ev.t1_probability.to_numpy(),
+    }
+    source, reason = choose_churn_source(comparison, classifier_probabilities)
+    if source == CLASSIFIER_SOURCE:
+        log.info("churn_probability from the classifier: %s", reason)
+        return Exported(source, reason, final, scores_t0, ev.t1_probability, ev.results["classifier_calibrated"])
+    baseline = source.removeprefix("baseline:")
+
+    def build() -> CalibratedBaseline:
+        return CalibratedBaseline(baseline)
+
+    model = build().fit(t1.X, t1.y)
+    probability_t0 = model.predict_churn_probability(t0.X)
+    if is_constant(probability_t0):
+        raise DataError(
+            f"{paths.clv_predictions_at(0)}: the churn classifier is not usable ({reason}) and the CLV baseline "
+            f"{baseline} gives every customer the same churn probability ({probability_t0[0]:.4f}); "
+            "check the clv stage's fit (metrics/clv.json) or use more history"
+        )
+    test_probability = build().fit(ev.X_train, ev.y_train).predict_churn_probability(ev.X_test)
+    test = m.classification_summary(ev.y_test, test_probability, test_probability)
+    log.warning("churn_probability exported from %s, not the classifier: %s", source, reason)
+    return Exported(source, reason, model, probability_t0, out_of_sample_t1(build, ev, t1), test)
+
+
+def source_summary(exported: Exported) -> dict:
+    """The churn_source block of metrics/churn.json (calibration map when a baseline is exported)."""
+    model = exported.model
+    calibration = None
+    if isinstance(model, CalibratedBaseline):
+        calibration = {"method": "sigmoid" if model.calibrated_ else "none", "a": model.a_, "b": model.b_,
+                       "n_train": model.n_fit_}  # fmt: skip
+    return {
+        "churn_source": exported.source,
+        "churn_source_reason": exported.reason,
+        "exported": {
+            "source": exported.source,
+            "baseline_calibration": calibration,
+            "test": {k: exported.test[k] for k in ("roc_auc", "average_precision", "brier", "log_loss")},
+            "mean_churn_probability_t0": float(np.mean(exported.t0)),
+        },
+    }
 
 
 # --------------------------------------------------------------------------- outputs
@@ -284,8 +412,9 @@ def stage_metrics(
     t0: Snapshot,
     scores_t0: np.ndarray,
     importance: pd.DataFrame,
+    exported: Exported,
 ) -> dict:
-    """Everything metrics/churn.json reports (small, JSON-safe)."""
+    """Everything metrics/churn.json reports (small, JSON-safe); ``scores_t0`` are the classifier's."""
     cfg = params.churn
     models = {}
     for name, summary in ev.results.items():
@@ -300,6 +429,7 @@ def stage_metrics(
     )
     top = importance.head(cfg.top_features)
     return {
+        **source_summary(exported),
         "horizon_days": params.data.horizon_days,
         "evaluation": ev.mode,
         "evaluation_reason": ev.reason,
@@ -323,8 +453,10 @@ def stage_metrics(
             "positive_rate_train": float(t1.y.mean()),
             "n_scored": len(scores_t0),
             "n_features": len(final.feature_names_in_),
+            "min_child_samples": final.min_child_samples_,
             "mean_churn_probability": float(scores_t0.mean()),
         },
+        "evaluation_model": {"n_fit": ev.model.n_fit_, "min_child_samples": ev.model.min_child_samples_},
         "top_features": top[["feature", "gain", "mean_abs_shap"]].to_dict(orient="records"),
         "notes": {
             "baseline_p_no_purchase": "CLV model's P(no purchase in the window) used as the churn probability",
@@ -349,10 +481,11 @@ def warn_on_failed_claims(comparison: dict) -> None:
         )
 
 
-def write_model_artifacts(model: ChurnClassifier, train_cutoff: pd.Timestamp) -> Path:
-    """Pickle, LightGBM text model and feature list in models/artifacts/churn; return the pickle path."""
+def write_model_artifacts(exported: Exported, model: ChurnClassifier, train_cutoff: pd.Timestamp) -> Path:
+    """Pickle of the exported churn model (the one segment and serving load), the classifier's
+    LightGBM text model and feature list in models/artifacts/churn; return the pickle path."""
     out = paths.CHURN_MODEL_DIR
-    pickle_path = io.write_bytes(pickle.dumps(model, protocol=5), out / MODEL_FILE)
+    pickle_path = io.write_bytes(pickle.dumps(exported.model, protocol=5), out / MODEL_FILE)
     io.write_text(model.booster_.booster_.model_to_string(), out / BOOSTER_FILE)
     io.write_json(
         {
@@ -361,6 +494,7 @@ def write_model_artifacts(model: ChurnClassifier, train_cutoff: pd.Timestamp) ->
             "calibration_method": model.calibration_method_,
             "train_cutoff": _date(train_cutoff),
             "output": "churn_probability = calibrated P(no purchase day in the next horizon)",
+            "churn_source": exported.source,
         },
         out / FEATURES_FILE,
     )
@@ -541,7 +675,9 @@ PYFUNC_REQUIREMENTS = ("lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "
 
 class ChurnPyfuncModel(mlflow.pyfunc.PythonModel):
     """Prepared churn features in (the columns of models/artifacts/churn/features.json), the
-    calibrated ``churn_probability`` out. The fitted classifier travels as a pickled artifact."""
+    calibrated ``churn_probability`` out. The exported churn model (the classifier, or the
+    calibrated CLV baseline when metrics/churn.json says ``churn_source: baseline:<name>``)
+    travels as a pickled artifact, so the served probability equals the written one."""
 
     ARTIFACT = "classifier"
 
@@ -554,7 +690,9 @@ class ChurnPyfuncModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"churn_probability": self.classifier.predict_churn_probability(X)}, index=X.index)
 
 
-def log_churn_model(model: ChurnClassifier, pickle_path: Path, example: pd.DataFrame, registered_name: str | None):
+def log_churn_model(
+    model: ChurnClassifier | CalibratedBaseline, pickle_path: Path, example: pd.DataFrame, registered_name: str | None
+):
     """Log the pyfunc (signature + input example) and register it when ``registered_name`` is set."""
     output = pd.DataFrame({"churn_probability": model.predict_churn_probability(example)}, index=example.index)
     example = example.reset_index(drop=True)
@@ -570,7 +708,8 @@ def log_churn_model(model: ChurnClassifier, pickle_path: Path, example: pd.DataF
 
 
 def log_to_mlflow(
-    params: Params, params_path: Path, summary: dict, model: ChurnClassifier, pickle_path: Path, example: pd.DataFrame
+    params: Params, params_path: Path, summary: dict, model: ChurnClassifier | CalibratedBaseline, pickle_path: Path,
+    example: pd.DataFrame,
 ) -> dict:
     """Stage run: params, flattened metrics, plots, and the pyfunc model (registered if asked)."""
     cfg = params.churn
@@ -578,12 +717,14 @@ def log_to_mlflow(
     claims = summary["comparison"]
     tags = {
         "cvp.evaluation": summary["evaluation"],
+        "cvp.churn_source": summary["churn_source"],
         "cvp.train_cutoff": summary["final_model"]["train_cutoff"],
         "cvp.claim.brier_beats_baseline": str(claims["classifier_beats_baseline_brier"]).lower(),
         "cvp.claim.auc_within_tolerance": str(claims["classifier_auc_within_tolerance"]).lower(),
     }
     with tracking.stage_run(STAGE, params, section=section, tags=tags, params_path=params_path) as run:
-        tracking.log_metrics({k: summary[k] for k in ("models", "comparison", "final_model", "n_train", "n_test")})
+        logged = ("models", "comparison", "final_model", "exported", "n_train", "n_test")
+        tracking.log_metrics({k: summary[k] for k in logged})
         mlflow.log_artifacts(str(paths.plots_dir(STAGE)), artifact_path="plots")
         mlflow.log_artifact(str(paths.metrics_file(STAGE)))
         mlflow.log_artifact(str(paths.CHURN_MODEL_DIR / FEATURES_FILE), artifact_path="model_files")
@@ -613,21 +754,23 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
     final = make_classifier(params)().fit(t1.X, t1.y)
     scores_t0 = final.predict_churn_probability(t0.X)
     importance, shap = importance_table(final, t0.X, params.seed)
-    summary = stage_metrics(params, ev, final, t1, t0, scores_t0, importance)
+    exported = choose_exported(params, ev, final, scores_t0, t1, t0)
+    summary = stage_metrics(params, ev, final, t1, t0, scores_t0, importance, exported)
     warn_on_failed_claims(summary["comparison"])
 
-    io.write_parquet(predictions_frame(pd.Series(scores_t0, index=t0.X.index), t0.cutoff), paths.churn_predictions_at(0))
-    io.write_parquet(predictions_frame(ev.t1_probability, t1.cutoff), paths.churn_predictions_at(1))
-    pickle_path = write_model_artifacts(final, t1.cutoff)
+    io.write_parquet(predictions_frame(pd.Series(exported.t0, index=t0.X.index), t0.cutoff), paths.churn_predictions_at(0))
+    io.write_parquet(predictions_frame(exported.t1, t1.cutoff), paths.churn_predictions_at(1))
+    pickle_path = write_model_artifacts(exported, final, t1.cutoff)
     io.write_json(summary, paths.metrics_file(STAGE))
     log.info("drawing plots")
     write_plots(ev, importance, shap, t0.X, params.churn.top_features, params.seed)
 
-    registration = log_to_mlflow(params, params_path, summary, final, pickle_path, t0.X.head(5))
+    registration = log_to_mlflow(params, params_path, summary, exported.model, pickle_path, t0.X.head(5))
     write_registration(registration)
     c = summary["comparison"]
     log.info(
-        "churn (%s): classifier AUC %.4f / Brier %.4f vs best CLV baseline AUC %.4f (%s) / Brier %.4f (%s)",
+        "churn (%s): classifier AUC %.4f / Brier %.4f vs best CLV baseline AUC %.4f (%s) / Brier %.4f (%s); "
+        "churn_source %s",
         ev.mode, c["classifier_auc"], c["classifier_brier"], c["best_baseline_auc"], c["best_baseline_by_auc"],
-        c["best_baseline_brier"], c["best_baseline_by_brier"],
+        c["best_baseline_brier"], c["best_baseline_by_brier"], exported.source,
     )

@@ -9,23 +9,36 @@
     cvp generate      seeded synthetic transactions (BG/NBD + Gamma-Gamma) for tests and benchmarks
     cvp retrain       scheduled retraining: drift checks, champion/challenger gate, export
     cvp backtest      holdout metrics of the clv and churn models over past as_of dates
+    cvp score         apply the registered scoring model to features_t0
+    cvp check-params  check params.yaml for the stages and for DVC (`make run` calls it first)
+
+Errors: a problem the user can fix (params, data, usage) is one line `cvp: error: ...` on
+stderr, exit code 2; anything unexpected (a bug) is one line ending in `(run with --verbose
+for the traceback)`, exit code 1. `--verbose` (`-v`, before or after the command, or the
+environment variable CVP_VERBOSE=1, e.g. under `dvc repro`) shows DEBUG logs and the traceback.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
+import re
 import sys
+import traceback
 from pathlib import Path
 
 import typer
 
-from features.errors import DataError
-from pipelines.config import ConfigError, load_params
+from features.errors import DataError, contract_error_message
+from pipelines.config import ConfigError, check_params_file, load_params
 
 log = logging.getLogger("cvp")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+_DOC = __doc__.split("\n\n")
+HELP = f"{_DOC[0]}\n\n{' '.join(_DOC[2].split())}"  # the summary and the errors paragraph
+# Plain tracebacks (only with --verbose), not typer's rich ones.
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=HELP)
 
 STAGES: dict[str, str] = {
     "ingest": "Validate raw transactions; accepted rows to data/interim, bad rows to data/quarantine.",
@@ -37,9 +50,22 @@ STAGES: dict[str, str] = {
 }
 
 PARAMS_OPTION = typer.Option(Path("params.yaml"), "--params", "-p", help="Params file to read.")
+VERBOSE_HELP = "DEBUG logs, and the traceback of an error (also: environment variable CVP_VERBOSE=1)."
+VERBOSE_OPTION = typer.Option(False, "--verbose", "-v", help=VERBOSE_HELP)
+USER_ERROR_EXIT = 2  # params, data or usage the user can fix
+UNEXPECTED_EXIT = 1  # a bug: the one line says how to see the traceback
+INTERRUPTED_EXIT = 130
+_state = {"verbose": False}
+
+
+def verbose_requested(flag: bool = False) -> bool:
+    """--verbose on the command line (global or per command) or CVP_VERBOSE set to a true value."""
+    env = os.environ.get("CVP_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
+    return flag or env or _state["verbose"]
 
 
 def setup_logging(verbose: bool = False) -> None:
+    verbose = _state["verbose"] = verbose_requested(verbose)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -47,6 +73,7 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("alembic", "mlflow.store", "urllib3", "matplotlib", "numexpr", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    log.debug("cvp %s: DEBUG logs on, tracebacks shown", " ".join(sys.argv[1:]))
 
 
 def run_stage(name: str, params_path: Path) -> None:
@@ -56,8 +83,13 @@ def run_stage(name: str, params_path: Path) -> None:
     module.run(params, params_path=params_path)
 
 
+@app.callback()
+def _global_options(verbose: bool = VERBOSE_OPTION) -> None:
+    _state["verbose"] = verbose_requested(verbose)
+
+
 def _register(name: str, help_text: str) -> None:
-    def command(params: Path = PARAMS_OPTION, verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    def command(params: Path = PARAMS_OPTION, verbose: bool = VERBOSE_OPTION) -> None:
         setup_logging(verbose)
         run_stage(name, params)
 
@@ -73,14 +105,15 @@ for _name, _help in STAGES.items():
 def retrain(
     params: Path = PARAMS_OPTION,
     force_promote: bool = typer.Option(False, "--force-promote", help="Promote even if drift or the gate refuse (recorded)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Retrain up to segment, check drift, gate the challenger against the champion, export if promoted."""
+    setup_logging(verbose)
+    checked = check_params_file(params)  # retrain runs `dvc repro`, which cannot read some YAML values
     from pipelines.retrain import RetrainStopped, run
 
-    setup_logging(verbose)
     try:
-        run(load_params(params), params_path=params, force_promote=force_promote)
+        run(checked, params_path=params, force_promote=force_promote)
     except RetrainStopped as exc:
         sys.stderr.write(f"cvp: error: {exc}\n")
         raise SystemExit(exc.exit_code) from None
@@ -92,7 +125,7 @@ def backtest(
     end: str = typer.Option(..., "--to", help="Last as_of date, YYYY-MM-DD (included)."),
     every: int | None = typer.Option(None, "--every", min=1, help="Days between as_of dates (default data.horizon_days)."),
     params: Path = PARAMS_OPTION,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Run ingest..churn at each past as_of in a scratch directory; table, plot and MLflow runs of the holdout metrics."""
     import datetime as dt
@@ -114,7 +147,7 @@ def generate(
     seed: int = typer.Option(42, "--seed", help="Random seed; same seed and sizes give the same rows."),
     customers: int | None = typer.Option(None, "--customers", min=1, help="Number of customers (default: from --rows)."),
     noise_rate: float | None = typer.Option(None, "--noise-rate", min=0.0, max=0.99, help="Noise rows per clean row (default 0.002)."),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Write seeded synthetic retail transactions (BG/NBD purchases, Gamma-Gamma spend, returns, noise)."""
     from pipelines.generate import write_synthetic
@@ -129,7 +162,7 @@ def score(
     engine: str = typer.Option("pandas", "--engine", help="pandas (this process) or pyspark (mlflow spark_udf)."),
     model: str = typer.Option("scores", "--model", help="scores (the whole chain: export rows) or clv (CLV predictions)."),
     params: Path = PARAMS_OPTION,
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Apply a registered model (@champion, else the stage's version) to features_t0."""
     from pipelines import score as scoring
@@ -142,27 +175,75 @@ def score(
     scoring.score(load_params(params), engine, out, model)
 
 
-def main() -> None:
-    """Entry point: user-facing errors become one line on stderr and exit code 2."""
+@app.command(name="check-params")
+def check_params(params: Path = PARAMS_OPTION, verbose: bool = VERBOSE_OPTION) -> None:
+    """Check the params file for the stages and for DVC (e.g. an unquoted date); `make run` calls it first."""
+    setup_logging(verbose)
+    check_params_file(params)
+    log.info("%s: ok (stages and DVC can read it)", params)
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line: newlines and runs of spaces become single spaces."""
+    return " ".join(str(text).split())
+
+
+def usage_error_message(exc: typer.TyperException) -> str:
+    """A click usage error (unknown command or option, missing or bad option) as one line with the usage."""
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return one_line(exc.format_message())
+    message = one_line(exc.format_message()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    message = re.sub(r" \(Possible options: (.+)\)$", r"; did you mean \1?", message)
+    commands = getattr(ctx.command, "commands", None)
+    if commands and (message == "missing command" or message.startswith("no such command")):
+        message += f"; commands: {', '.join(commands)}"
+    usage = one_line(ctx.get_usage()).removeprefix("Usage: ")
+    return f"{message} (usage: {usage}; `{ctx.command_path} --help` for more)"
+
+
+def _fail(message: str, code: int, exc: BaseException | None = None) -> None:
+    """Print the traceback (only when verbose), then the one line; exit with ``code``."""
+    if exc is not None and verbose_requested():
+        traceback.print_exception(exc)
+    sys.stderr.write(f"cvp: error: {one_line(message)}\n")
+    raise SystemExit(code) from None
+
+
+def _is_contract_error(exc: BaseException) -> bool:
+    """A pandera SchemaError(s): a frame that breaks a stage contract (pandera is loaded if so)."""
+    errors = sys.modules.get("pandera.errors")
+    return errors is not None and isinstance(exc, (errors.SchemaError, errors.SchemaErrors))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure is one line on stderr (the traceback only with --verbose).
+
+    Exit codes: 2 for what the user can fix (params, data, usage, a broken stage contract),
+    1 for anything unexpected, 130 when interrupted; a stage's own code (e.g. retrain's 4) stays.
+    """
+    _state["verbose"] = False  # set by --verbose while parsing (main may run more than once in a process)
     try:
         # Without standalone mode click returns (not raises) the code of a typer.Exit.
-        code = app(standalone_mode=False)
+        code = app(args=argv, prog_name="cvp", standalone_mode=False)
+        if code == INTERRUPTED_EXIT:
+            sys.stderr.write("cvp: interrupted\n")
         if isinstance(code, int) and code:
             raise SystemExit(code)
     except (ConfigError, DataError) as exc:
-        log.debug("stopped", exc_info=True)
-        sys.stderr.write(f"cvp: error: {exc}\n")
-        raise SystemExit(2) from None
+        _fail(str(exc), USER_ERROR_EXIT, exc)
+    except typer.TyperException as exc:  # click's usage errors (typer's bundled click)
+        _fail(usage_error_message(exc), USER_ERROR_EXIT)
     except (typer.Abort, KeyboardInterrupt):
         sys.stderr.write("cvp: interrupted\n")
-        raise SystemExit(130) from None
-    except Exception as exc:  # click usage errors carry their own exit codes
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise
+        raise SystemExit(INTERRUPTED_EXIT) from None
+    except Exception as exc:
+        if _is_contract_error(exc):
+            _fail(contract_error_message(exc), USER_ERROR_EXIT, exc)
+        first = one_line(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        _fail(f"unexpected {what} (run with --verbose for the traceback)", UNEXPECTED_EXIT, exc)
 
 
 if __name__ == "__main__":

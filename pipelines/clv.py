@@ -40,7 +40,7 @@ MODEL_SUMMARY = paths.CLV_MODEL_DIR / "model.json"
 REGISTRATION = paths.registration_file(paths.CLV_MODEL_DIR)
 PYFUNC_NAME = "clv_model"
 BGNBD_PARAMS = ("r", "alpha", "a", "b")
-PIP_PACKAGES = ("lifetimes", "pandas", "numpy", "scipy", "scikit-learn", "mlflow", "cloudpickle")
+PIP_PACKAGES = ("lifetimes", "pandas", "numpy", "scipy", "mpmath", "scikit-learn", "mlflow", "cloudpickle")
 
 # --------------------------------------------------------------------------- contracts
 
@@ -193,7 +193,8 @@ def patterns_of(features: pd.DataFrame) -> Patterns:
 
 
 def new_purchase_model(name: str, cfg: ClvParams, seed: int) -> PurchaseModel:
-    return PurchaseModel(model=name, penalizer=cfg.penalizer, retry_penalizer=cfg.retry_penalizer, random_state=seed)
+    return PurchaseModel(model=name, penalizer=cfg.penalizer, retry_penalizer=cfg.retry_penalizer, random_state=seed,
+                         max_iterations=cfg.fit_max_iterations, time_budget_s=cfg.fit_time_budget_s)
 
 
 def fit_purchase(model: PurchaseModel, patterns: Patterns) -> PurchaseModel:
@@ -202,7 +203,8 @@ def fit_purchase(model: PurchaseModel, patterns: Patterns) -> PurchaseModel:
 
 
 def fit_spend(cfg: ClvParams, patterns: Patterns) -> SpendModel:
-    model = SpendModel(penalizer=cfg.spend_penalizer, correlation_warn=cfg.spend_correlation_warn)
+    model = SpendModel(penalizer=cfg.spend_penalizer, correlation_warn=cfg.spend_correlation_warn,
+                       retry_penalizer=cfg.spend_retry_penalizer, fallback=cfg.spend_fallback)
     spend = patterns.spend
     return model.fit(spend["frequency"], spend["monetary_value"], weights=spend["count"])
 
@@ -225,7 +227,9 @@ def choose_purchase_model(
 ) -> tuple[clv_eval.Candidate, dict]:
     """The purchase model fitted at t_1 that the stage uses, and the model_selection report.
 
-    ``clv.model: auto`` compares every candidate on the holdout; a named model is the only one.
+    ``clv.model: auto`` compares every candidate on the holdout; a named model is the only one. A
+    candidate that cannot be fitted (or runs over ``clv.fit_time_budget_s``) is skipped, with the
+    reason in the report.
     With more than ``clv.selection_max_customers`` customers, the candidates are compared on a
     seeded sample of that many and the chosen one is then fitted on everyone (``patterns``).
     """
@@ -247,7 +251,8 @@ def choose_purchase_model(
     if all(v is None for v in errors.values()):
         reasons = "; ".join(f"{c.name}: {c.failure}" for c in candidates)
         raise DataError(
-            f"{paths.features_at(1)}: no purchase model could be fitted ({reasons}); try a larger clv.penalizer"
+            f"{paths.features_at(1)}: no purchase model could be fitted ({reasons}); try a larger clv.penalizer or "
+            "clv.retry_penalizer (e.g. 0.01), a larger clv.fit_time_budget_s, or another clv.model"
         )
     chosen = clv_eval.select_candidate(errors)
     report = clv_eval.selection_report(candidates, chosen, "auto" if cfg.model == "auto" else "configured")
@@ -404,7 +409,9 @@ def stage_metrics(name: str, cutoffs: dict, purchase_t0: PurchaseModel, spend_t0
         "horizon_days": params.data.horizon_days,
         "bgnbd": bgnbd_block(name, purchase_t0, patterns, params),
         name: purchase_block(purchase_t0),
-        "gamma_gamma": {**spend_t0.params_, "population_mean_spend": spend_t0.population_mean_spend_},
+        "gamma_gamma": {**spend_t0.params_, "population_mean_spend": spend_t0.population_mean_spend_,
+                        "penalizer": spend_t0.penalizer_, "source": spend_t0.source_,
+                        **({"fit_failure": spend_t0.fit_failure_} if spend_t0.fit_failure_ else {})},
         "n_customers": int(len(f0)),
         "n_repeat_customers": int((f0["frequency"] > 0).sum()),
         "frequency_spend_corr": spend_t0.frequency_spend_corr_,

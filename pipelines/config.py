@@ -43,18 +43,40 @@ class ColumnsParams(_Section):
 class DataParams(_Section):
     path: str = "lifetimes:CDNOW_master"
     columns: ColumnsParams
-    timestamp_format: str | None = None
+    timestamp_format: str | tuple[str, ...] | None = None  # strptime format(s), tried in order; null = ISO 8601
+    timezone: str | None = None  # IANA zone of naive timestamps; null = UTC
+    decimal: Literal[".", ","] = "."
+    encoding: str = "utf-8"
     as_of: dt.date | None = None
     horizon_days: int = Field(91, gt=0)
     time_unit: Literal["D", "W"] = "W"
     valid_from: dt.date = dt.date(1970, 1, 1)
-    valid_to: dt.date = dt.date(2100, 1, 1)
+    valid_to: dt.date | None = None  # exclusive; null = the day after the run date (UTC)
+    max_rejected_share: float = Field(0.05, ge=0, le=1)
     ingest_threads: int | None = Field(None, gt=0)
     ingest_memory_limit: str | None = None
 
+    @field_validator("timestamp_format")
+    @classmethod
+    def _formats(cls, v: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        if v is not None and (not v or any(not f.strip() for f in ((v,) if isinstance(v, str) else v))):
+            raise ValueError("timestamp_format must be a strptime format, a non-empty list of them, or null")
+        return v
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(v)
+        except LookupError:
+            raise ValueError(f"unknown encoding {v!r} (e.g. utf-8, latin-1, cp1252, utf-16)") from None
+        return v
+
     @model_validator(mode="after")
     def _check_range(self) -> "DataParams":
-        if self.valid_from >= self.valid_to:
+        if self.valid_to is not None and self.valid_from >= self.valid_to:
             raise ValueError("valid_from must be before valid_to")
         return self
 
@@ -91,6 +113,10 @@ class ClvParams(_Section):
     discount_period_days: int = Field(30, gt=0)
     spend_correlation_warn: float = Field(0.3, gt=0, le=1)
     spend_penalizer: float = Field(0.0, ge=0)
+    spend_retry_penalizer: float = Field(0.001, gt=0)
+    spend_fallback: Literal["population_mean"] | None = "population_mean"
+    fit_time_budget_s: float = Field(300.0, gt=0)
+    fit_max_iterations: int = Field(1000, gt=0)
     min_customers: int = Field(100, gt=0)
     selection_max_customers: int = Field(200_000, gt=0)
     model_name: str = "cvp-clv"
@@ -101,7 +127,8 @@ class LightGBMParams(_Section):
     n_estimators: int = Field(300, gt=0)
     learning_rate: float = Field(0.02, gt=0)
     num_leaves: int = Field(4, gt=1)
-    min_child_samples: int = Field(300, gt=0)
+    min_child_samples: int = Field(300, gt=0)  # cap of the leaf minimum
+    min_child_share: float | None = Field(0.05, gt=0, le=1)  # leaf minimum as a share of the fit customers; null = absolute
     subsample: float = Field(0.8, gt=0, le=1)
     subsample_freq: int = Field(1, ge=0)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
@@ -115,6 +142,7 @@ class ChurnParams(_Section):
     calibration_fraction: float = Field(0.3, gt=0, lt=1)
     test_fraction: float = Field(0.3, gt=0, lt=1)
     min_train_customers: int = Field(500, gt=0)
+    min_class_customers: int = Field(5, ge=2)
     auc_tolerance: float = Field(0.005, ge=0, lt=1)
     top_features: int = Field(10, gt=0)
     model_name: str = "cvp-churn"
@@ -294,8 +322,8 @@ def parse_params(raw: dict, source: str = "params.yaml") -> Params:
         raise ConfigError(_one_line(err, source)) from None
 
 
-def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
-    """Read and validate a params file."""
+def read_params_yaml(path: Path | str) -> dict:
+    """The params file as a mapping (YAML dates stay ``datetime.date``); ConfigError if unreadable."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -303,6 +331,53 @@ def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
         raise ConfigError(f"{path}: params file not found; run from the project root or pass --params") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except ValueError as exc:  # YAML's own constructors, e.g. an unquoted date that does not exist
+        raise ConfigError(
+            f'{path}: cannot read a value ({exc}); write dates quoted, as real days: "1998-03-31"'
+        ) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    return parse_params(raw, str(path))
+    return raw
+
+
+def load_params(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Read and validate a params file (an unquoted YAML date is accepted: ``cvp`` reads it)."""
+    return parse_params(read_params_yaml(path), str(Path(path)))
+
+
+# Scalars DVC can read from a params file (dvc.parsing.context.PRIMITIVES), besides lists and
+# mappings; anything else (a YAML date, datetime or set) stops `dvc repro` before any stage runs.
+DVC_SCALARS = (type(None), bool, int, float, str, bytes)
+
+
+def dvc_unreadable_values(raw: object, key: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) of every value in a parsed params mapping that DVC cannot read."""
+    if isinstance(raw, dict):
+        return [bad for k, v in raw.items() for bad in dvc_unreadable_values(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(raw, list):
+        return [bad for i, v in enumerate(raw) for bad in dvc_unreadable_values(v, f"{key}[{i}]")]
+    return [] if isinstance(raw, DVC_SCALARS) else [(key, raw)]
+
+
+def dvc_fix_hint(key: str, value: object, source: str) -> str:
+    """One line saying which value DVC cannot read and how to write it."""
+    if isinstance(value, dt.date):  # datetime.datetime is a date too
+        kind = "datetime" if isinstance(value, dt.datetime) else "date"
+        text = value.isoformat(sep=" ") if isinstance(value, dt.datetime) else value.isoformat()
+        quoted = f'"{text}"' if key.endswith("]") else f'{key.rsplit(".", 1)[-1]}: "{text}"'
+        return f"{source}: {key} is an unquoted {kind}; write it quoted: {quoted}"
+    return (
+        f"{source}: {key} is a YAML {type(value).__name__}, which DVC cannot read; "
+        "write it as a quoted string, a number, a list or a mapping"
+    )
+
+
+def check_params_file(path: Path | str = DEFAULT_PARAMS) -> Params:
+    """Validate a params file for the stages AND for DVC (which reads it before any stage runs)."""
+    raw = read_params_yaml(path)
+    params = parse_params(raw, str(Path(path)))
+    unreadable = dvc_unreadable_values(raw)
+    if unreadable:
+        more = f" (and {len(unreadable) - 1} more such value(s))" if len(unreadable) > 1 else ""
+        raise ConfigError(dvc_fix_hint(*unreadable[0], str(Path(path))) + more)
+    return params

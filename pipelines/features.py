@@ -146,7 +146,10 @@ def write_cutoff(
     target = paths.features_at(k)
     n = write_validated(con, features_from_days(days, cutoff, spec), features_schema(spec.windows_days), target)
     if n == 0:
-        log.warning("t%d = %s: no customer has a purchase on or before it; wrote an empty %s", k, cutoff, target)
+        log.warning(
+            "t%d = %s: no customer has a purchase on or before it; wrote an empty %s (the models train on "
+            "t_1 and t_2: a later data.as_of or a shorter data.horizon_days gives them customers)", k, cutoff, target,
+        )  # fmt: skip
     written = con.read_parquet(target, table_name=f"features_t{k}")
     summary = _one_row(con, features_summary(written))
     entry: dict[str, Any] = {

@@ -190,6 +190,78 @@ def flat_scalars(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str
     return [(k, v) for k, v in tracking.flatten(prefix, dict(metrics)).items() if not isinstance(v, (list, dict))]
 
 
+# --------------------------------------------------------------------------- notices
+
+TOP_REJECTION_REASONS = 3  # reasons named in the rejected-share notice
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A line shown at the top of the report and in the run summary (``make run``)."""
+
+    key: str  # stable id: rejected-share | churn-source
+    level: str  # warning | note
+    text: str
+
+
+def rejected_share(ingest: Mapping[str, Any]) -> float | None:
+    """Share of input rows ingest rejected: ``rejected_share``, else rows_rejected / rows_in
+    (rows_in = accepted + rejected when absent); None when the counts are missing."""
+    share = ingest.get("rejected_share")
+    if isinstance(share, (int, float)) and not isinstance(share, bool):
+        return float(share)
+    rejected, accepted = ingest.get("rows_rejected"), ingest.get("rows_accepted")
+    rows_in = ingest.get("rows_in")
+    if not isinstance(rows_in, int) and isinstance(rejected, int) and isinstance(accepted, int):
+        rows_in = accepted + rejected
+    if not isinstance(rejected, int) or not isinstance(rows_in, int) or rows_in <= 0:
+        return None
+    return rejected / rows_in
+
+
+def rejected_share_notice(ingest: Mapping[str, Any] | None) -> Notice | None:
+    """A warning whenever ingest rejected any row: how many, the share and the top reasons."""
+    share = rejected_share(ingest or {})
+    if share is None or share <= 0:
+        return None
+    rejected, rows_in = ingest.get("rows_rejected"), ingest.get("rows_in")
+    if not isinstance(rows_in, int):
+        rows_in = ingest.get("rows_accepted", 0) + rejected
+    reasons = ingest.get("rejected_by_reason")
+    top = []
+    if isinstance(reasons, Mapping):
+        found = sorted(((n, r) for r, n in reasons.items() if isinstance(n, int) and n > 0), key=lambda x: (-x[0], x[1]))
+        top = [f"{reason} {n:,}" for n, reason in found[:TOP_REJECTION_REASONS]]
+    counts = f"{rejected:,} of {rows_in:,} input rows" if isinstance(rejected, int) else "input rows"
+    why = f"; top reasons: {', '.join(top)}" if top else ""
+    return Notice(
+        "rejected-share", "warning",
+        f"ingest rejected {counts} ({100 * share:.3g}%{why}); they are left out of every score and kept in "
+        f"{paths.QUARANTINE}",
+    )  # fmt: skip
+
+
+def churn_source_notice(churn: Mapping[str, Any] | None) -> Notice | None:
+    """Which churn probability was exported (metrics/churn.json ``churn_source``): a note for the
+    classifier, a warning for a CLV baseline; None for metrics written before the guard existed."""
+    source = dig(churn, "churn_source")
+    if not isinstance(source, str):
+        return None
+    reason = dig(churn, "churn_source_reason", default="")
+    if source == "classifier":
+        return Notice("churn-source", "note", f"churn_probability from the classifier: {reason}")
+    return Notice(
+        "churn-source", "warning",
+        f"churn_probability from {source} (calibrated on the training labels), not from the classifier: {reason}",
+    )  # fmt: skip
+
+
+def run_notices(metrics: Mapping[str, Mapping[str, Any]]) -> list[Notice]:
+    """The notices of a run from the stages' metrics (by stage name), in display order."""
+    found = (rejected_share_notice(metrics.get("ingest")), churn_source_notice(metrics.get("churn")))
+    return [notice for notice in found if notice is not None]
+
+
 # --------------------------------------------------------------------------- figures drawn here
 
 
@@ -426,7 +498,7 @@ def data_quality_tables(ingest: Mapping[str, Any] | None) -> list[Table]:
         found = sorted(((r, n) for r, n in reasons.items() if n), key=lambda kv: (-kv[1], kv[0]))
         rows = [[str(reason).replace("_", " "), fmt(n)] for reason, n in found] or [["none", "0"]]
         tables.append(Table("Rejected rows by reason", ["reason", "rows"], rows, css_id="ingest-reasons-table"))
-    shown = {"rows_accepted", "rows_rejected", "rows_in", "rejected_by_reason", "input", "input_sha256"}
+    shown = {"rows_accepted", "rows_rejected", "rows_in", "rejected_by_reason", "rejected_share", "input", "input_sha256"}
     rows = [[k.replace("_", " "), fmt(v)] for k, v in flat_scalars({k: v for k, v in ingest.items() if k not in shown})]
     if rows:
         tables.append(Table("Accepted transactions", ["measure", "value"], rows, css_id="ingest-summary-table"))
@@ -473,6 +545,9 @@ figure.wide { flex-basis: 760px; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .85rem; color: #555; }
 .missing { color: #a33; font-style: italic; }
+.notices { margin: 1.2rem 0 0; }
+p.notice { margin: .4rem 0; padding: .5rem .9rem; border-radius: 4px; background: #eef3f8; border-left: 4px solid #1f3b57; }
+p.notice.warning { background: #fff4e5; border-left-color: #d9822b; }
 </style>
 </head>
 <body>
@@ -482,6 +557,9 @@ figcaption { font-size: .85rem; color: #555; }
 </header>
 <nav>{% for id, heading in sections %}<a href="#{{ id }}">{{ heading }}</a>{% endfor %}</nav>
 <main>
+{% if notices %}<div class="notices">{% for n in notices %}
+<p class="notice {{ n.level }}" id="notice-{{ n.key }}"><strong>{{ "Warning" if n.level == "warning" else "Note" }}:</strong> {{ n.text }}</p>{% endfor %}
+</div>{% endif %}
 {% macro table(t) -%}
 <table id="{{ t.css_id }}">
 <caption>{{ t.caption }}</caption>
@@ -581,6 +659,7 @@ def render_report(
         "horizon": horizon,
         "sections": SECTIONS,
         "headings": dict(SECTIONS),
+        "notices": run_notices(sources.metrics),
         "overview": overview_table(scores, sources),
         "quadrant_pictures": stage_pictures(sources, "segment", ["quadrant_scatter", "value_by_quadrant"]),
         "quadrant_table": summary_table(sources.summary, "quadrant", "Customers and value per quadrant"),

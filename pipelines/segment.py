@@ -195,6 +195,11 @@ def load_scoring_inputs() -> pd.DataFrame:
         clv: load_input(clv, CLV_SCHEMA, "clv"),
         churn: load_input(churn, CHURN_SCHEMA, "churn"),
     }
+    if inputs[features].empty:
+        raise DataError(
+            f"{features}: no customers to segment (nobody bought on or before data.as_of); "
+            "set data.as_of on or after the first purchase, or null for the last one"
+        )
     columns = {
         features: ["customer_id", "cutoff", "spend_trailing", "margin_trailing", "days_since_first", "days_since_last", "ipi_mean"],
         clv: ["customer_id", "clv", "p_no_purchase"],
@@ -398,7 +403,7 @@ def write_plots(result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, se
 # --------------------------------------------------------------------------- the served model
 
 # Pinned to the running versions (the chain unpickles the CLV and churn models).
-PYFUNC_REQUIREMENTS = ("lifetimes", "lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "pandera", "mlflow")
+PYFUNC_REQUIREMENTS = ("lifetimes", "lightgbm", "scikit-learn", "scipy", "mpmath", "numpy", "pandas", "pandera", "mlflow")
 MODEL_FILES = {
     scores_pyfunc.PURCHASE_ARTIFACT: PURCHASE_PICKLE,
     scores_pyfunc.SPEND_ARTIFACT: SPEND_PICKLE,

@@ -8,7 +8,9 @@ Supported sources:
   quantity, amount);
 - a CSV (header required; ``.csv``, ``.tsv``, ``.txt``, optionally compressed) or Parquet file, or
   a glob of them, relative to the project root. Files are read in sorted path order; CSV values
-  are read as text so validation is ours, Parquet columns keep their types.
+  are read as text so validation is ours, Parquet columns keep their types. CSV text is decoded
+  with ``data.encoding``: UTF-8 (a BOM is skipped), UTF-16 and Latin-1 by DuckDB, any other
+  Python codec (cp1252 ...) by transcoding the file to UTF-8 in a scratch directory first.
 
 Every source gets ``source_row`` (0-based row index, counting across the files of a glob) and file
 sources get ``source_file`` (the path as listed, relative to the project root when inside it).
@@ -17,8 +19,10 @@ Large files are scanned by DuckDB and never loaded into pandas.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
+import gzip
 import hashlib
 import importlib.util
 import logging
@@ -26,6 +30,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import ibis
@@ -48,6 +53,8 @@ LIFETIMES_FILES: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "CDNOW_sample": ("CDNOW_sample.txt", ("customer_id", "customer_index", "date", "quantity", "amount")),
 }
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
+# Python codec name -> the name DuckDB's CSV reader decodes itself; other codecs are transcoded.
+DUCKDB_ENCODINGS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "utf-16": "utf-16", "iso8859-1": "latin-1"}
 COMPRESSED_SUFFIXES = (".gz", ".zst")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -60,6 +67,8 @@ class RawSource:
     raw_columns: tuple[str, ...]  # source columns, in file order (union over a glob)
     files: tuple[Path, ...]       # files read, in read order
     label: str                    # data.path as configured
+    encoding: str = "utf-8"       # data.encoding the CSV files were decoded with
+    file_labels: tuple[str, ...] = ()  # the files as named in messages (relative to the project root)
 
     @property
     def has_source_file(self) -> bool:
@@ -86,11 +95,20 @@ def duckdb_connection(threads: int | None = None, memory_limit: str | None = Non
             con.disconnect()
 
 
-def open_source(path: str, columns: ColumnsParams, con: ibis.BaseBackend, root: Path | None = None) -> RawSource:
+def open_source(
+    path: str,
+    columns: ColumnsParams,
+    con: ibis.BaseBackend,
+    root: Path | None = None,
+    encoding: str = "utf-8",
+    scratch: Path | None = None,
+) -> RawSource:
     """Open ``path`` (data.path) and check that every mapped column exists in every file.
 
-    Raises DataError (one line naming the file and the column) when a file cannot be read, a glob
-    matches nothing, or a mapped column is missing.
+    CSV files are decoded with ``encoding`` (data.encoding); encodings DuckDB cannot decode are
+    transcoded to UTF-8 copies in ``scratch`` (a directory the caller removes afterwards).
+    Raises DataError (one line naming the file) when a file is empty, cannot be read or decoded,
+    a glob matches nothing, or a mapped column is missing.
     """
     root = Path.cwd() if root is None else root
     if path.startswith(LIFETIMES_PREFIX):
@@ -101,13 +119,20 @@ def open_source(path: str, columns: ColumnsParams, con: ibis.BaseBackend, root: 
         if any(_file_kind(f, path) != kind for f in files):
             raise DataError(f"{path}: the glob mixes CSV and Parquet files; point data.path at one kind")
         labels = tuple(_label(f, root) for f in files)
-        per_file = [_file_columns(con, f, label, kind) for f, label in zip(files, labels)]
+        read, encoding_option = files, None
+        if kind == "csv":
+            for file, label in zip(files, labels):
+                if _is_empty_text(file):
+                    raise DataError(f"{label}: file is empty; export the transactions again or fix data.path")
+            read, encoding_option = _decodable_files(files, labels, encoding, scratch)
+        per_file = [_file_columns(con, f, label, kind, encoding_option, encoding) for f, label in zip(read, labels)]
         for label, cols in zip(labels, per_file):
             _check_columns(label, cols, columns)
-        con.raw_sql(f"CREATE OR REPLACE TEMP VIEW raw_source AS {_scan_sql(files, labels, kind)}")
+        con.raw_sql(f"CREATE OR REPLACE TEMP VIEW raw_source AS {_scan_sql(read, labels, kind, encoding_option)}")
         table = con.table("raw_source")
         raw_columns = tuple(c for c in table.columns if c not in RESERVED_COLUMNS)
-        source = RawSource(table=table, raw_columns=raw_columns, files=files, label=path)
+        source = RawSource(table=table, raw_columns=raw_columns, files=files, label=path, encoding=encoding,
+                           file_labels=labels)
     return source
 
 
@@ -187,22 +212,117 @@ def _file_kind(file: Path, path: str) -> str:
     raise DataError(f"{file.name}: unknown file type (expected {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}); fix data.path '{path}'")
 
 
-def _reader_sql(files: tuple[Path, ...], kind: str) -> str:
+def _reader_sql(files: tuple[Path, ...], kind: str, encoding: str | None = None) -> str:
     listing = "[" + ", ".join(_sql_text(str(f)) for f in files) + "]"
     if kind == "csv":
-        return f"read_csv({listing}, header = true, all_varchar = true, union_by_name = true)"
+        option = f", encoding = {_sql_text(encoding)}" if encoding and encoding != "utf-8" else ""
+        return f"read_csv({listing}, header = true, all_varchar = true, union_by_name = true{option})"
     return f"read_parquet({listing}, union_by_name = true)"
 
 
-def _file_columns(con: ibis.BaseBackend, file: Path, label: str, kind: str) -> list[str]:
+def _file_columns(
+    con: ibis.BaseBackend, file: Path, label: str, kind: str, encoding_option: str | None = None, encoding: str = "utf-8"
+) -> list[str]:
     """Column names of one file (sniffed by DuckDB); DataError when it cannot be read."""
     try:
-        return list(con.con.sql(f"SELECT * FROM {_reader_sql((file,), kind)} LIMIT 0").columns)
+        return list(con.con.sql(f"SELECT * FROM {_reader_sql((file,), kind, encoding_option)} LIMIT 0").columns)
     except Exception as exc:  # duckdb raises many error classes for unreadable input
+        if is_encoding_error(exc):
+            raise encoding_error(file, label, encoding) from None
         raise DataError(f"{label}: cannot read as {kind.upper()} ({_first_line(exc)})") from None
 
 
-def _scan_sql(files: tuple[Path, ...], labels: tuple[str, ...], kind: str) -> str:
+# --- text encodings and empty files --------------------------------------------------------------
+
+def _open_bytes(file: Path) -> BinaryIO:
+    """The file's (decompressed) bytes; .zst needs the zstandard package."""
+    suffix = file.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(file, "rb")
+    if suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"{file.name}: reading .zst with data.encoding other than utf-8/latin-1/utf-16 "
+                            "needs the zstandard package; decompress the file or install it") from None
+        return zstandard.ZstdDecompressor().stream_reader(open(file, "rb"), closefd=True)
+    return open(file, "rb")
+
+
+def _is_empty_text(file: Path) -> bool:
+    """True for a text file with no characters but whitespace (or only a BOM)."""
+    if file.stat().st_size == 0:
+        return True
+    if file.suffix.lower() == ".zst":
+        return False  # DuckDB reads it; an empty one is caught as a file without rows
+    with _open_bytes(file) as handle:
+        head = handle.read(4096)
+    return not head.lstrip(b"\xef\xbb\xbf\xff\xfe").strip(b" \t\r\n\x00")
+
+
+def duckdb_encoding(encoding: str) -> str | None:
+    """The name DuckDB's CSV reader knows for a Python codec name, None if it cannot decode it."""
+    return DUCKDB_ENCODINGS.get(codecs.lookup(encoding).name)
+
+
+def _decodable_files(
+    files: tuple[Path, ...], labels: tuple[str, ...], encoding: str, scratch: Path | None
+) -> tuple[tuple[Path, ...], str | None]:
+    """(files to scan, DuckDB encoding option): the files themselves when DuckDB decodes the
+    encoding, else UTF-8 copies in ``scratch`` (decoded in 1 MiB chunks, memory stays small)."""
+    native = duckdb_encoding(encoding)
+    if native is not None:
+        return files, native
+    if scratch is None:
+        raise ValueError("a scratch directory is needed to transcode CSV files")
+    copies = []
+    for i, (file, label) in enumerate(zip(files, labels)):
+        target = scratch / f"{i:05d}-{file.name.removesuffix(file.suffix) if file.suffix.lower() in COMPRESSED_SUFFIXES else file.name}"
+        decoder = codecs.getincrementaldecoder(encoding)("strict")
+        try:
+            with _open_bytes(file) as source, open(target, "w", encoding="utf-8", newline="") as out:
+                while chunk := source.read(1 << 20):
+                    out.write(decoder.decode(chunk))
+                out.write(decoder.decode(b"", final=True))
+        except UnicodeDecodeError:
+            raise encoding_error(file, label, encoding) from None
+        copies.append(target)
+    log.info("transcoded %d file(s) from %s to UTF-8", len(copies), encoding)
+    return tuple(copies), None
+
+
+def is_encoding_error(exc: BaseException) -> bool:
+    """True for DuckDB's error on bytes that are not valid in the CSV's encoding."""
+    text = str(exc).lower()
+    return "invalid unicode" in text or "not utf-8 encoded" in text
+
+
+def first_undecodable_line(file: Path, encoding: str) -> tuple[int, bytes] | None:
+    """(1-based line number, offending bytes) of the first line that does not decode, or None."""
+    decoder = codecs.getincrementaldecoder(encoding)("strict")
+    with _open_bytes(file) as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                decoder.decode(line)
+            except UnicodeDecodeError as err:
+                return number, line[err.start:err.end]
+    return None
+
+
+def encoding_error(file: Path, label: str, encoding: str) -> DataError:
+    """One line naming the file, the first undecodable line and byte, and the data.encoding fix."""
+    where = ""
+    found = first_undecodable_line(file, encoding)
+    if found is not None:
+        number, raw = found
+        where = f" (line {number} has the byte(s) {' '.join(f'0x{b:02x}' for b in raw)})"
+    fix = "set data.encoding: latin-1 (or cp1252, or the encoding the file was exported in)"
+    if codecs.lookup(encoding).name != "utf-8":
+        fix = "set data.encoding to the encoding the file was exported in"
+    return DataError(f"{label}: not valid {encoding} text{where}; {fix} in params.yaml")
+
+
+def _scan_sql(files: tuple[Path, ...], labels: tuple[str, ...], kind: str, encoding: str | None = None) -> str:
     """All files as one relation, with source_row in file order and source_file.
 
     Parquet rows are numbered from each file's own row numbers plus the rows of the files
@@ -221,7 +341,7 @@ def _scan_sql(files: tuple[Path, ...], labels: tuple[str, ...], kind: str) -> st
             f"SELECT * EXCLUDE (file_row_number), "
             f"(file_row_number + {starts}[file_index::BIGINT + 1])::BIGINT AS {SOURCE_ROW}, {source_file} FROM {reader}"
         )
-    return f"SELECT *, (row_number() OVER () - 1)::BIGINT AS {SOURCE_ROW}, {source_file} FROM {_reader_sql(files, kind)}"
+    return f"SELECT *, (row_number() OVER () - 1)::BIGINT AS {SOURCE_ROW}, {source_file} FROM {_reader_sql(files, kind, encoding)}"
 
 
 def _check_columns(label: str, available: list[str], columns: ColumnsParams) -> None:
@@ -265,5 +385,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def scan_error(exc: BaseException, source: RawSource) -> DataError:
-    """A DataError for an error raised while scanning the source (e.g. a malformed CSV line)."""
+    """A DataError for an error raised while scanning the source (e.g. a malformed CSV line, or
+    bytes the encoding cannot decode past the rows the CSV sniffer read)."""
+    if is_encoding_error(exc):
+        for file, label in zip(source.files, source.file_labels):
+            if first_undecodable_line(file, source.encoding) is not None:
+                return encoding_error(file, label, source.encoding)
     return DataError(f"{source.label}: cannot read ({_first_line(exc)}); fix the file or data.path")

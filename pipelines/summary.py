@@ -1,7 +1,9 @@
 """`python -m pipelines.summary`: where a run's outputs are, with the headline numbers.
 
-Called at the end of `make run`. Reads metrics/export.json and params.yaml only (no MLflow
-query, so it returns at once) and prints a few lines to stdout: this is a CLI summary.
+Called at the end of `make run`. Reads params.yaml and metrics/export.json, plus
+metrics/ingest.json and metrics/churn.json for the notices the report also shows at its top
+(rows rejected by ingest; which churn probability was exported). No MLflow query, so it
+returns at once; it prints a few lines to stdout: this is a CLI summary.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from pipelines import io, paths, tracking
 from pipelines.config import ConfigError, Params, load_params
 from pipelines.export import database_url, masked_url
+from pipelines.report import run_notices
 
 
 def mlflow_location(params: Params) -> str:
@@ -44,7 +47,20 @@ def summary_lines(params: Params, root: Path) -> list[str]:
             f"mean churn probability {headline['mean_churn_probability']:.3f}; "
             f"quadrant IV (top priority) {quadrant_iv:,} customers ({quadrant_iv / rows:.1%})"
         )
+    lines += notice_lines(root)
     return lines
+
+
+def notice_lines(root: Path) -> list[str]:
+    """The report's notices as summary lines (``WARNING:`` first when they warn)."""
+    metrics = {}
+    for stage in ("ingest", "churn"):
+        path = root / paths.metrics_file(stage)
+        try:
+            metrics[stage] = io.read_json(path)
+        except (FileNotFoundError, ValueError):
+            continue  # the export ran without them (e.g. inputs written by hand): nothing to say
+    return [f"  {'WARNING: ' if n.level == 'warning' else ''}{n.text}" for n in run_notices(metrics)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -318,7 +318,8 @@ def test_models_pickle_and_clone(weekly, weekly_fits):
     restored_spend = pickle.loads(pickle.dumps(spend))
     assert restored_spend.population_mean_spend_ == spend.population_mean_spend_
     assert clone(purchase).get_params() == {"model": "paretonbd", "penalizer": 0.0, "retry_penalizer": 0.001,
-                                            "time_scale": "auto", "random_state": 0}
+                                            "time_scale": "auto", "random_state": 0, "max_iterations": 1000,
+                                            "time_budget_s": 300.0}
     assert not hasattr(clone(purchase), "params_")
     assert SpendModel().set_params(correlation_warn=0.5).correlation_warn == 0.5
 
@@ -334,3 +335,24 @@ def test_pareto_nbd_start_follows_random_state(weekly, weekly_fits):
 def test_unknown_model_is_rejected(weekly):
     with pytest.raises(ValueError, match="bgnbd, mbgnbd, paretonbd"):
         fit_purchase(weekly, "bgbb")
+
+
+# --- Gamma-Gamma that cannot be fitted: a named fallback, or a one-line stop when asked
+
+def _heavy_tailed_spend():
+    """40 repeat customers with log-normal spend (sigma 2.5): every penalty gives q <= 1."""
+    rng = np.random.default_rng(0)
+    return rng.integers(1, 4, 40).astype(float), np.exp(rng.normal(3.0, 2.5, 40))
+
+
+def test_spend_model_falls_back_to_the_population_mean_when_every_fit_fails():
+    frequency, spend = _heavy_tailed_spend()
+    model = SpendModel().fit(frequency, spend)
+    assert model.source_ == "fallback:population_mean"
+    assert "q = " in model.fit_failure_ and model.params_ == {} and model.penalizer_ is None
+    assert model.population_mean_spend_ == pytest.approx(spend.mean(), rel=1e-12)
+    predicted = model.expected_avg_spend(np.array([0.0, 1.0, 3.0]), np.array([np.nan, 5.0, 1e6]))
+    np.testing.assert_array_equal(predicted, np.full(3, spend.mean()))
+    restored = pickle.loads(pickle.dumps(model))
+    assert restored.expected_avg_spend(2.0, 10.0) == pytest.approx(spend.mean(), rel=1e-12)
+

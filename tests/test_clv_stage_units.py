@@ -79,7 +79,7 @@ def test_auto_selection_picks_the_lower_holdout_error_and_skips_failures():
     assert report["method"] == "auto" and report["chosen"] == "paretonbd"
     assert report["candidates"]["bgnbd"]["mae"] == pytest.approx(1.0)
     assert report["candidates"]["paretonbd"]["mae"] == pytest.approx(0.5)
-    assert report["candidates"]["mbgnbd"] == {"status": "failed", "error": "cannot fit: optimiser diverged"}
+    assert report["candidates"]["mbgnbd"] == {"status": "skipped", "reason": "cannot fit: optimiser diverged"}
     table = clv_eval.selection_table(report)
     assert table["candidate"].tolist() == ["bgnbd", "paretonbd", "mbgnbd"]
 

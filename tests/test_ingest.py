@@ -96,7 +96,16 @@ RULE_CASES: list[tuple[dict, str | None]] = [
     ({"qty": "two"}, "non_numeric_quantity"),
     ({"qty": "nan"}, "non_numeric_quantity"),
     ({"qty": ""}, None),  # an absent quantity is allowed (NaN)
-    ({"cost": "n/a"}, "non_numeric_cost"),
+    ({"cost": "cheap"}, "non_numeric_cost"),
+    ({"cost": "n/a"}, None),  # a null word is an absent cost (NaN)
+    ({"cust": "NULL"}, "missing_customer_id"),
+    ({"cust": "n/a"}, "missing_customer_id"),
+    ({"ts": "None"}, "missing_timestamp"),
+    ({"amt": "#N/A"}, "missing_amount"),
+    ({"amt": "$"}, "non_numeric_amount"),
+    ({"amt": "12 apples"}, "non_numeric_amount"),
+    ({"amt": "1,23,456.00"}, "non_numeric_amount"),  # not groups of three
+    ({"amt": "$1,234.50"}, None),
     ({"cost": None}, None),
     ({"amt": "-12.5"}, None),  # a return
     ({"amt": "0"}, None),
@@ -303,3 +312,85 @@ def test_fixed_size_tables_reslice_without_changing_content(sizes, rows):
     assert all(t.num_rows == rows for t in out[:-1])
     assert (not out) or 0 < out[-1].num_rows <= rows
     assert [v for t in out for v in t.column("x").to_pylist()] == list(range(start))
+
+
+def parsed_values(con, column: str, texts: list[str | None], rules: IngestRules) -> list:
+    """The parsed value of ``column`` (a role's source column) for each text, by source_row."""
+    role = {v: k for k, v in MAPPING.items()}[column]
+    classified, _, _ = run(con, raw_frame([{column: t} for t in texts]), rules)
+    return [None if v is None or v != v else v for v in classified[f"__cvp_{role}"]]
+
+
+MONEY_CASES: list[tuple[str, float | None]] = [
+    ("12.00", 12.0), ("$12.00", 12.0), ("-$12.00", -12.0), ("$-12.00", -12.0), ("$ 1,234.50", 1234.5),
+    ("1,234.50", 1234.5), ("1,234,567", 1234567.0), ("1'234.50", 1234.5), ("1 234.50", 1234.5),
+    ("1\u00a0234.50", 1234.5), ("(12.00)", -12.0), ("($1,200.00)", -1200.0), ("12.00-", -12.0),
+    ("EUR 12.50", 12.5), ("12.50 EUR", 12.5), ("12.50€", 12.5), ("£7", 7.0), ("US$3.10", 3.1), ("-USD 4", -4.0),
+    ("1.5e3", 1500.0), ("2E-2", 0.02), ("1e10", 1e10), ("12345678901.25", 12345678901.25),
+    ("1,50", None), ("12.34.5", None), ("1,2345", None), ("EUR", None), ("12 $ 34", None), ("12 apples", None), ("1.2.3", None),
+]
+
+
+def test_money_formats_parse_and_ambiguous_ones_do_not(con):
+    got = parsed_values(con, "amt", [text for text, _ in MONEY_CASES], RULES)
+    assert list(zip([t for t, _ in MONEY_CASES], got)) == MONEY_CASES
+
+
+DECIMAL_COMMA_CASES: list[tuple[str, float | None]] = [
+    ("12,5", 12.5), ("1.234,50", 1234.5), ("1.234.567", 1234567.0), ("€ 1.234,50", 1234.5), ("12,50 EUR", 12.5),
+    ("1 234,50", 1234.5), ("-3,20", -3.2), ("(3,20)", -3.2), ("7", 7.0), ("1,5e3", 1500.0),
+    ("12.5", None), ("1.23", None), ("1,234.50", None),
+]
+
+
+def test_decimal_comma_reads_comma_decimals_and_dot_groups(con):
+    rules = IngestRules(MAPPING, timestamp_format="%Y-%m-%d", decimal=",")
+    got = parsed_values(con, "amt", [text for text, _ in DECIMAL_COMMA_CASES], rules)
+    assert list(zip([t for t, _ in DECIMAL_COMMA_CASES], got)) == DECIMAL_COMMA_CASES
+    assert parsed_values(con, "qty", ["1.000", "2,5"], rules) == [1000.0, 2.5]
+
+
+def test_quantity_takes_separators_but_not_money_marks(con):
+    assert parsed_values(con, "qty", ["1,000", "$3", "(2)", "3-"], RULES) == [1000.0, None, None, -3.0]
+
+
+TS = pd.Timestamp
+TIMESTAMP_CASES: list[tuple[str, pd.Timestamp | None]] = [
+    ("2024-03-01", TS("2024-03-01")),
+    ("2024-03-01 10:00:00", TS("2024-03-01 10:00")),
+    ("2024-03-01T10:00:00-05:00", TS("2024-03-01 15:00")),
+    ("2024-03-01 10:00:00+05:30", TS("2024-03-01 04:30")),
+    ("2024-03-01T10:00:00Z", TS("2024-03-01 10:00")),
+    ("2024-03-01T10:00:00.250-0500", TS("2024-03-01 15:00:00.250")),
+    ("2024-03-01 23:30:00 America/New_York", TS("2024-03-02 04:30")),
+    ("03/01/2024", None),
+]
+
+
+def test_iso_inference_converts_offsets_to_utc(con):
+    rules = IngestRules(MAPPING, timestamp_format=None)
+    got = parsed_values(con, "ts", [t for t, _ in TIMESTAMP_CASES], rules)
+    assert list(zip([t for t, _ in TIMESTAMP_CASES], got)) == TIMESTAMP_CASES
+
+
+def test_naive_timestamps_are_local_time_in_the_configured_zone(con):
+    rules = IngestRules(MAPPING, timestamp_format=None, timezone="America/New_York")
+    texts = ["2024-03-01 10:00:00", "2024-07-01 10:00:00", "2024-03-01T10:00:00+01:00", "2024-03-01"]
+    # EST (UTC-5) in March, EDT (UTC-4) in July; an explicit offset wins; a date is a calendar day
+    assert parsed_values(con, "ts", texts, rules) == [
+        TS("2024-03-01 15:00"), TS("2024-07-01 14:00"), TS("2024-03-01 09:00"), TS("2024-03-01")]
+    listed = IngestRules(MAPPING, timestamp_format=["%d.%m.%Y %H:%M", "%d.%m.%Y"], timezone="Europe/Berlin")
+    assert parsed_values(con, "ts", ["01.03.2024 10:00", "01.03.2024"], listed) == [TS("2024-03-01 09:00"), TS("2024-03-01")]
+
+
+def test_a_list_of_formats_is_tried_in_order(con):
+    rules = IngestRules(MAPPING, timestamp_format=["iso", "%m/%d/%Y", "%d.%m.%Y", "%Y-%m-%dT%H:%M:%S%z"])
+    texts = ["2024-03-01 10:00:00", "03/04/2024", "04.03.2024", "2024-03-01T10:00:00-05:00", "1 March 2024"]
+    assert parsed_values(con, "ts", texts, rules) == [
+        TS("2024-03-01 10:00"), TS("2024-03-04"), TS("2024-03-04"), TS("2024-03-01 15:00"), None]
+    # order decides ambiguous dates: 03/04/2024 is 4 March with %m/%d first, 3 April with %d/%m first
+    day_first = IngestRules(MAPPING, timestamp_format=["%d/%m/%Y", "%m/%d/%Y"])
+    assert parsed_values(con, "ts", ["03/04/2024", "12/31/2024"], day_first) == [TS("2024-04-03"), TS("2024-12-31")]
+    offset = IngestRules(MAPPING, timestamp_format="%Y-%m-%d %H:%M:%S%z")
+    assert parsed_values(con, "ts", ["2024-03-01 10:00:00+0200", "2024-03-01 10:00:00"], offset) == [TS("2024-03-01 08:00"), None]
+

@@ -4,6 +4,7 @@ the one-line errors of the CLI."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -49,6 +50,7 @@ CSV_DATA = {
     "columns": {"customer_id": "customer", "timestamp": "when", "amount": "eur", "order_id": "order_no",
                 "quantity": "units", "cost": None},
     "timestamp_format": "%Y-%m-%d %H:%M:%S",
+    "max_rejected_share": 1.0,  # the file is mostly bad rows on purpose
 }
 
 
@@ -173,7 +175,7 @@ def test_parquet_source_with_typed_columns(project):
         "ts": pa.array([pd.Timestamp("2022-01-01 12:00"), pd.Timestamp("2022-01-02"), pd.Timestamp("2022-01-03")]),
         "value": [10.0, -2.5, 3.0],
     }), path)
-    set_data(project, path="data/raw/tx.parquet", timestamp_format=None,
+    set_data(project, path="data/raw/tx.parquet", timestamp_format=None, max_rejected_share=1.0,
              columns={"customer_id": "cid", "timestamp": "ts", "amount": "value", "quantity": None})
     metrics = ingest(project)
     assert (metrics["rows_accepted"], metrics["rejected_by_reason"]["missing_customer_id"]) == (2, 1)
@@ -275,4 +277,76 @@ def test_missing_column_in_one_file_of_a_glob_names_that_file(project):
     write_csv(project, "data/raw/b.csv", header="order_no,client,when,eur,units,note\n", rows=CSV_ROWS[:1])
     set_data(project, **{**CSV_DATA, "path": "data/raw/*.csv"})
     with pytest.raises(DataError, match=r"^data/raw/b\.csv: column 'customer' \(data\.columns\.customer_id\) not found"):
+        ingest(project)
+
+
+def test_too_many_rejected_rows_stop_the_cli_in_one_line_and_write_nothing(project, monkeypatch, capsys):
+    write_csv(project)
+    set_data(project, **{**CSV_DATA, "max_rejected_share": 0.05})
+    monkeypatch.setattr(sys, "argv", ["cvp", "ingest"])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("cvp: error: data/raw/tx.csv: 8 of 12 rows rejected (66.7%): duplicate_order_line 1 (source_row 2: ")
+    assert "above data.max_rejected_share 5%" in err and "or raise data.max_rejected_share" in err
+    assert not (project / paths.TRANSACTIONS).exists() and not (project / paths.QUARANTINE).exists()
+
+
+def test_rejected_share_and_sample_rows_are_in_the_metrics(project):
+    write_csv(project)
+    set_data(project, **CSV_DATA)
+    metrics = ingest(project)
+    assert metrics["rejected_share"] == 8 / 12
+    assert metrics["rejected_sample_rows"] == {reason: [row] for row, reason in CSV_REASONS.items()}
+
+
+def test_zone_aware_parquet_timestamps_are_converted_to_utc(project):
+    path = project / "data" / "raw" / "tx.parquet"
+    path.parent.mkdir(parents=True)
+    stamps = pd.to_datetime(["2024-03-01 22:30", "2024-03-02 08:00"]).tz_localize("America/New_York")
+    pq.write_table(pa.table({"cid": ["1", "2"], "ts": pa.array(stamps, pa.timestamp("us", tz="America/New_York")),
+                             "value": [10.0, 5.0]}), path)
+    set_data(project, path="data/raw/tx.parquet", timestamp_format=None,
+             columns={"customer_id": "cid", "timestamp": "ts", "amount": "value", "quantity": None})
+    ingest(project)
+    accepted = pd.read_parquet(paths.TRANSACTIONS)
+    assert accepted["timestamp"].tolist() == [pd.Timestamp("2024-03-02 03:30"), pd.Timestamp("2024-03-02 13:00")]
+
+
+def test_future_rows_are_quarantined_relative_to_the_run_date(project):
+    write_csv(project, rows=[CSV_ROWS[0], "B1,00042,2021-03-03 10:00:00,1.00,1,", "B2,00042,2021-03-02 10:00:00,1.00,1,"])
+    set_data(project, **CSV_DATA)
+    data = load_params(project / "params.yaml").data
+    metrics = stage.ingest(data, today=dt.date(2021, 3, 2))  # 2021-03-03 is after the run date
+    assert metrics["rejected_by_reason"]["implausible_timestamp"] == 1 and metrics["date_max"] == "2021-03-02"
+    assert stage.ingest(data, today=dt.date(2021, 3, 3))["rows_rejected"] == 0
+    later = data.model_copy(update={"valid_to": dt.date(2030, 1, 1)})  # an explicit valid_to cannot reach the future
+    assert stage.ingest(later, today=dt.date(2021, 3, 2))["rejected_by_reason"]["implausible_timestamp"] == 1
+
+
+def test_a_bad_byte_past_the_sniffed_rows_names_the_line_and_the_encoding(project):
+    rows = CSV_ROWS[:1] * 30_000 + ["A9,caf\xe9,2021-03-01 10:00:00,1.00,1,"]
+    path = project / "data/raw/tx.csv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes((CSV_HEADER + "".join(r + "\n" for r in rows)).encode("latin-1"))
+    set_data(project, **CSV_DATA)
+    with pytest.raises(DataError) as refused:
+        ingest(project)
+    assert str(refused.value) == (
+        "data/raw/tx.csv: not valid utf-8 text (line 30002 has the byte(s) 0xe9); "
+        "set data.encoding: latin-1 (or cp1252, or the encoding the file was exported in) in params.yaml")
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"timezone": "Mars/Olympus"}, "data.timezone: unknown time zone 'Mars/Olympus'"),
+    ({"encoding": "klingon-8"}, "klingon-8"),
+    ({"timestamp_format": []}, "timestamp_format"),
+    ({"decimal": ";"}, "decimal"),
+    ({"max_rejected_share": 1.5}, "max_rejected_share"),
+])
+def test_bad_data_params_are_config_errors(project, values, message):
+    write_csv(project)
+    set_data(project, **{**CSV_DATA, **values})
+    with pytest.raises(ConfigError, match=message):
         ingest(project)

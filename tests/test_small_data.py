@@ -1,0 +1,233 @@
+"""Small customer bases: every stage completes, or stops with one line naming what is too small
+and which param changes it.
+
+- `dvc repro` in a copy of the project on seeded `cvp generate` bases of 100, 300 and 1,000
+  customers (~8 rows each over two years): exit 0, finite scores in range for every customer of
+  features_t0, a churn probability that is not one constant.
+- The segment and export stages in process on tiny hand-made inputs: 1, 2 and 5 customers, a
+  base where nobody bought in the last horizon, every customer a one-time buyer, no customer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from features.errors import DataError
+from pipelines import export, io, paths, segment
+from pipelines.config import load_params
+from tests.test_export_fixture import (
+    HORIZON_DAYS,
+    churn_metrics,
+    churn_predictions,
+    clv_metrics,
+    clv_predictions,
+    features_frame,
+    ingest_metrics,
+    mlflow_store,  # noqa: F401  (fixture: one MLflow store for the session)
+    project_env,
+    write_params,
+    write_png,
+)
+from tests.test_pipeline_e2e import _copy_project
+
+# One worker runs the whole module (make test: --dist loadgroup), so each base is built once.
+pytestmark = pytest.mark.xdist_group("small_data")
+
+ROWS_PER_CUSTOMER = 8
+SEED = 7
+BIN = Path(sys.executable).parent
+
+
+# --------------------------------------------------------------------------- dvc repro
+
+
+def _env(project: Path) -> dict[str, str]:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'tracking' / 'mlflow.db'}"
+    for name in ("MLFLOW_REGISTRY_URI", "CVP_PIPELINE_RUN_ID", "CVP_VERBOSE"):
+        env.pop(name, None)
+    return env
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def small_project(root: Path, customers: int) -> tuple[Path, subprocess.CompletedProcess]:
+    """A project copy reading a seeded synthetic base of ``customers``; returns it and `dvc repro`."""
+    project = root / f"c{customers}"
+    project.mkdir()
+    _copy_project(project)
+    (project / "tracking").mkdir()
+    env = _env(project)
+    made = _run([str(BIN / "cvp"), "generate", "--rows", str(customers * ROWS_PER_CUSTOMER), "--customers",
+                 str(customers), "--out", "data/raw/tx.csv", "--seed", str(SEED)], project, env)
+    assert made.returncode == 0, made.stderr
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update(json.loads((project / "data/raw/tx.csv.json").read_text())["data"])
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    checked = _run([str(BIN / "cvp"), "check-params"], project, env)
+    assert checked.returncode == 0, checked.stderr
+    assert _run(["dvc", "init", "--no-scm", "-q"], project, env).returncode == 0
+    return project, _run(["dvc", "repro"], project, env)
+
+
+@pytest.fixture(
+    scope="module",
+    params=[100, pytest.param(300, marks=pytest.mark.slow), pytest.param(1000, marks=pytest.mark.slow)],
+    ids=lambda n: f"{n}_customers",
+)
+def repro(request, tmp_path_factory):
+    return small_project(tmp_path_factory.mktemp("small"), request.param)
+
+
+def _failure(result: subprocess.CompletedProcess) -> str:
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
+    return "\n".join(errors[-5:]) or result.stderr[-3000:]
+
+
+def test_repro_completes(repro):
+    _, result = repro
+    assert result.returncode == 0, _failure(result)
+    assert "Traceback" not in result.stderr
+
+
+def test_every_customer_of_features_t0_is_exported_once(repro):
+    project, result = repro
+    assert result.returncode == 0, _failure(result)
+    features = pd.read_parquet(project / paths.features_at(0), columns=["customer_id"])
+    scores = pd.read_parquet(project / paths.SCORES_PARQUET)
+    assert len(scores) == scores["customer_id"].nunique() == len(features)
+    assert sorted(scores["customer_id"]) == sorted(features["customer_id"])
+
+
+def test_exported_scores_are_finite_and_in_range(repro):
+    project, result = repro
+    assert result.returncode == 0, _failure(result)
+    scores = pd.read_parquet(project / paths.SCORES_PARQUET)
+    for column in ("clv", "p_alive", "churn_probability"):
+        assert np.isfinite(scores[column]).all(), column
+    assert (scores["clv"] >= 0).all()
+    assert scores["p_alive"].between(0, 1).all() and scores["churn_probability"].between(0, 1).all()
+
+
+def test_churn_probability_is_not_one_constant(repro):
+    project, result = repro
+    assert result.returncode == 0, _failure(result)
+    churn = pd.read_parquet(project / paths.SCORES_PARQUET)["churn_probability"]
+    assert churn.nunique() > 1, f"every customer has churn probability {churn.iloc[0]}"
+
+
+# --------------------------------------------------------------------------- tiny inputs, in process
+
+
+def one_time_buyers(features: pd.DataFrame) -> pd.DataFrame:
+    """Every customer bought on one day only (frequency 0, no purchase interval)."""
+    out = features.copy()
+    out[["frequency", "recency"]] = 0
+    out[["ipi_mean", "ipi_std", "days_since_last_ratio"]] = np.nan
+    out["last_purchase"] = out["first_purchase"]
+    out["days_since_last"] = out["days_since_first"]
+    out["spend_trailing"] = np.where(out["days_since_last"] < HORIZON_DAYS, out["avg_spend"], 0.0)
+    return out
+
+
+def nobody_bought_last_horizon(features: pd.DataFrame) -> pd.DataFrame:
+    """No purchase in the last horizon: current value 0 for everyone."""
+    out = features.copy()
+    out["days_since_last"] = np.maximum(out["days_since_last"], HORIZON_DAYS)
+    out["spend_trailing"] = 0.0
+    return out
+
+
+def write_upstream(root: Path, features: pd.DataFrame, seed: int = 3) -> None:
+    """features_t0, CLV and churn predictions, upstream metrics and plots (no t1 holdout files)."""
+    with contextlib.chdir(root):
+        clv = clv_predictions(features, seed)
+        io.write_parquet(features, paths.features_at(0))
+        io.write_parquet(clv, paths.clv_predictions_at(0))
+        io.write_parquet(churn_predictions(clv, seed), paths.churn_predictions_at(0))
+        n = len(features)
+        for stage, metrics in (("ingest", ingest_metrics()), ("clv", clv_metrics(n)), ("churn", churn_metrics(n))):
+            io.write_json(metrics, paths.metrics_file(stage))
+        for stage, names in (("clv", ("tracking", "calibration_holdout")), ("churn", ("roc", "calibration"))):
+            for name in names:
+                write_png(f"{stage} {name}", paths.plots_dir(stage) / f"{name}.png")
+
+
+@pytest.fixture
+def tiny(tmp_path, mlflow_store):
+    """A project directory for the segment and export stages (scoring model not logged: no
+    model files here), with the session's MLflow store."""
+    params_path = write_params(tmp_path, mlflow_store)
+    raw = yaml.safe_load(params_path.read_text())
+    raw["segment"]["log_model"] = False
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with project_env(tmp_path):
+        yield tmp_path, raw
+
+
+def run_segment_and_export(raw: dict) -> pd.DataFrame:
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params("params.yaml")
+    segment.run(params, Path("params.yaml"))
+    export.run(params, Path("params.yaml"))
+    return pd.read_parquet(paths.SCORES_PARQUET)
+
+
+@pytest.mark.parametrize(
+    ("n", "change"),
+    [(1, None), (5, None), (40, nobody_bought_last_horizon)],
+)
+def test_segment_and_export_complete_on_tiny_bases(tiny, n, change):
+    root, raw = tiny
+    features = features_frame(n, seed=3)
+    features = change(features) if change else features
+    write_upstream(root, features)
+    scores = run_segment_and_export(raw)
+    assert scores["customer_id"].tolist() == features["customer_id"].tolist()
+    assert np.isfinite(scores[["clv", "p_alive", "churn_probability", "current_value", "growth_potential"]]).all().all()
+    metrics = io.read_json(paths.metrics_file("segment"))
+    assert metrics["customers"] == n and sum(metrics["counts"]["quadrant"].values()) == n
+    if change is nobody_bought_last_horizon:
+        assert (scores["current_value"] == 0).all()
+        # Everyone at the cut counts as low current value (equal to the cut = low).
+        assert set(scores["quadrant"]) <= {"I", "II"}
+
+
+def test_one_time_buyers_stop_with_the_param_to_set_then_complete_with_it(tiny):
+    root, raw = tiny
+    features = one_time_buyers(features_frame(30, seed=3))
+    write_upstream(root, features)
+    with pytest.raises(DataError) as stopped:
+        run_segment_and_export(raw)
+    message = str(stopped.value)
+    assert "\n" not in message and "segment.lifecycle.one_time_buyer_interval_days" in message
+    raw["segment"]["lifecycle"]["one_time_buyer_interval_days"] = 60
+    scores = run_segment_and_export(raw)
+    assert len(scores) == 30
+    # Interval 60 days: drowsy from 1.5 x 60 = 90 days without a purchase, dormant from 240.
+    since_last = features.set_index("customer_id")["days_since_last"]
+    states = scores.set_index("customer_id")["lifecycle_state"]
+    assert (since_last >= 240).any() and (states[since_last >= 240] == "dormant").all()
+
+
+def test_no_customer_at_as_of_stops_segment_with_the_param_to_change(tiny):
+    root, raw = tiny
+    write_upstream(root, features_frame(5, seed=3).iloc[:0])
+    with pytest.raises(DataError) as stopped:
+        run_segment_and_export(raw)
+    assert str(stopped.value) == (
+        "data/features/features_t0.parquet: no customers to segment (nobody bought on or before data.as_of); "
+        "set data.as_of on or after the first purchase, or null for the last one"
+    )
