@@ -250,6 +250,12 @@ def choose_purchase_model(
     errors = {c.name: (c.errors["mae"] if c.errors else None) for c in candidates}
     if all(v is None for v in errors.values()):
         reasons = "; ".join(f"{c.name}: {c.failure}" for c in candidates)
+        if len(features) < cfg.min_customers:
+            raise DataError(
+                f"{paths.features_at(1)}: {len(features)} customers at t_1 are too few to fit a purchase model "
+                f"(fits are reliable from clv.min_customers={cfg.min_customers}); use a larger customer base or a "
+                f"shorter data.horizon_days, which moves t_1 later (details: {reasons})"
+            )
         raise DataError(
             f"{paths.features_at(1)}: no purchase model could be fitted ({reasons}); try a larger clv.penalizer or "
             "clv.retry_penalizer (e.g. 0.01), a larger clv.fit_time_budget_s, or another clv.model"

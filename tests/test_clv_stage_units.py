@@ -96,7 +96,19 @@ def test_configured_model_is_the_only_candidate():
 def test_no_fittable_candidate_is_a_data_error():
     features = tiny_features()
     with pytest.raises(DataError, match=r"features_t1.parquet: no purchase model could be fitted .*clv.penalizer"):
-        stage.choose_purchase_model(ClvParams(), 0, features, tiny_labels(features), 13.0, make_model=lambda n: FixedModel(fails=True))
+        stage.choose_purchase_model(ClvParams(min_customers=1), 0, features, tiny_labels(features), 13.0,
+                                    make_model=lambda n: FixedModel(fails=True))
+
+
+def test_no_fittable_candidate_on_a_tiny_base_names_the_size():
+    features = tiny_features()
+    with pytest.raises(DataError) as raised:
+        stage.choose_purchase_model(ClvParams(min_customers=len(features) + 1), 0, features, tiny_labels(features), 13.0,
+                                    make_model=lambda n: FixedModel(fails=True))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"data/features/features_t1.parquet: {len(features)} customers at t_1 are too few to fit")
+    assert f"clv.min_customers={len(features) + 1}" in message and "data.horizon_days" in message
 
 
 @pytest.fixture

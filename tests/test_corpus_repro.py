@@ -1,0 +1,55 @@
+"""The corpus cases marked ``repro: true`` through the whole pipeline (`dvc repro` in a project copy).
+
+Their accepted rows are ordinary transactions of 8-9 customers, far fewer than the CLV models can be
+fitted on: ingest and features must complete, and the clv stage must stop with exactly one line that
+says the base is too small and which params change that, never a traceback. One case runs in the
+default suite; the rest are slow (each is a fresh `dvc repro`).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from tests.test_ingest_corpus import CASES, DEFAULT_DATA, load_case, stage_case
+from tests.test_pipeline_e2e import _copy_project
+from tests.test_small_data import _env, _run
+
+pytestmark = pytest.mark.xdist_group("small_data")
+
+REPRO_CASES = [name for name in CASES if load_case(name)["repro"]]
+DEFAULT_SUITE_CASE = "utf8_bom"
+TOO_FEW = re.compile(r"^cvp: error: data/features/features_t1\.parquet: \d+ customers at t_1 are too few to fit a "
+                     r"purchase model \(fits are reliable from clv\.min_customers=100\); use a larger customer base "
+                     r"or a shorter data\.horizon_days, which moves t_1 later \(details: .+\)$")
+
+
+def test_the_default_suite_runs_one_repro_case():
+    assert DEFAULT_SUITE_CASE in REPRO_CASES and len(REPRO_CASES) >= 10
+
+
+@pytest.mark.parametrize("name", [n if n == DEFAULT_SUITE_CASE else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in REPRO_CASES])
+def test_repro_case_stops_in_one_line_naming_the_size(name, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    _copy_project(project)
+    (project / "tracking").mkdir()
+    monkeypatch.chdir(project)
+    case = load_case(name)
+    data = stage_case(project, name, case)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["data"].update({**DEFAULT_DATA, **case["data"], "path": data.path})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = _env(project)
+    assert _run(["dvc", "init", "--no-scm", "-q"], project, env).returncode == 0
+
+    result = _run(["dvc", "repro"], project, env)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "Traceback" not in output
+    assert "failed to reproduce 'clv'" in output  # ingest and features completed
+    errors = [line for line in output.splitlines() if line.startswith("cvp: error:")]
+    assert len(errors) == 1 and TOO_FEW.match(errors[0]), errors
+    assert (project / "data" / "features" / "features_t0.parquet").exists()
