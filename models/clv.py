@@ -150,6 +150,12 @@ def penalizer_ladder(penalizer, retry_penalizer) -> list[float]:
     return penalizers
 
 
+def _record_failure(failures: list[str], name: str, penalizer: float, exc: BaseException, verb: str = "failed") -> None:
+    """One rung of a penalizer ladder that did not give a usable fit: kept for the error, logged now."""
+    failures.append(f"penalizer {penalizer:g}: {_one_line(exc).rstrip('.')}")
+    log.warning("%s fit with penalizer %g %s: %s", name, penalizer, verb, _one_line(exc))
+
+
 def _check_fitted(model, attribute: str = "params_") -> None:
     if not hasattr(model, attribute):
         raise NotFittedError(f"this {type(model).__name__} is not fitted yet; call fit() first")
@@ -252,15 +258,13 @@ class PurchaseModel(BaseEstimator):
                 _check_interior(params)
                 return params, penalizer
             except btyd.FitBudgetExceeded as exc:
-                failures.append(f"penalizer {penalizer:g}: {_one_line(exc).rstrip('.')}")
-                log.warning("%s fit with penalizer %g stopped: %s", name, penalizer, _one_line(exc))
+                _record_failure(failures, name, penalizer, exc, "stopped")
                 raise FitError(
                     f"{name} fit on {n_customers:.0f} customers ({len(rows)} unique frequency/recency/T rows) ran over "
                     f"its budget: {'; '.join(failures)}. Raise clv.fit_time_budget_s or clv.fit_max_iterations, "
                     "or choose another clv.model") from None
             except _lifetimes.FIT_FAILURES as exc:
-                failures.append(f"penalizer {penalizer:g}: {_one_line(exc).rstrip('.')}")
-                log.warning("%s fit with penalizer %g failed: %s", name, penalizer, _one_line(exc))
+                _record_failure(failures, name, penalizer, exc)
         raise FitError(
             f"{name} fit failed on {n_customers:.0f} customers ({len(rows)} unique frequency/recency/T rows, time "
             f"divided by {scale:g}); tried {'; '.join(failures)}. Check that frequency, recency and T are "
@@ -432,8 +436,7 @@ class SpendModel(BaseEstimator):
                                              "is undefined (spend too heavy-tailed)")
                 return params, penalizer
             except _lifetimes.FIT_FAILURES as exc:
-                failures.append(f"penalizer {penalizer:g}: {_one_line(exc).rstrip('.')}")
-                log.warning("Gamma-Gamma fit with penalizer %g failed: %s", penalizer, _one_line(exc))
+                _record_failure(failures, "Gamma-Gamma", penalizer, exc)
         raise FitError(f"Gamma-Gamma fit failed on {n_fit:.0f} repeat customers ({len(rows)} unique rows); tried "
                        f"{'; '.join(failures)}. Raise clv.spend_retry_penalizer (e.g. 0.01; first fit: "
                        "clv.spend_penalizer), cap extreme monetary_value, or set clv.spend_fallback: population_mean")
