@@ -26,6 +26,7 @@ $(SPARK_STAMP): $(STAMP) requirements-spark.lock
 
 ## Run the whole pipeline on the configured data (default: bundled CDNOW). params.yaml is
 ## checked first: DVC cannot read some YAML values (an unquoted date) and says so only cryptically.
+## The last DVC stage (`cvp notebook`) executes notebooks/explore.ipynb into reports/explore.html.
 run: env
 	$(BIN)/cvp check-params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro

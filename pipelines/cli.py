@@ -10,6 +10,7 @@
     cvp retrain       scheduled retraining: drift checks, champion/challenger gate, export
     cvp backtest      holdout metrics of the clv and churn models over past as_of dates
     cvp score         apply the registered scoring model to features_t0
+    cvp notebook      execute notebooks/explore.ipynb into reports/explore.html
     cvp check-params  check params.yaml for the stages and for DVC (`make run` calls it first)
 
 Errors: a problem the user can fix (params, data, usage) is one line `cvp: error: ...` on
@@ -173,6 +174,21 @@ def score(
     if model not in ("scores", "clv"):
         raise ConfigError(f"--model must be scores or clv, not '{model}'")
     scoring.score(load_params(params), engine, out, model)
+
+
+@app.command(name="notebook")
+def notebook(
+    out: Path = typer.Option(Path("reports/explore.html"), "--out", help="HTML page to write (relative: to the project)."),
+    timeout: int = typer.Option(300, "--timeout", min=1, help="Seconds each cell may take before the run stops."),
+    project: Path | None = typer.Option(None, "--project", help="Project directory (default: the one holding the current directory)."),
+    verbose: bool = VERBOSE_OPTION,
+) -> None:
+    """Execute notebooks/explore.ipynb against the project's outputs into a self-contained HTML page."""
+    from pipelines import notebook as explore
+    from pipelines.tracking import project_root
+
+    setup_logging(verbose)
+    explore.render(project or project_root(), out=out, timeout=timeout)
 
 
 @app.command(name="check-params")

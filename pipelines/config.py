@@ -244,6 +244,11 @@ class ExportParams(_Section):
     batch_size: int = Field(5000, gt=0)
 
 
+class ReportParams(_Section):
+    # ISO 4217 code of the money amounts (EUR, USD, GBP...); null = plain numbers in "money units"
+    currency: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+
+
 class MlflowParams(_Section):
     experiment: str = "customer-value"
     tracking_dir: str | None = None
@@ -283,6 +288,7 @@ class Params(_Section):
     churn: ChurnParams = ChurnParams()
     segment: SegmentParams = SegmentParams()
     export: ExportParams = ExportParams()
+    report: ReportParams = ReportParams()
     mlflow: MlflowParams = MlflowParams()
     retrain: RetrainParams = RetrainParams()
 

@@ -312,6 +312,7 @@ def log_to_mlflow(mlflow_run, rendered: report.RenderedReport, metrics: dict, wr
             (Path(tmp) / f"{name}.png").write_bytes(png)
         mlflow.log_artifacts(tmp, "figures")
     mlflow.log_artifact(str(paths.REPORT_HTML), "report")
+    mlflow.log_artifact(str(report.MODELS_HTML), "report")
     if paths.SEGMENT_SUMMARY.exists() and not _segment_summary_logged(mlflow_run):
         mlflow.log_artifact(str(paths.SEGMENT_SUMMARY), "segments")
 
@@ -328,7 +329,9 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
     log.info("assembled %d customer scores at %s (%s)", len(scores), as_of, version)
     section = {**export.model_dump(), "database_url": masked_url(configured_url(export))}
     with tracking.stage_run(STAGE, params, section=section, params_path=params_path) as mlflow_run:
-        rendered = report.render_report(scores, report.load_sources(), export.table, f"{params.data.horizon_days} days")
+        rendered = report.render_report(
+            scores, report.load_sources(), export.table, f"{params.data.horizon_days} days", report.page_settings(params)
+        )
         with contextlib.ExitStack() as staged:
             parquet = staged.enter_context(io.atomic_path(paths.SCORES_PARQUET))
             csv = staged.enter_context(io.atomic_path(paths.SCORES_CSV))
@@ -336,6 +339,9 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
             io.write_parquet(scores, parquet)
             io.write_csv(scores, csv)
             io.write_text(rendered.html, html)
+            io.write_text(rendered.models_html, staged.enter_context(io.atomic_path(report.MODELS_HTML)))
+            for target, frame in report.list_paths(rendered).items():
+                io.write_csv(frame, staged.enter_context(io.atomic_path(target)))
             digest = io.file_sha256(parquet)
             # Last step before the renames: if the transaction fails, no file is replaced.
             write = write_table(export, scores, tracking.project_root())
@@ -344,7 +350,7 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
         seconds = time.perf_counter() - started
         log_to_mlflow(mlflow_run, rendered, metrics, write, seconds)
     log.info(
-        "exported %d rows to %s, %s and %s (table %s) in %.1f s; report %s",
+        "exported %d rows to %s, %s and %s (table %s) in %.1f s; reports %s and %s, lists in %s/",
         metrics["rows"], paths.SCORES_PARQUET, paths.SCORES_CSV, metrics["database"]["url"], export.table,
-        seconds, paths.REPORT_HTML,
+        seconds, paths.REPORT_HTML, report.MODELS_HTML, report.LISTS_DIR,
     )

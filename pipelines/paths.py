@@ -63,6 +63,9 @@ SCORES_CSV = EXPORTS / "scores.csv"
 DEFAULT_DATABASE = EXPORTS / "scores.db"
 REPORTS = Path("reports")
 REPORT_HTML = REPORTS / "segments.html"
+MODELS_HTML = REPORTS / "models.html"  # the model evaluation, linked from segments.html
+SEGMENT_LISTS = REPORTS / "segments"  # one CSV per quadrant and tier, linked as segments/<file>
+EXPLORE_HTML = REPORTS / "explore.html"  # notebooks/explore.ipynb, executed
 
 
 def metrics_file(stage: str) -> Path:

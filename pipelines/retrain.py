@@ -16,7 +16,7 @@ One run, under an exclusive lock (pipelines/lock.py):
    (CLV spend MAE, Spearman).
 4. The gate (models/gate.py). Refused: no alias moves, exports untouched (exit 3). Promoted:
    the ``champion`` alias moves to both new versions, the reference data is snapshotted, and
-   only then the export stage runs (``dvc repro --single-item export``), so exports are only
+   only then the export stage runs (``dvc repro --single-item export notebook``), so exports are only
    ever made from the champion's predictions.
 
 Every challenger version is tagged with the decision and its reasons, and metrics/retrain.json
@@ -119,6 +119,10 @@ def drift_thresholds(params: Params) -> drift.DriftThresholds:
 def _executables_dir() -> Path:
     """Directory of this interpreter's scripts (dvc, cvp), put first on the stages' PATH."""
     return Path(sys.executable).parent
+
+
+# What runs after the gate: the exports and the pages made from them (dvc stages, one item each).
+EXPORT_STAGES = ("export", "notebook")
 
 
 def repro(args: list[str], parent_run_id: str, root: Path) -> None:
@@ -495,7 +499,7 @@ def _keep_champion(run: _Run, champion: Versions) -> None:
     log.info(reason)
     run.report.update(decision=gate.PROMOTE, stopped_by=None, forced=run.force, reasons=[reason])
     run.report["versions"]["champion_after"] = champion.as_dict(run.params)
-    run.repro("--single-item", "export")
+    run.repro("--single-item", *EXPORT_STAGES)
     run.report["exported"] = True
 
 
@@ -561,7 +565,7 @@ def _promote(run: _Run, profile: drift.DataProfile, challenger: Versions) -> Non
     """Move the alias, snapshot the reference data, then (only then) export with the new champion."""
     move_champion(run.client, run.params, challenger)
     snapshot_reference(profile, run.params, challenger, run.parent)
-    run.repro("--single-item", "export")
+    run.repro("--single-item", *EXPORT_STAGES)
     run.report["exported"] = True
     log.info("promoted %s and exported with it", challenger.as_dict(run.params))
 

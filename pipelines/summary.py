@@ -1,7 +1,7 @@
 """`python -m pipelines.summary`: where a run's outputs are, with the headline numbers.
 
 Called at the end of `make run`. Reads params.yaml and metrics/export.json, plus
-metrics/ingest.json and metrics/churn.json for the notices the report also shows at its top
+metrics/ingest.json, metrics/churn.json and metrics/clv.json for the notices the report also shows at its top
 (rows rejected by ingest; which churn probability was exported). No MLflow query, so it
 returns at once; it prints a few lines to stdout: this is a CLI summary.
 """
@@ -35,7 +35,8 @@ def summary_lines(params: Params, root: Path) -> list[str]:
     where = [
         ("scores", f"{root / paths.SCORES_PARQUET}  (+ {paths.SCORES_CSV.name})"),
         ("database", f"{masked_url(database_url(params.export, root))}  table {params.export.table}"),
-        ("report", str(root / paths.REPORT_HTML)),
+        ("report", f"{root / paths.REPORT_HTML}  (model evaluation: {paths.MODELS_HTML.name}; lists: {paths.SEGMENT_LISTS}/)"),
+        ("notebook", str(root / paths.EXPLORE_HTML)),
         ("metrics", str(root / paths.METRICS)),
         ("MLflow", mlflow_location(params)),
     ]
@@ -54,7 +55,7 @@ def summary_lines(params: Params, root: Path) -> list[str]:
 def notice_lines(root: Path) -> list[str]:
     """The report's notices as summary lines (``WARNING:`` first when they warn)."""
     metrics = {}
-    for stage in ("ingest", "churn"):
+    for stage in ("ingest", "churn", "clv"):
         path = root / paths.metrics_file(stage)
         try:
             metrics[stage] = io.read_json(path)

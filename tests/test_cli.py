@@ -15,7 +15,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CVP = str(Path(sys.executable).parent / "cvp")
-COMMANDS = "ingest, features, clv, churn, segment, export, retrain, backtest, generate, score, check-params"
+COMMANDS = "ingest, features, clv, churn, segment, export, retrain, backtest, generate, score, notebook, check-params"
 TOP_USAGE = "(usage: cvp [OPTIONS] COMMAND [ARGS]...; `cvp --help` for more)"
 
 

@@ -21,12 +21,14 @@ def test_summary_names_every_location_and_the_headline(exported_project, mlflow_
         str(exported_project / paths.SCORES_PARQUET),
         f"sqlite:///{exported_project / paths.DEFAULT_DATABASE}  table customer_scores",
         str(exported_project / paths.REPORT_HTML),
+        f"(model evaluation: models.html; lists: {paths.SEGMENT_LISTS}/)",
+        f"notebook  {exported_project / paths.EXPLORE_HTML}",
         f"sqlite:///{mlflow_store / 'mlflow.db'}",
         f"total CLV {metrics['headline']['total_clv']:,.2f} over the next 91 days",
         f"quadrant IV (top priority) {quadrant_iv} customers ({quadrant_iv / 300:.1%})",
     ):
         assert expected in out
-    assert len(out.splitlines()) <= 8
+    assert len(out.splitlines()) <= 9
 
 
 def test_summary_without_an_export_says_what_to_run(exported_project, tmp_path, capsys):

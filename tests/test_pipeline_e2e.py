@@ -24,7 +24,7 @@ pytestmark = pytest.mark.xdist_group("pipeline_e2e")
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore")
-PROJECT_DIRS = ("features", "models", "pipelines")
+PROJECT_DIRS = ("features", "models", "pipelines", "notebooks")
 CDNOW_CUSTOMERS = 23_570
 
 
@@ -59,7 +59,7 @@ def repro(tmp_path_factory):
 
 def test_repro_runs_every_stage_and_accounts_for_every_customer(repro):
     project, _, result = repro
-    for stage in ("ingest", "features", "clv", "churn", "segment", "export"):
+    for stage in ("ingest", "features", "clv", "churn", "segment", "export", "notebook"):
         assert f"Running stage '{stage}'" in result.stdout
     ingest = io.read_json(project / paths.metrics_file("ingest"))
     assert ingest["rows_in"] == ingest["rows_accepted"] + ingest["rows_rejected"] == 69_659
@@ -69,6 +69,7 @@ def test_repro_runs_every_stage_and_accounts_for_every_customer(repro):
     csv = pd.read_csv(project / paths.SCORES_CSV, dtype={"customer_id": str})
     assert csv["customer_id"].tolist() == scores["customer_id"].tolist()
     assert (project / paths.REPORT_HTML).stat().st_size > 0
+    assert b"data:image/png;base64," in (project / "reports" / "explore.html").read_bytes()
 
 
 def test_headline_claims_hold_on_cdnow(repro):
@@ -88,7 +89,7 @@ def test_a_second_repro_changes_nothing(repro):
     # so nothing downstream runs again.
     second = _run(["dvc", "repro"], project, env)
     assert "Running stage 'ingest'" in second.stdout
-    for stage in ("features", "clv", "churn", "segment", "export"):
+    for stage in ("features", "clv", "churn", "segment", "export", "notebook"):
         assert f"Running stage '{stage}'" not in second.stdout, second.stdout
     assert before == {p: io.file_sha256(project / p) for p in before}
 

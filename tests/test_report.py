@@ -1,4 +1,5 @@
-"""The HTML report: stable sections, self-contained, tables that agree with their sources."""
+"""The model page (reports/models.html): stable sections, self-contained, tables that agree with
+their sources. The marketing page and the customer lists: tests/test_report_marketing.py."""
 
 from __future__ import annotations
 
@@ -98,21 +99,22 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def html(exported_project) -> str:
-    return (exported_project / paths.REPORT_HTML).read_text()
+    return (exported_project / report.MODELS_HTML).read_text()
 
 
 def test_sections_have_stable_ids_and_headings(html):
     parsed = parse(html)
     assert parsed.sections == SECTION_IDS
-    assert [s[0] for s in report.SECTIONS] == SECTION_IDS
-    assert parsed.headings == [heading for _, heading in report.SECTIONS]
+    assert [s[0] for s in report.MODEL_SECTIONS] == SECTION_IDS
+    assert parsed.headings == [heading for _, heading in report.MODEL_SECTIONS]
 
 
 def test_report_is_self_contained(html):
     parsed = parse(html)
     assert not parsed.tags & {"script", "link", "iframe", "object", "embed"}
     assert parsed.srcs and all(src.startswith("data:image/png;base64,") for src in parsed.srcs)
-    assert all(href.startswith("#") for href in parsed.hrefs)
+    assert all(href.startswith("#") for href in parsed.hrefs if href != "segments.html")
+    assert "segments.html" in parsed.hrefs  # the link back to the marketing page
     assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", html, re.IGNORECASE)
     assert "@import" not in html and "url(" not in html
 
@@ -193,11 +195,13 @@ def test_histograms_count_every_customer():
 
 def test_missing_sources_show_not_available_and_the_page_still_renders():
     rendered = report.render_report(assemble(tiny_inputs()), report.ReportSources())
-    parsed = parse(rendered.html)
+    parsed = parse(rendered.models_html)
     assert parsed.sections == SECTION_IDS
     for what in ("segment summary", "CLV holdout metrics", "churn evaluation metrics", "ingest metrics", "concentration metrics"):
-        assert f"Not available: {what}" in rendered.html
-    assert len(parsed.srcs) == 2 and set(rendered.figures) == {"churn_probability_hist", "clv_hist"}
+        assert f"Not available: {what}" in rendered.models_html
+    assert len(parsed.srcs) == 2 and set(rendered.figures) == {"churn_probability_hist", "clv_hist", "groups"}
+    marketing = parse(rendered.html)
+    assert len(marketing.srcs) == 1 and "Not available: how value is spread" in rendered.html
 
 
 def test_partial_metrics_are_shown_with_gaps():
@@ -206,7 +210,7 @@ def test_partial_metrics_are_shown_with_gaps():
         "churn": {"models": {"classifier_calibrated": {"roc_auc": 0.7}}},
         "ingest": {"rows_accepted": 5},
     })  # fmt: skip
-    parsed = parse(report.render_report(assemble(tiny_inputs()), sources).html)
+    parsed = parse(report.render_report(assemble(tiny_inputs()), sources).models_html)
     assert body_rows(parsed, "clv-holdout-table") == [["purchases", "model", "1.25", "–", "–", "–", "–"]]
     assert body_rows(parsed, "churn-comparison-table") == [["classifier_calibrated", "0.7000", "–", "–", "–", "–", "–"]]
     assert "ingest-rows-table" not in parsed.tables
@@ -225,7 +229,9 @@ def test_export_run_logs_report_figures_counts_and_hash(exported_project, mlflow
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
     assert {"report", "figures", "segments", "export.json"} <= artifacts
-    assert figures == {"figures/churn_probability_hist.png", "figures/clv_hist.png"}
+    assert figures == {"figures/churn_probability_hist.png", "figures/clv_hist.png", "figures/groups.png"}
+    reports = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert reports == {"report/segments.html", "report/models.html"}
     assert run.data.metrics["rows"] == 300 and run.data.metrics["table.inserted"] == 300
     assert run.data.tags["cvp.model_version"] == "cvp-clv/3;cvp-churn/2"
     assert run.data.params["database_url"] == "sqlite:///exports/scores.db"

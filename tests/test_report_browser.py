@@ -1,4 +1,5 @@
-"""The report as a browser shows it: headless Chromium, offline, every figure decoded."""
+"""Both report pages as a browser shows them: headless Chromium at 1280 px, offline, every figure
+decoded, nothing wider than the window, and the marketing page's data-quality banner on top."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines import paths
+from pipelines import paths, report
 from tests.test_export_fixture import exported_project, mlflow_store  # noqa: F401
 from tests.test_report import SECTION_IDS
+from tests.test_report_marketing import MARKETING_SECTIONS
 
 pytestmark = pytest.mark.browser
 
@@ -27,9 +29,16 @@ PROBE = """<script>
 window.addEventListener("load", () => {
   const images = Array.from(document.images).map(i => ({complete: i.complete, width: i.naturalWidth, height: i.naturalHeight}));
   const external = performance.getEntriesByType("resource").map(e => e.name).filter(n => !n.startsWith("data:"));
+  const banner = document.getElementById("data-quality-banner");
+  const first = document.querySelector("section");
   const pre = document.createElement("pre");
   pre.id = "probe";
-  pre.textContent = JSON.stringify({images, external, height: document.body.scrollHeight});
+  pre.textContent = JSON.stringify({
+    images, external, height: document.body.scrollHeight,
+    width: document.documentElement.scrollWidth, viewport: window.innerWidth,
+    banner: banner ? {top: banner.getBoundingClientRect().top, height: banner.offsetHeight} : null,
+    firstSection: first ? first.getBoundingClientRect().top : null,
+  });
   document.body.appendChild(pre);
 });
 </script>"""
@@ -51,24 +60,48 @@ def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.Completed
     )  # fmt: skip
 
 
-def test_report_renders_offline_with_every_figure_decoded(exported_project, tmp_path):
-    binary = chromium()
-    html = (exported_project / paths.REPORT_HTML).read_text()
+PAGES = {  # page -> (file, section ids, embedded figures in the hand-made project)
+    "marketing": (paths.REPORT_HTML, MARKETING_SECTIONS, 1),
+    "models": (report.MODELS_HTML, SECTION_IDS, 10),
+}
+
+
+def probe_page(binary: str, html: str, tmp_path: Path) -> tuple[dict, str]:
+    """Load the page at 1280 px in headless Chromium; what the probe saw, and the DOM."""
     probed = tmp_path / "probed.html"
     probed.write_text(html.replace("</body>", PROBE + "</body>"))
-
-    dom = run_chromium(binary, tmp_path / "profile-dom", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri()).stdout
+    dom = run_chromium(binary, tmp_path / "profile-dom", "--window-size=1280,1000", "--virtual-time-budget=10000",
+                       "--dump-dom", probed.as_uri()).stdout  # fmt: skip
     probe = json.loads(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1).replace("&quot;", '"'))
-    assert len(probe["images"]) == html.count("<img ") == 10
+    return probe, dom
+
+
+@pytest.mark.parametrize("page", sorted(PAGES))
+def test_page_renders_offline_at_1280_px_with_every_figure_decoded(exported_project, tmp_path, page):
+    binary = chromium()
+    path, sections, figures = PAGES[page]
+    html = (exported_project / path).read_text()
+    probe, dom = probe_page(binary, html, tmp_path)
+    assert len(probe["images"]) == html.count("<img ") == figures
     assert all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in probe["images"])
     assert probe["external"] == []
-    for section in SECTION_IDS:
+    assert probe["viewport"] == 1280 and probe["width"] <= 1280  # no horizontal scrolling
+    for section in sections:
         assert f'<section id="{section}">' in dom
 
-    shot = tmp_path / "report.png"
-    run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,4000", probed.as_uri())
+    shot = tmp_path / f"{page}.png"
+    run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2400",
+                 (tmp_path / "probed.html").as_uri())  # fmt: skip
     with Image.open(shot) as image:
-        assert image.size == (1280, 4000)
+        assert image.size == (1280, 2400)
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
-    assert colours is not None and len(colours) > 500  # figures and text, not a blank page
-    assert probe["height"] > 4000  # the page is longer than one screen: every section laid out
+    assert colours is not None and len(colours) > 200  # figures and text, not a blank page
+    assert probe["height"] > 2400  # longer than one screen: every section laid out
+
+
+def test_banner_is_on_top_when_the_quarantine_is_not_empty(exported_project, tmp_path):
+    binary = chromium()
+    html = (exported_project / paths.REPORT_HTML).read_text()  # the hand-made ingest rejected 10 rows
+    probe, _ = probe_page(binary, html, tmp_path)
+    assert probe["banner"] is not None and probe["banner"]["height"] > 0
+    assert probe["banner"]["top"] < probe["firstSection"] < 1000  # seen without scrolling, above every section

@@ -51,14 +51,14 @@ def test_churn_source_is_a_warning_for_a_baseline_and_a_note_for_the_classifier(
     assert report.churn_source_notice({"evaluation": "out_of_time"}) is None  # metrics from before the guard
 
 
-def test_the_report_shows_the_notices_first():
+def test_the_model_page_shows_the_notices_first():
     sources = report.ReportSources(metrics={"ingest": INGEST, "churn": BASELINE})
-    html = report.render_report(assemble(tiny_inputs()), sources).html
+    html = report.render_report(assemble(tiny_inputs()), sources).models_html
     assert html.index('id="notice-rejected-share"') < html.index('id="notice-churn-source"') < html.index('<section id="overview">')
     assert '<p class="notice warning" id="notice-churn-source"><strong>Warning:</strong> churn_probability from baseline' in html
     parsed = parse(html)
     assert parsed.sections[0] == "overview"
-    clean = report.render_report(assemble(tiny_inputs()), report.ReportSources(metrics={"churn": CLASSIFIER})).html
+    clean = report.render_report(assemble(tiny_inputs()), report.ReportSources(metrics={"churn": CLASSIFIER})).models_html
     assert 'id="notice-rejected-share"' not in clean
     assert '<p class="notice note" id="notice-churn-source"><strong>Note:</strong> churn_probability from the classifier' in clean
 
@@ -81,3 +81,17 @@ def test_the_run_summary_ends_with_the_notices(exported_project, tmp_path, capsy
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == "  churn_probability from the classifier: classifier ROC-AUC 0.8391 is not below ..."
     assert not any("WARNING" in line for line in lines)
+
+
+def test_a_spend_fallback_is_a_warning_and_a_fitted_spend_model_says_nothing():
+    from pipelines.report_common import run_notices
+
+    fitted = {"clv": {"gamma_gamma": {"source": "gamma_gamma", "p": 5.0, "q": 4.0, "v": 21.0}}}
+    assert run_notices(fitted) == []
+    fallback = {"clv": {"gamma_gamma": {"source": "fallback:population_mean", "population_mean_spend": 36.0886,
+                                        "fit_failure": "Gamma-Gamma fit failed on 40 repeat customers"}}}
+    [notice] = run_notices(fallback)
+    assert notice.level == "warning" and notice.key == "spend-source"
+    assert notice.text == ("expected spend per purchase from fallback:population_mean: every customer gets the mean "
+                           "spend (36.09), because Gamma-Gamma could not be fitted: Gamma-Gamma fit failed on 40 "
+                           "repeat customers")

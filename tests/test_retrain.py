@@ -96,7 +96,7 @@ class FakePipeline:
                 version = self._register(name)
                 self.by_version[(name, version)] = data
                 io.write_json({"name": name, "version": version}, paths.registration_file(model_dir))
-        elif args == ["--single-item", "export"]:
+        elif args == ["--single-item", "export", "notebook"]:
             self.exports += 1
             io.write_text(f"export {self.exports}\n", paths.SCORES_CSV)
         else:

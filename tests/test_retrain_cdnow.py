@@ -23,7 +23,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SKIP_PREFIXES = ("tests/", "docs/", "notebooks/", "bench/", "metrics/", "plots/", "models/champion/", "models/artifacts/")
+SKIP_PREFIXES = ("tests/", "docs/", "bench/", "metrics/", "plots/", "models/champion/", "models/artifacts/")
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,162 @@
+"""`cvp notebook`: execute notebooks/explore.ipynb against the project and write reports/explore.html.
+
+The committed notebook has no outputs; this renders its tables and figures into one
+self-contained HTML page (images embedded, no script or style fetched from the network), so
+they can be read without Jupyter. The kernel is this interpreter (the project venv), started in
+the project directory with ``CVP_PROJECT_DIR`` pointing at it; no network is needed. Each cell
+has a time limit. A failing cell stops the run with one line naming the cell, and the page is
+not written. The same outputs and MLflow store give a byte-identical page (its MLflow table
+shows run ids and times, so a new pipeline run changes it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from jinja2 import DictLoader
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_client.manager import AsyncKernelManager
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbconvert import HTMLExporter
+from traitlets import default
+
+from features.errors import DataError
+from pipelines import io, paths
+
+log = logging.getLogger(__name__)
+
+NOTEBOOK = Path("notebooks") / "explore.ipynb"
+EXPLORE_HTML = paths.EXPLORE_HTML
+# What the notebook reads; missing ones mean the pipeline has not run yet.
+INPUTS = (paths.SCORES_PARQUET, paths.SEGMENT_SUMMARY, paths.metrics_file("export"))
+CELL_TIMEOUT_S = 300  # per cell; on CDNOW the whole notebook runs in 7-8 s
+STARTUP_TIMEOUT_S = 120  # the kernel's start (imports nothing yet), on a busy machine
+
+# The lab template without its <script src="https://..."> tags (require.js, MathJax, mermaid,
+# widgets): the notebook uses none of them, and the page must open offline.
+_TEMPLATE_NAME = "cvp_explore.html.j2"
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
+
+class _ThisPythonKernels(KernelSpecManager):
+    """Every kernel name means this interpreter: a `python3` kernel installed elsewhere on the
+    machine (another Python, without the project's packages) is never picked up."""
+
+    def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
+        return KernelSpec(
+            argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            display_name=f"Python {sys.version_info.major}.{sys.version_info.minor} (project venv)",
+            language="python",
+        )
+
+
+class _ThisPythonKernelManager(AsyncKernelManager):
+    """nbclient's (async) kernel manager with the kernel specs above; nbclient creates it, so it
+    also shuts the kernel down after a failure or a timeout."""
+
+    @default("kernel_spec_manager")
+    def _kernel_spec_manager_default(self) -> KernelSpecManager:
+        return _ThisPythonKernels()
+
+
+def cell_name(cell: Any, index: int) -> str:
+    """How an error names a cell: its id (the notebook's cell ids say what the cell does) and position."""
+    return f"cell '{cell.get('id', '?')}' (cell {index + 1})"
+
+
+def execute_notebook(notebook: Any, project: Path, timeout: int = CELL_TIMEOUT_S, source: str = str(NOTEBOOK)) -> Any:
+    """Run every code cell of ``notebook`` (in place) in a fresh kernel in ``project``; return it.
+
+    Raises DataError with one line naming the cell that failed, timed out or killed the kernel.
+    """
+    current: dict[str, Any] = {}
+
+    def remember(cell: Any, cell_index: int, **_: Any) -> None:
+        current.update(cell=cell, index=cell_index)
+
+    client = NotebookClient(
+        notebook, kernel_manager_class=_ThisPythonKernelManager, kernel_name="python3",
+        timeout=timeout, startup_timeout=STARTUP_TIMEOUT_S, allow_errors=False,
+        resources={"metadata": {"path": str(project)}}, on_cell_execute=remember,
+    )  # fmt: skip
+    # The kernel's environment: this one, plus the project and a fixed hash seed (set ordering).
+    env = {**os.environ, "CVP_PROJECT_DIR": str(project), "PYTHONHASHSEED": "0"}
+    try:
+        client.execute(env=env)
+    except CellTimeoutError as exc:
+        raise DataError(f"{source}: {failed_cell(current)} did not finish within {timeout} s (cvp notebook --timeout)") from exc
+    except DeadKernelError as exc:
+        raise DataError(f"{source}: the kernel died while running {failed_cell(current)}") from exc
+    except CellExecutionError as exc:
+        what = f"{exc.ename}: {' '.join(str(exc.evalue).split())}" if exc.ename else "an error"
+        raise DataError(
+            f"{source}: {failed_cell(current)} failed with {what} (open the notebook with "
+            f"CVP_PROJECT_DIR={project} for the traceback)"
+        ) from exc
+    return notebook
+
+
+def failed_cell(current: dict[str, Any]) -> str:
+    """The cell that was running when execution stopped."""
+    return cell_name(current["cell"], current["index"]) if current else "the kernel's start"
+
+
+def notebook_html(notebook: Any, title: str) -> str:
+    """The executed notebook as one offline HTML page: the lab look, figures as data: URIs."""
+    exporter = HTMLExporter(
+        template_name="lab", template_file=_TEMPLATE_NAME,
+        extra_loaders=[DictLoader({_TEMPLATE_NAME: _OFFLINE_TEMPLATE})], embed_images=True,
+    )  # fmt: skip
+    body, _ = exporter.from_notebook_node(notebook, resources={"metadata": {"name": title}})
+    return body
+
+
+def notebook_title(notebook: Any) -> str:
+    """The first markdown heading, else the file name."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return NOTEBOOK.stem
+
+
+def check_inputs(project: Path) -> None:
+    """Stop with one line when the pipeline has not produced what the notebook reads."""
+    missing = [str(path) for path in INPUTS if not (project / path).exists()]
+    if missing:
+        raise DataError(f"{', '.join(missing)} not found in {project}: run `make run` (or the stages up to `cvp export`) first")
+
+
+def render(project: Path, out: Path = EXPLORE_HTML, timeout: int = CELL_TIMEOUT_S, notebook_path: Path = NOTEBOOK) -> Any:
+    """Execute ``notebook_path`` against ``project``, write the HTML page to ``out`` (relative paths:
+    to the project) and return the executed notebook. The notebook file itself is not changed."""
+    project = project.resolve()
+    check_inputs(project)
+    source = project / notebook_path
+    if not source.exists():
+        raise DataError(f"{source} not found: `cvp notebook` renders that notebook (restore it from git)")
+    started = time.perf_counter()
+    notebook = nbformat.read(source, as_version=4)
+    target = out if out.is_absolute() else project / out
+    try:
+        execute_notebook(notebook, project, timeout=timeout, source=str(notebook_path))
+    except DataError as exc:
+        raise DataError(f"{exc}; {out} not updated") from exc
+    html = notebook_html(notebook, notebook_title(notebook))
+    io.write_bytes(html.encode("utf-8"), target)
+    log.info("%s executed in %.1f s -> %s (%.0f kB)", notebook_path, time.perf_counter() - started, target, len(html) / 1e3)
+    return notebook
+
