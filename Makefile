@@ -36,6 +36,7 @@ run: env
 ## master local[2] unless CVP_SPARK_MASTER or features.spark_master say otherwise). Spark's
 ## features are byte-identical to DuckDB's, so DVC sees the same outputs.
 run-spark: env-spark
+	$(BIN)/cvp check-params
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro ingest
 	$(BIN)/python -c "import yaml; p = yaml.safe_load(open('params.yaml')); p['features']['engine'] = 'pyspark'; yaml.safe_dump(p, open('.dvc/tmp/params-spark.yaml', 'w'), sort_keys=False)"
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cvp features --params .dvc/tmp/params-spark.yaml

@@ -118,6 +118,7 @@ def metrics_row(as_of: dt.date, clv: dict[str, Any], churn: dict[str, Any]) -> d
         "n_customers": holdout.get("n_customers"),
         "clv_model": clv.get("model"),
         "churn_evaluation": churn.get("evaluation"),
+        "churn_source": churn.get("churn_source"),
     }
     for side in ("model", "baseline"):
         row[f"clv_{side}_purchases_mae"] = holdout["purchases"][side]["mae"]

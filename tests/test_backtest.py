@@ -102,6 +102,7 @@ def test_backtest_two_dates_match_stage_metrics(project: Path) -> None:
         assert child.data.metrics["clv_model_purchases_mae"] == pytest.approx(row["clv_model_purchases_mae"])
         assert child.data.tags["cvp.clv_model"] == row["clv_model"]
     assert (table["churn_evaluation"] == "out_of_time").all()
+    assert set(table["churn_source"]) <= {"classifier", "baseline:p_no_purchase", "baseline:expected_purchases"}
 
     # No model registered, the environment restored, the project's data untouched.
     assert client.search_registered_models() == []

@@ -238,8 +238,9 @@ def test_retrain_checks_the_params_before_dvc_runs(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-def test_make_run_checks_the_params_before_dvc_repro():
-    planned = subprocess.run(["make", "-n", "--always-make", "run"], cwd=ROOT, capture_output=True, text=True,
+@pytest.mark.parametrize("target", ["run", "run-spark"])
+def test_make_run_checks_the_params_before_dvc_repro(target):
+    planned = subprocess.run(["make", "-n", "--always-make", target], cwd=ROOT, capture_output=True, text=True,
                              timeout=60, env={**os.environ, "MAKEFLAGS": ""})
     lines = [line for line in planned.stdout.splitlines() if "check-params" in line or "dvc repro" in line]
     assert "cvp check-params" in lines[0] and "dvc repro" in lines[1], planned.stdout
