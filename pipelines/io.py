@@ -4,6 +4,8 @@ A stage killed mid-write leaves the previous file (or none) in place, never a pa
 The temporary file it leaves (``.<name>.<pid>.<random>.tmp``, beside the target) is removed by
 the next write of the same target once its writer's process is gone, so stale temporary files
 neither pile up nor stay inside a DVC-tracked output directory (where they would change its hash).
+The temporary file is fsynced before the rename and the directory after it, so a power loss or
+kernel crash cannot leave an empty file under the target's name either.
 """
 
 from __future__ import annotations
@@ -44,9 +46,36 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         yield tmp_path
         # mkstemp creates the file owner-only; give outputs the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_umask())
+        _fsync_file(tmp_path)
         os.replace(tmp_path, target)
+        _fsync_directory(target.parent)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_file(path: Path) -> None:
+    """Force the file's data to disk, so a crash after the rename cannot leave an empty or partial
+    file under the target's name (the writers have closed, hence flushed, their own handles)."""
+    fd = os.open(path, os.O_RDWR)  # Windows refuses to fsync a read-only descriptor
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Force the directory entry of a rename to disk (POSIX); skipped where directories cannot be
+    opened or synced (Windows, some network filesystems)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # One layer of temporary name around ``inner``: ".<inner>.<pid>.<random>.tmp" (mkstemp's random

@@ -1,22 +1,23 @@
 """An exclusive inter-process lock, so two retraining runs never write the registry or exports at once.
 
-``fcntl.flock`` on a lock file: the kernel releases it when the holder exits, even on a crash,
-so a left-over file never blocks anyone. The holder writes its pid, host and start time into
-the file, so a process that gives up can name who holds it.
+``filelock.FileLock`` (``flock`` on Unix) on a lock file: the kernel releases it when the holder
+exits, even on a crash, so a left-over file never blocks anyone. The holder writes its pid, host
+and start time into the lock file (through filelock's ``on_acquired`` hook, with the pathname kept
+on release), so a process that gives up can name who holds it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import filelock
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,19 @@ def describe_holder(text: str) -> str:
         return "an unknown process"
 
 
-def _try_lock(fd: int) -> bool:
+def _current_holder(path: Path) -> str:
+    """Who holds ``path``, from the content its holder wrote (read without locking)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+        return describe_holder(path.read_text())
+    except OSError:
+        return "an unknown process"
+
+
+def _overwrite(fd: int, text: str) -> None:
+    """Replace the whole content of the open file ``fd`` with ``text``."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, text.encode())
 
 
 @contextlib.contextmanager
@@ -62,31 +70,31 @@ def exclusive(path: Path | str, timeout_s: float, poll_s: float = POLL_SECONDS) 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # "a+" neither truncates nor fails when the file exists: the holder's details stay readable.
-    with open(path, "a+") as fh:
-        deadline = time.monotonic() + max(timeout_s, 0.0)
-        waited = False
-        while not _try_lock(fh.fileno()):
-            if not waited:
-                fh.seek(0)
-                log.info("%s is held by %s; waiting up to %g s", path, describe_holder(fh.read()), timeout_s)
-                waited = True
-            if time.monotonic() >= deadline:
-                fh.seek(0)
-                raise LockBusy(
-                    f"another retraining run holds {path} ({describe_holder(fh.read())}); "
-                    f"gave up after {timeout_s:g} s: wait for it to finish or raise retrain.lock_timeout_s"
-                )
-            time.sleep(poll_s)
+    held_fd: list[int] = []
+
+    def record_holder(fd: int) -> None:  # runs once the lock is held, before acquire returns
+        _overwrite(fd, json.dumps(holder_info()))
+        held_fd.append(fd)
+
+    # preserve_lock_file: never unlinked on release, and no fallback to a marker-file lock, whose
+    # file could not carry the holder's details.
+    file_lock = filelock.FileLock(path, preserve_lock_file=True, on_acquired=record_holder)
+    try:
+        file_lock.acquire(blocking=False)
+    except filelock.Timeout:
+        log.info("%s is held by %s; waiting up to %g s", path, _current_holder(path), timeout_s)
         try:
-            fh.seek(0)
-            fh.truncate()
-            fh.write(json.dumps(holder_info()))
-            fh.flush()
-            log.info("acquired %s", path)
-            yield path
+            file_lock.acquire(timeout=max(timeout_s, 0.0), poll_interval=poll_s)
+        except filelock.Timeout:
+            raise LockBusy(
+                f"another retraining run holds {path} ({_current_holder(path)}); "
+                f"gave up after {timeout_s:g} s: wait for it to finish or raise retrain.lock_timeout_s"
+            ) from None
+    try:
+        log.info("acquired %s", path)
+        yield path
+    finally:
+        try:
+            os.ftruncate(held_fd[0], 0)  # a stale holder's details must not outlive its hold
         finally:
-            fh.seek(0)
-            fh.truncate()
-            fh.flush()
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            file_lock.release()

@@ -192,9 +192,33 @@ def _outputs(params) -> tuple[bytes, bytes]:
     return out[0], out[1]
 
 
-def test_same_inputs_give_byte_identical_predictions(project):
-    params = load_params(write_params(project))
-    assert _outputs(params) == _outputs(params)
+def _outputs_in_a_new_process(workdir: Path, hash_seed: str) -> tuple[bytes, bytes]:
+    """`_outputs` run by a fresh interpreter in workdir (its own imports, hash seed and thread pools)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pipelines.config import load_params; from tests.test_churn_stage import _outputs; "
+        "_outputs(load_params(sys.argv[1]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": hash_seed}
+    done = subprocess.run([sys.executable, "-c", code, str(workdir / "params.yaml")], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return (workdir / "t0.parquet").read_bytes(), (workdir / "t1.parquet").read_bytes()
+
+
+def test_same_inputs_give_byte_identical_predictions_in_two_processes(project):
+    write_params(project)
+    second = project / "second"
+    shutil.copytree(project / "data", second / "data")
+    write_params(second)
+    first_out = _outputs_in_a_new_process(project, hash_seed="1")
+    second_out = _outputs_in_a_new_process(second, hash_seed="2")
+    assert first_out == second_out
+    t0 = pd.read_parquet(project / "t0.parquet")
+    assert len(t0) == len(pd.read_parquet(paths.features_at(0))) and t0["churn_probability"].nunique() > 10
 
 
 def test_window_labels_of_the_test_cutoff_never_change_its_out_of_time_scores(project):

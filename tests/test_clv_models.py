@@ -87,14 +87,15 @@ def test_compressed_fit_equals_plain_lifetimes_fit(weekly, weekly_fits, model, f
     ours = weekly_fits[model]
     plain = fitter().fit(weekly["frequency"], weekly["recency"], weekly["T"])
     assert ours.n_unique_rows_ == 1016 < ours.n_customers_ == 2357
-    assert_params_close(ours.params_, dict(plain.params_), 1e-6)
+    # The README's claim; measured 5.6e-14 (BG/NBD) and 2.6e-13 (MBG/NBD).
+    assert_params_close(ours.params_, dict(plain.params_), 1e-12)
 
 
 def test_compressed_gamma_gamma_equals_plain_lifetimes_fit(weekly):
     ours = SpendModel().fit(weekly["frequency"], weekly["monetary_value"])
     rep = repeaters(weekly)
     plain = GammaGammaFitter().fit(rep["frequency"], rep["monetary_value"])
-    assert_params_close(ours.params_, dict(plain.params_), 1e-6)
+    assert_params_close(ours.params_, dict(plain.params_), 1e-12)  # measured 9.1e-14
 
 
 def test_compressed_paretonbd_equals_fit_on_every_customer(weekly):
@@ -108,6 +109,8 @@ def test_compressed_paretonbd_equals_fit_on_every_customer(weekly):
     on_rows = _lifetimes.fit_purchase(*args, rows["frequency"], rows["recency"], rows["T"], rows["count"], 0.0, start)
     on_all = _lifetimes.fit_purchase(*args, weekly["frequency"], weekly["recency"], weekly["T"],
                                      np.ones(len(weekly)), 0.0, start)
+    # The likelihoods agree to 1e-12 (test_clv_fit_bounds); the optimiser's stopping point moves with the
+    # summation order, so the parameters agree to 8.6e-8 (measured), not 1e-12.
     assert_params_close(on_rows, on_all, 1e-6)
 
 

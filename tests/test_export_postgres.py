@@ -20,9 +20,11 @@ pytestmark = pytest.mark.postgres
 URL_ENV = "CVP_TEST_POSTGRES_URL"
 
 
-@pytest.fixture(scope="module")
-def pg_url() -> str:
-    url = os.environ.get(URL_ENV)
+def require_server(url: str | None) -> str:
+    """Skip when no URL is given; FAIL when one is given and the server does not answer.
+
+    A set URL means the run promised a server (CI sets it), so a dead server must not pass as skips.
+    """
     if not url:
         pytest.skip(f"{URL_ENV} is not set (e.g. postgresql+psycopg://cvp:cvp@127.0.0.1:5432/cvp_test; see .ci/run)")
     engine = sa.create_engine(url, connect_args={"connect_timeout": 3})
@@ -30,10 +32,19 @@ def pg_url() -> str:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
-        pytest.skip(f"PostgreSQL at {export.masked_url(url)} is unreachable: {str(exc.orig).splitlines()[0]}")
+        pytest.fail(
+            f"{URL_ENV} is set but PostgreSQL at {export.masked_url(url)} does not answer: "
+            f"{str(exc.orig).splitlines()[0]}; start the server or unset {URL_ENV}",
+            pytrace=False,
+        )
     finally:
         engine.dispose()
     return url
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> str:
+    return require_server(os.environ.get(URL_ENV))
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Atomic writes leave either the old file or the new one, never a partial file."""
 
 import json
+import stat
 
 import numpy as np
 import pandas as pd
@@ -38,3 +39,26 @@ def test_frame_hash_depends_on_values_and_columns():
     assert io.frame_sha256(frame) == io.frame_sha256(frame.copy())
     assert io.frame_sha256(frame) != io.frame_sha256(frame.rename(columns={"a": "b"}))
     assert io.frame_sha256(frame) != io.frame_sha256(frame.assign(a=[1, 3]))
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    """Without the fsyncs a crash after os.replace could leave an empty file under the target's name."""
+    events = []
+    real_fsync, real_replace = io.os.fsync, io.os.replace
+
+    def recording_fsync(fd):
+        info = io.os.fstat(fd)
+        events.append(("fsync", info.st_ino, stat.S_ISDIR(info.st_mode)))
+        real_fsync(fd)
+
+    def recording_replace(src, dst):
+        events.append(("replace", io.os.stat(src).st_ino, False))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "fsync", recording_fsync)
+    monkeypatch.setattr(io.os, "replace", recording_replace)
+    target = io.write_text("new\n", tmp_path / "out" / "scores.csv")
+
+    file_ino, dir_ino = target.stat().st_ino, target.parent.stat().st_ino
+    assert target.read_text() == "new\n"
+    assert events == [("fsync", file_ino, False), ("replace", file_ino, False), ("fsync", dir_ino, True)]

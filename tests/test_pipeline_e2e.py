@@ -82,6 +82,55 @@ def test_headline_claims_hold_on_cdnow(repro):
     assert churn["comparison"]["classifier_auc_within_tolerance"]
 
 
+# The README's CDNOW figures (quoted to 4 decimals or to the customer), as committed in metrics/*.json.
+FOUR_DECIMALS = 5e-5
+
+
+def test_clv_model_selection_and_parameters_match_the_readme(repro):
+    project, _, _ = repro
+    clv = io.read_json(project / paths.metrics_file("clv"))
+    selection = clv["model_selection"]
+    assert clv["model"] == selection["chosen"] == "mbgnbd"
+    maes = {name: candidate["mae"] for name, candidate in selection["candidates"].items()}
+    assert maes == pytest.approx({"bgnbd": 0.2910, "paretonbd": 0.2897, "mbgnbd": 0.2848}, abs=FOUR_DECIMALS)
+    assert clv["holdout"]["purchases"]["model"]["mae"] == pytest.approx(0.2848, abs=FOUR_DECIMALS)
+    assert clv["holdout"]["purchases"]["model"]["total_actual"] == 5664
+    assert clv["holdout"]["purchases"]["model"]["total_predicted"] == pytest.approx(6093, abs=0.5)
+    # The fitted parameters on the full data, to 4 significant digits.
+    mbgnbd = {k: clv["mbgnbd"][k] for k in ("r", "alpha", "a", "b")}
+    assert mbgnbd == pytest.approx({"r": 0.6894, "alpha": 9.889, "a": 0.4916, "b": 0.8585}, rel=1e-4)
+    bgnbd = {k: clv["bgnbd"][k] for k in ("r", "alpha", "a", "b")}
+    assert bgnbd == pytest.approx({"r": 0.2671, "alpha": 5.986, "a": 0.4835, "b": 2.112}, rel=2e-4)
+    gamma_gamma = {k: clv["gamma_gamma"][k] for k in ("p", "q", "v")}
+    assert gamma_gamma == pytest.approx({"p": 5.086, "q": 3.995, "v": 21.25}, rel=2e-4)
+
+
+def test_churn_auc_and_baselines_match_the_readme(repro):
+    project, _, _ = repro
+    churn = io.read_json(project / paths.metrics_file("churn"))
+    auc = {name: model["roc_auc"] for name, model in churn["models"].items()}
+    assert auc["classifier_calibrated"] == pytest.approx(0.8391, abs=FOUR_DECIMALS)
+    assert auc["baseline_expected_purchases"] == pytest.approx(0.8359, abs=FOUR_DECIMALS)
+    assert auc["baseline_p_no_purchase"] == pytest.approx(0.8335, abs=FOUR_DECIMALS)
+    assert churn["churn_source"] == "classifier"
+    assert churn["comparison"]["best_baseline_by_auc"] == "baseline_expected_purchases"
+
+
+def test_segment_counts_and_total_clv_match_the_readme(repro):
+    project, _, _ = repro
+    segment = io.read_json(project / paths.metrics_file("segment"))
+    assert segment["counts"]["quadrant"] == {"I": 11_786, "II": 8_467, "III": 0, "IV": 3_317}
+    assert segment["counts"]["tier"] == {"platinum": 704, "gold": 4_010, "iron": 14_142, "lead": 4_714}
+    headline = io.read_json(project / paths.metrics_file("export"))["headline"]
+    assert headline["customers_by_quadrant"] == segment["counts"]["quadrant"]
+    assert headline["customers_by_tier"] == segment["counts"]["tier"]
+    assert headline["total_clv"] == pytest.approx(64_554.75, abs=0.005)
+    assert segment["totals"]["growth_potential_clv"] == pytest.approx(64_554.75, abs=0.005)
+    scores = pd.read_parquet(project / paths.SCORES_PARQUET)
+    assert scores["clv"].sum() == pytest.approx(64_554.75, abs=0.005)
+    assert scores["quadrant"].value_counts().to_dict() == {"I": 11_786, "II": 8_467, "IV": 3_317}
+
+
 def test_a_second_repro_changes_nothing(repro):
     project, env, _ = repro
     before = {p: io.file_sha256(project / p) for p in (paths.SCORES_PARQUET, paths.features_at(0), paths.clv_predictions_at(0))}
