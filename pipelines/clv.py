@@ -216,6 +216,16 @@ def fit_both(name: str, patterns: Patterns, k: int, params: Params) -> tuple[Pur
     return purchase, fit_spend(params.clv, patterns)
 
 
+def too_few_customers(k: int, n_customers: int, cfg: ClvParams, details: str) -> DataError:
+    """The error of a failed fit on a base smaller than clv.min_customers: the size is the cause to name."""
+    later = ", which moves t_1 later" if k == 1 else ""
+    return DataError(
+        f"{paths.features_at(k)}: {n_customers} customers at t_{k} are too few to fit a purchase model "
+        f"(fits are reliable from clv.min_customers={cfg.min_customers}); use a larger customer base or a "
+        f"shorter data.horizon_days{later} (details: {details})"
+    )
+
+
 def choose_purchase_model(
     cfg: ClvParams,
     seed: int,
@@ -251,11 +261,7 @@ def choose_purchase_model(
     if all(v is None for v in errors.values()):
         reasons = "; ".join(f"{c.name}: {c.failure}" for c in candidates)
         if len(features) < cfg.min_customers:
-            raise DataError(
-                f"{paths.features_at(1)}: {len(features)} customers at t_1 are too few to fit a purchase model "
-                f"(fits are reliable from clv.min_customers={cfg.min_customers}); use a larger customer base or a "
-                f"shorter data.horizon_days, which moves t_1 later (details: {reasons})"
-            )
+            raise too_few_customers(1, len(features), cfg, reasons)
         raise DataError(
             f"{paths.features_at(1)}: no purchase model could be fitted ({reasons}); try a larger clv.penalizer or "
             "clv.retry_penalizer (e.g. 0.01), a larger clv.fit_time_budget_s, or another clv.model"
@@ -519,6 +525,8 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
         try:
             spend_t1 = fit_spend(cfg, patterns[1])
         except FitError as exc:
+            if len(f1) < cfg.min_customers:
+                raise too_few_customers(1, len(f1), cfg, str(exc)) from None
             raise DataError(f"{paths.features_at(1)}: {exc}") from None
         predictions = {1: predict_at(chosen.model, spend_t1, f1, params)}
         evaluation = evaluate(inputs, chosen, predictions[1], cutoffs[0], params)
@@ -529,6 +537,8 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
         try:
             purchase_t0, spend_t0 = fit_both(name, patterns[0], 0, params)
         except FitError as exc:
+            if len(f0) < cfg.min_customers:
+                raise too_few_customers(0, len(f0), cfg, str(exc)) from None
             raise DataError(f"{paths.features_at(0)}: {exc}") from None
         predictions[0] = predict_at(purchase_t0, spend_t0, f0, params)
         predictions[2], skipped_t2 = predict_t2(inputs.features[2], patterns[2], name, params)

@@ -203,3 +203,13 @@ def test_a_large_base_compares_candidates_on_a_sample_then_fits_the_winner_on_ev
     # Below the limit nothing is sampled.
     _, full = stage.choose_purchase_model(ClvParams(model="auto"), 0, features, labels, HORIZON / 7)
     assert "sample_customers" not in full
+
+
+def test_a_failed_fit_on_a_small_base_names_the_size_at_either_cutoff():
+    cfg = ClvParams()
+    at_t0 = str(stage.too_few_customers(0, 9, cfg, "Pareto/NBD fit failed on 9 customers"))
+    assert at_t0 == ("data/features/features_t0.parquet: 9 customers at t_0 are too few to fit a purchase model (fits are "
+                     "reliable from clv.min_customers=100); use a larger customer base or a shorter data.horizon_days "
+                     "(details: Pareto/NBD fit failed on 9 customers)")
+    at_t1 = str(stage.too_few_customers(1, 8, cfg, "x"))
+    assert "8 customers at t_1" in at_t1 and "which moves t_1 later" in at_t1
