@@ -226,6 +226,13 @@ def too_few_customers(k: int, n_customers: int, cfg: ClvParams, details: str) ->
     )
 
 
+def fit_failed(k: int, n_customers: int, cfg: ClvParams, exc: FitError) -> DataError:
+    """A fit at t_k that failed, as one line naming the features file (and the size, on a small base)."""
+    if n_customers < cfg.min_customers:
+        return too_few_customers(k, n_customers, cfg, str(exc))
+    return DataError(f"{paths.features_at(k)}: {exc}")
+
+
 def choose_purchase_model(
     cfg: ClvParams,
     seed: int,
@@ -525,9 +532,7 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
         try:
             spend_t1 = fit_spend(cfg, patterns[1])
         except FitError as exc:
-            if len(f1) < cfg.min_customers:
-                raise too_few_customers(1, len(f1), cfg, str(exc)) from None
-            raise DataError(f"{paths.features_at(1)}: {exc}") from None
+            raise fit_failed(1, len(f1), cfg, exc) from None
         predictions = {1: predict_at(chosen.model, spend_t1, f1, params)}
         evaluation = evaluate(inputs, chosen, predictions[1], cutoffs[0], params)
         evaluation["selection"] = clv_eval.selection_table(selection)
@@ -537,9 +542,7 @@ def run(params: Params, params_path: Path = Path("params.yaml")) -> None:
         try:
             purchase_t0, spend_t0 = fit_both(name, patterns[0], 0, params)
         except FitError as exc:
-            if len(f0) < cfg.min_customers:
-                raise too_few_customers(0, len(f0), cfg, str(exc)) from None
-            raise DataError(f"{paths.features_at(0)}: {exc}") from None
+            raise fit_failed(0, len(f0), cfg, exc) from None
         predictions[0] = predict_at(purchase_t0, spend_t0, f0, params)
         predictions[2], skipped_t2 = predict_t2(inputs.features[2], patterns[2], name, params)
         evaluation["matrices"] = clv_eval.purchase_matrices(purchase_t0, f0["frequency"], f0["T"], horizon_units)
