@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from models.clv import PurchaseModel, SpendModel, period_discount_rate, predict_customers
-from pipelines.io import write_json
+from pipelines.files import write_json
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # lifetimes imports pkg_resources

@@ -52,9 +52,14 @@ def _load_params(workdir: Path):
     return load_params(workdir / "params.yaml")
 
 
+def _catalog(workdir: Path):
+    from pipelines.catalog import Catalog
+
+    return Catalog(workdir, workdir / "params.yaml")
+
+
 def prepare(workdir: Path, rows: int, seed: int) -> dict:
     """Generate the raw file and ingest it into data/interim/transactions.parquet (cached)."""
-    from pipelines import paths
     from pipelines.generate import write_synthetic
     from pipelines.ingest import ingest
 
@@ -65,35 +70,36 @@ def prepare(workdir: Path, rows: int, seed: int) -> dict:
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"].update(summary.data_params(), path="raw.parquet")
     (workdir / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    metrics = ingest(_load_params(workdir).data, root=workdir)
+    paths = _catalog(workdir)
+    metrics = ingest(_load_params(workdir).data, paths)
     info = {"request": [rows, seed], "raw_rows": summary.rows, "customers": summary.customers,
             "rows": metrics["rows_accepted"], "transactions_mb": paths.TRANSACTIONS.stat().st_size / 2**20}  # fmt: skip
     stamp.write_text(json.dumps(info))
     return info
 
 
-def run_stage() -> dict:
+def run_stage(workdir: Path) -> dict:
     from pipelines import features, tracking
 
-    params = _load_params(Path.cwd())
-    tracking.configure(params)  # creates the MLflow store: set-up, not feature work
+    params = _load_params(workdir)
+    tracking.configure(params, workdir)  # creates the MLflow store: set-up, not feature work
     started = time.perf_counter()
-    features.run(params, Path("params.yaml"))
+    features.run(params, _catalog(workdir))
     return {"seconds": time.perf_counter() - started}
 
 
-def run_as_of() -> dict:
+def run_as_of(workdir: Path) -> dict:
     from features.customer import customer_features, features_schema
-    from pipelines import engines, features, io, paths
+    from pipelines import engines, features, files
 
-    params = _load_params(Path.cwd())
-    as_of = dt_date(io.read_json(paths.metrics_file("features"))["as_of"])
+    params, paths = _load_params(workdir), _catalog(workdir)
+    as_of = dt_date(files.read_json(paths.metrics_file("features"))["as_of"])
     started = time.perf_counter()
-    with engines.connect(params.features) as con:
-        tx = features.load_transactions(con, paths.TRANSACTIONS)
-        spec = features.feature_spec(params, features.check_transactions(con, tx, paths.TRANSACTIONS))
+    with engines.connect(params.features, workdir) as con:
+        tx, _, spec, _ = features.inputs(con, params, paths)
         expr = customer_features(tx, as_of, spec)
-        customers = features.write_validated(con, expr, features_schema(spec.windows_days), Path("as_of_features.parquet"))
+        customers = engines.write_validated(con, expr, features_schema(spec.windows_days), workdir / "as_of_features.parquet",
+                                            features.ROW_GROUP_ROWS)  # fmt: skip
     return {"seconds": time.perf_counter() - started, "customers": customers}
 
 
@@ -119,12 +125,13 @@ def lifetimes_summary(transactions: Path, as_of: str, freq_multiplier: int = DAY
     return summary, loaded - started, time.perf_counter() - loaded
 
 
-def run_lifetimes() -> dict:
-    from pipelines import io, paths
+def run_lifetimes(workdir: Path) -> dict:
+    from pipelines import files
 
-    as_of = io.read_json(paths.metrics_file("features"))["as_of"]
+    paths = _catalog(workdir)
+    as_of = files.read_json(paths.metrics_file("features"))["as_of"]
     summary, load_seconds, summary_seconds = lifetimes_summary(paths.TRANSACTIONS, as_of)
-    summary.reset_index().to_parquet("lifetimes_summary.parquet", index=False)
+    summary.reset_index().to_parquet(workdir / "lifetimes_summary.parquet", index=False)
     return {"seconds": load_seconds + summary_seconds, "load_seconds": load_seconds, "summary_seconds": summary_seconds,
             "customers": len(summary)}  # fmt: skip
 
@@ -140,8 +147,8 @@ def child(kind: str, workdir: Path, rows: int, seed: int) -> None:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    os.chdir(workdir)
-    runners = {"prepare": lambda: prepare(workdir, rows, seed), "stage": run_stage, "as_of": run_as_of, "lifetimes": run_lifetimes}
+    runners = {"prepare": lambda: prepare(workdir, rows, seed), "stage": lambda: run_stage(workdir),
+               "as_of": lambda: run_as_of(workdir), "lifetimes": lambda: run_lifetimes(workdir)}
     result = runners[kind]()
     result["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
@@ -235,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         child(args.child, args.workdir, sizes[0], args.seed)
         return
 
-    from pipelines.io import write_json
+    from pipelines.files import write_json
 
     settings = {"seed": args.seed, "threads": args.threads, "memory_limit": args.memory_limit, "cpus": os.cpu_count()}
     results: dict[str, dict] = {}

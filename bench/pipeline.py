@@ -322,10 +322,10 @@ def child_lifetimes(project: Path, as_of: str) -> dict:
     started = time.perf_counter()
     from bench.clv import plain_lifetimes_route
     from bench.features import lifetimes_summary
-    from pipelines import paths
+    from pipelines.catalog import Catalog
 
     imported = time.perf_counter()
-    summary, load_seconds, summary_seconds = lifetimes_summary(project / paths.TRANSACTIONS, as_of, freq_multiplier=1)
+    summary, load_seconds, summary_seconds = lifetimes_summary(Catalog(project).TRANSACTIONS, as_of, freq_multiplier=1)
     route = plain_lifetimes_route(summary)
     steps = route["seconds"]
     return {
@@ -352,7 +352,7 @@ def bench_spark(project: Path, workdir: Path, driver_memory: str | None, log_fil
     reason = spark_missing()
     if reason:
         return {"skipped": reason}
-    from pipelines import io
+    from pipelines import files
 
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -372,10 +372,10 @@ def bench_spark(project: Path, workdir: Path, driver_memory: str | None, log_fil
     entry = route_entry(m, command, log_file)
     entry.update(master="local[2]", driver_memory=driver_memory or "Spark default (1g)")
     if m.returncode == 0:
-        files = sorted(p.name for p in (project / "data" / "features").glob("*.parquet"))
+        names = sorted(p.name for p in (project / "data" / "features").glob("*.parquet"))
         entry["identical_to_duckdb"] = all(
-            io.file_sha256(workdir / "data" / "features" / name) == io.file_sha256(project / "data" / "features" / name)
-            for name in files
+            files.file_sha256(workdir / "data" / "features" / name) == files.file_sha256(project / "data" / "features" / name)
+            for name in names
         )
     return entry
 
@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     args.workdir = args.workdir.resolve()
     sizes = [int(float(s)) for s in args.sizes.split(",")]
 
-    from pipelines.io import write_json
+    from pipelines.files import write_json
 
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     report = {"machine": machine_info(), "sizes": previous.get("sizes", {}),

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import ibis
 import ibis.expr.datatypes as idt
@@ -39,8 +41,7 @@ FLOAT_EXACT_LIMIT = 2**53 / UNITS  # ~9.0e11: below it every float64 sum of unit
 DECIMAL_UNITS = idt.Decimal(18, 4)
 MAX_ABS_VALUE = 1e9  # largest accepted |amount|, |quantity|, |cost| of one row
 EXACT_COLUMNS = ("amount", "quantity", "cost")
-DEFAULT_WINDOWS_DAYS = (30, 90, 180, 365)
-DEFAULT_TREND_DAYS = 182
+DEFAULT_WINDOWS_DAYS = (30, 90, 180, 365)  # = features.windows_days' default (tests/test_defaults.py)
 
 TRANSACTION_COLUMNS = {  # column -> (required, ibis type family)
     "customer_id": (True, "string"),
@@ -54,12 +55,15 @@ TRANSACTION_COLUMNS = {  # column -> (required, ibis type family)
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What to compute: horizon and windows in days; which optional columns carry data."""
+    """What to compute: horizon and windows in days; which optional columns carry data.
+
+    Built from params by pipelines.domain.feature_spec (the settings have no defaults here)."""
 
     horizon_days: int
-    days_per_unit: float = 7.0  # model time unit for recency and T: 7 = weeks, 1 = days
-    windows_days: tuple[int, ...] = DEFAULT_WINDOWS_DAYS
-    trend_days: int = DEFAULT_TREND_DAYS
+    days_per_unit: float  # model time unit for recency and T: 7 = weeks, 1 = days
+    windows_days: tuple[int, ...]
+    trend_days: int
+    # Facts about the data, not settings: False = the optional column is absent or empty.
     has_order_id: bool = False
     has_quantity: bool = False
     has_cost: bool = False
@@ -113,6 +117,42 @@ def needs_decimal_sums(summary: dict) -> bool:
     might round: then sums run on DECIMAL instead (exact at any size, slower)."""
     totals = [summary.get(f"abs_total_{name}") for name in EXACT_COLUMNS]
     return any(t is not None and pd.notna(t) and float(t) >= FLOAT_EXACT_LIMIT for t in totals)
+
+
+def transactions_problem(summary: Mapping[str, Any]) -> str | None:
+    """What makes a transactions table unusable, from its ``transactions_summary`` row: no rows,
+    a missing or non-finite required value, or a value of MAX_ABS_VALUE or more; None if usable."""
+    if summary["n_rows"] == 0:
+        return "has no rows; check data.path and the quarantine report of `cvp ingest`"
+    for column, count in (
+        ("customer_id", summary["null_customer_id"]),
+        ("timestamp", summary["null_timestamp"]),
+        ("amount", summary["bad_amount"]),
+    ):
+        if count:
+            return f"{count} rows with a missing or non-finite '{column}'; re-run `cvp ingest`"
+    for column in ("amount", "quantity", "cost"):
+        largest = summary.get(f"max_abs_{column}")
+        if largest is not None and pd.notna(largest) and largest >= MAX_ABS_VALUE:
+            return f"column '{column}' has |value| {largest:g} >= {MAX_ABS_VALUE:g} per row; check the unit of the source column"
+    return None
+
+
+def column_flags(summary: Mapping[str, Any]) -> dict[str, bool]:
+    """The data facts of a FeatureSpec from a ``transactions_summary`` row: an optional column
+    counts as mapped when it has any non-null value; sums run on DECIMAL only when the data is
+    too large for exact float64 unit sums."""
+    return {
+        "has_order_id": bool(summary.get("n_order_id", 0)),
+        "has_quantity": bool(summary.get("n_quantity", 0)),
+        "has_cost": bool(summary.get("n_cost", 0)),
+        "decimal_sums": needs_decimal_sums(summary),
+    }
+
+
+def cutoff_dates(as_of: dt.date, horizon_days: int, offsets: Sequence[int]) -> dict[int, dt.date]:
+    """t_k = as_of - k * horizon_days for every offset k."""
+    return {k: as_of - dt.timedelta(days=k * horizon_days) for k in offsets}
 
 
 # --------------------------------------------------------------------------- building blocks
@@ -507,6 +547,22 @@ _ARROW_TYPES = {
 def arrow_schema(schema: pa.DataFrameSchema) -> pyarrow.Schema:
     """The Arrow schema that reads back (pandas.read_parquet) as exactly the contract dtypes."""
     return pyarrow.schema([(name, _ARROW_TYPES[dtype]) for name, dtype in schema.metadata["dtypes"].items()])
+
+
+def chunk_validator(schema: pa.DataFrameSchema) -> Callable[[pyarrow.Table], None]:
+    """A check for each row group of a features or labels file before it is written: the pandera
+    schema, and ids increasing across row groups (within one, the schema checks order and uniqueness)."""
+    last_id: str | None = None
+
+    def check(table: pyarrow.Table) -> None:
+        nonlocal last_id
+        frame = schema.validate(table.to_pandas())
+        if len(frame):
+            if last_id is not None and not frame["customer_id"].iloc[0] > last_id:
+                raise RuntimeError(f"{schema.name}: rows not sorted by customer_id across row groups")
+            last_id = frame["customer_id"].iloc[-1]
+
+    return check
 
 
 def features_summary(features: ibis.Table) -> ibis.Table:

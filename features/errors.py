@@ -55,14 +55,11 @@ def _what_failed(err: BaseException) -> str:
     return text.splitlines()[0].rstrip(":") if text else type(err).__name__
 
 
-def contract_error_message(exc: BaseException) -> str:
-    """One line for a pandera SchemaError/SchemaErrors raised at a stage boundary: the contract,
-    the column, what failed and a few failing rows. A contract refusing a stage's own output
-    (e.g. a NaN) is a bug upstream; the line says how to see where it came from."""
-    contract = _contract_name(exc)
+def contract_problem(exc: BaseException) -> str:
+    """What a pandera SchemaError/SchemaErrors says is wrong, in a few words: the column, what
+    failed and a few failing rows, e.g. ``column 'p' fails check less_than_or_equal_to(1) (2 row(s), e.g. 1.5)``."""
     errors = getattr(exc, "schema_errors", None) or [exc]  # SchemaErrors (lazy validation): the first
     first = errors[0]
-    where = f"contract '{contract}'" if contract else "stage contract"
     if getattr(first, "check", None) == "column_in_dataframe":
         cases = getattr(first, "failure_cases", None)  # the column name, or a frame holding it
         column = cases if isinstance(cases, str) else getattr(first, "column_name", None) or "?"
@@ -73,4 +70,13 @@ def contract_error_message(exc: BaseException) -> str:
         column = getattr(first, "column_name", None)
         problem = (f"column '{column}' " if column else "") + _what_failed(first) + _examples(first)
     more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return f"{where}: {problem}{more}; the stage produced values its contract refuses (run with --verbose for the traceback)"
+    return problem + more
+
+
+def contract_error_message(exc: BaseException) -> str:
+    """One line for a pandera SchemaError/SchemaErrors raised at a stage boundary: the contract,
+    the column, what failed and a few failing rows. A contract refusing a stage's own output
+    (e.g. a NaN) is a bug upstream; the line says how to see where it came from."""
+    contract = _contract_name(exc)
+    where = f"contract '{contract}'" if contract else "stage contract"
+    return f"{where}: {contract_problem(exc)}; the stage produced values its contract refuses (run with --verbose for the traceback)"

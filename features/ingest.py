@@ -83,14 +83,15 @@ class IngestRules:
 
     ``columns`` must map customer_id, timestamp and amount; quantity, order_id and cost are
     optional. ``valid_from`` is inclusive, ``valid_to`` exclusive (calendar dates, midnight).
+    Built from ``params.data`` by pipelines.domain.ingest_rules (no defaults here).
     """
 
     columns: Mapping[str, str]
-    timestamp_format: str | tuple[str, ...] | None = None
-    valid_from: dt.date = dt.date(1970, 1, 1)
-    valid_to: dt.date = dt.date(2100, 1, 1)
-    timezone: str | None = None
-    decimal: str = "."
+    timestamp_format: str | tuple[str, ...] | None  # None = ISO 8601
+    valid_from: dt.date
+    valid_to: dt.date
+    timezone: str | None  # None = UTC
+    decimal: str
     mapped_roles: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -518,6 +519,29 @@ TRANSACTIONS_SCHEMA = pa.DataFrameSchema(
     name="transactions",
     description="Accepted transactions (data/interim/transactions.parquet).",
 )
+
+
+#: The transactions contract as Arrow types: the schema of the file ingest streams.
+TRANSACTIONS_ARROW = pyarrow_lib.schema(
+    [
+        ("customer_id", pyarrow_lib.string()),
+        ("timestamp", pyarrow_lib.timestamp("us")),
+        ("amount", pyarrow_lib.float64()),
+        ("quantity", pyarrow_lib.float64()),
+        ("order_id", pyarrow_lib.string()),
+        ("cost", pyarrow_lib.float64()),
+        (SOURCE_ROW, pyarrow_lib.int64()),
+    ]
+)
+
+
+def rejected_arrow_schema(raw_columns: Iterable[str], with_source_file: bool) -> pyarrow_lib.Schema:
+    """The quarantine contract (``rejected_schema``) as Arrow types: raw columns as text."""
+    fields = [(name, pyarrow_lib.string()) for name in raw_columns] + [(SOURCE_ROW, pyarrow_lib.int64())]
+    if with_source_file:
+        fields.append((SOURCE_FILE, pyarrow_lib.string()))
+    fields.append((REASON, pyarrow_lib.string()))
+    return pyarrow_lib.schema(fields)
 
 
 def rejected_schema(raw_columns: Iterable[str], with_source_file: bool) -> pa.DataFrameSchema:

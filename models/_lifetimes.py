@@ -7,25 +7,23 @@ likelihood calls scipy's hyp2f1 on unguarded arguments per row, and its predicti
 NaN for heavy buyers (docs/clv_models.md). lifetimes stays the reference in the tests.
 
 Nothing here keeps a lifetimes fitter object around: fitters hold lambdas and data that do not
-pickle, so the public models in ``models/clv.py`` store parameters only.
+pickle, so the public models in ``models/clv.py`` store parameters only. lifetimes is imported on
+first use (a fit): predictions never need it, so a served CLV model loads without it (lifetimes
+0.11.3 imports pkg_resources, which recent setuptools no longer ship).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 
 from models import btyd
-
-with warnings.catch_warnings():
-    # lifetimes 0.11.3 imports pkg_resources, which warns at import time; nothing to act on.
-    warnings.simplefilter("ignore", UserWarning)
-    from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter
-    from lifetimes.utils import ConvergenceError
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +40,34 @@ SPEND_PARAMS = ("p", "q", "v")
 PARETO_NBD_MAXITER = 1000
 PARETO_NBD_TIME_BUDGET_S = 300.0
 
-# What a failed fit can raise once its inputs have been validated.
-FIT_FAILURES = (ConvergenceError, np.linalg.LinAlgError, FloatingPointError, ValueError, ZeroDivisionError,
-                btyd.SearchFailed)
 
-_FIT_CLASSES = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter}
+@functools.cache
+def _lifetimes() -> SimpleNamespace:
+    """lifetimes' fitters and ConvergenceError, imported once, on first use."""
+    with warnings.catch_warnings():
+        # lifetimes 0.11.3 imports pkg_resources, which warns at import time; nothing to act on.
+        warnings.simplefilter("ignore", UserWarning)
+        from lifetimes import BetaGeoFitter, GammaGammaFitter, ModifiedBetaGeoFitter
+        from lifetimes.utils import ConvergenceError
+    return SimpleNamespace(BetaGeoFitter=BetaGeoFitter, GammaGammaFitter=GammaGammaFitter,
+                           ModifiedBetaGeoFitter=ModifiedBetaGeoFitter, ConvergenceError=ConvergenceError)
+
+
+def _fit_class(model: str):
+    api = _lifetimes()
+    return {"bgnbd": api.BetaGeoFitter, "mbgnbd": api.ModifiedBetaGeoFitter}[model]
+
+
+def __getattr__(name: str):
+    """``FIT_FAILURES`` (what a failed fit can raise once its inputs have been validated) and
+    ``ConvergenceError``, resolved on first access (PEP 562) so that importing this module does
+    not import lifetimes."""
+    if name == "ConvergenceError":
+        return _lifetimes().ConvergenceError
+    if name == "FIT_FAILURES":
+        return (_lifetimes().ConvergenceError, np.linalg.LinAlgError, FloatingPointError, ValueError,
+                ZeroDivisionError, btyd.SearchFailed)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @contextlib.contextmanager
@@ -77,7 +98,7 @@ def fit_purchase(model: str, frequency, recency, T, weights, penalizer: float, i
         values, _, _ = btyd.fit_pareto_nbd(frequency, recency, T, weights, penalizer, start,
                                            max_iterations=max_iterations, time_budget_s=time_budget_s)
         return dict(zip(PURCHASE_PARAMS[model], (float(v) for v in values)))
-    fitter = _FIT_CLASSES[model](penalizer_coef=penalizer)
+    fitter = _fit_class(model)(penalizer_coef=penalizer)
     with _quiet_lifetimes_call():
         fitter.fit(frequency, recency, T, weights=weights, initial_params=initial_params, maxiter=int(max_iterations))
     return {name: float(fitter.params_[name]) for name in PURCHASE_PARAMS[model]}
@@ -90,13 +111,13 @@ def purchase_log_likelihood(model: str, params: dict[str, float], frequency, rec
     if model == "paretonbd":
         cll = btyd.pareto_log_likelihood(*values, frequency, recency, T)
         return float((weights * cll).sum())
-    mean_nll = _FIT_CLASSES[model]._negative_log_likelihood(np.log(values), frequency, recency, T, weights, 0.0)
+    mean_nll = _fit_class(model)._negative_log_likelihood(np.log(values), frequency, recency, T, weights, 0.0)
     return float(-mean_nll * weights.sum())
 
 
 def fit_spend(frequency, monetary_value, weights, penalizer: float) -> dict[str, float]:
     """Fit Gamma-Gamma on repeat customers with positive mean spend (rows with `weights` customers)."""
-    fitter = GammaGammaFitter(penalizer_coef=penalizer)
+    fitter = _lifetimes().GammaGammaFitter(penalizer_coef=penalizer)
     with _quiet_lifetimes_call():
         fitter.fit(frequency, monetary_value, weights=weights)
     return {name: float(fitter.params_[name]) for name in SPEND_PARAMS}

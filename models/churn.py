@@ -26,6 +26,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from features.errors import DataError
+from features.frames import single_date
 from models import metrics
 
 log = logging.getLogger(__name__)
@@ -55,13 +56,6 @@ def churn_labels(labels: pd.DataFrame) -> pd.Series:
     return (1 - purchased.astype(np.int8)).astype(np.int8).rename("churned")
 
 
-def _single_cutoff(frame: pd.DataFrame, source: str) -> pd.Timestamp:
-    cutoffs = pd.to_datetime(frame["cutoff"]).dropna().unique()
-    if len(cutoffs) != 1:
-        raise DataError(f"{source}: column 'cutoff' must hold one date (found {len(cutoffs)}); rebuild it upstream")
-    return pd.Timestamp(cutoffs[0])
-
-
 def check_time_honest(
     features: pd.DataFrame,
     source: str,
@@ -74,7 +68,7 @@ def check_time_honest(
     the labels and CLV predictions (fitted at the same cutoff) must carry the same cutoff
     and the same customers.
     """
-    cutoff = _single_cutoff(features, source)
+    cutoff = single_date(features, source)
     for col in ("first_purchase", "last_purchase"):
         if col in features and (pd.to_datetime(features[col]) > cutoff).any():
             raise DataError(
@@ -88,7 +82,7 @@ def check_time_honest(
     for name, other in (("labels", labels), ("clv predictions", clv)):
         if other is None:
             continue
-        other_cutoff = _single_cutoff(other, f"{source} {name}")
+        other_cutoff = single_date(other, f"{source} {name}")
         if other_cutoff != cutoff:
             raise DataError(
                 f"{source}: {name} cutoff {other_cutoff.date()} differs from the features' cutoff {cutoff.date()}; "
@@ -178,7 +172,11 @@ def customer_folds(y: pd.Series, n_folds: int, seed: int) -> list[tuple[pd.Index
 
 
 class SigmoidCalibrator:
-    """Platt scaling: P = 1 / (1 + exp(-(a * margin + b))), fitted by maximum likelihood."""
+    """Platt scaling: P = 1 / (1 + exp(-(a * margin + b))), fitted by maximum likelihood.
+
+    Kept by hand: scikit-learn's Platt scaler (``_SigmoidCalibration``) is private, and an
+    unpenalised LogisticRegression on the margin moves the recorded selection Brier scores
+    (metrics/churn.json) in the 10th digit."""
 
     def fit(self, margin: np.ndarray, y: np.ndarray) -> "SigmoidCalibrator":
         m, t = np.asarray(margin, float), np.asarray(y, float)
@@ -299,6 +297,9 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
     Fitted attributes: feature_names_in_, categories_, booster_ (lightgbm.LGBMClassifier),
     calibrator_ (None when the method is none), calibration_method_, calibration_scores_,
     classes_, n_fit_, n_calibration_, min_child_samples_ (the leaf minimum of the last fit).
+
+    The __init__ defaults are the typed config's (churn.lightgbm, churn.calibration*, seed in
+    pipelines/config.py; tests/test_churn_model.py checks they agree); the stage passes those values.
     """
 
     def __init__(
@@ -307,7 +308,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         learning_rate: float = 0.02,
         num_leaves: int = 4,
         min_child_samples: int = 300,
-        min_child_share: float | None = None,
+        min_child_share: float | None = 0.05,
         subsample: float = 0.8,
         subsample_freq: int = 1,
         colsample_bytree: float = 0.8,
@@ -315,7 +316,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         calibration: str = "auto",
         calibration_fraction: float = 0.3,
         random_state: int = 42,
-        n_jobs: int = 1,
+        n_jobs: int = 2,
     ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate

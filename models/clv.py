@@ -38,8 +38,14 @@ MODELS = tuple(_lifetimes.PURCHASE_PARAMS)
 HISTORY_COLUMNS = ["frequency", "recency", "T"]
 SPEND_COLUMNS = ["frequency", "monetary_value"]
 FEATURE_COLUMNS = ["customer_id", "cutoff", *HISTORY_COLUMNS, "monetary_value"]
-PREDICTION_COLUMNS = ["customer_id", "cutoff", "model", "p_alive", "expected_purchases", "p_no_purchase",
-                      "expected_avg_spend", "clv"]
+#: Columns and dtypes of the CLV predictions files (data/clv/predictions_t{k}.parquet): the
+#: contract in pipelines/contracts.py checks these, declared here next to the code that writes them.
+PREDICTION_DTYPES = {
+    "customer_id": "str", "cutoff": "datetime64[us]", "model": "str", "p_alive": "float64",
+    "expected_purchases": "float64", "p_no_purchase": "float64", "expected_avg_spend": "float64",
+    "clv": "float64",
+}  # fmt: skip
+PREDICTION_COLUMNS = list(PREDICTION_DTYPES)
 DAYS_PER_YEAR = 365.0
 # A fitted parameter outside this range (in the fitting time unit) is a degenerate optimum.
 _PARAM_RANGE = (1e-8, 1e8)
@@ -574,6 +580,14 @@ def _check_outputs(purchase_model, outputs: dict[str, np.ndarray], history: pd.D
                            f"T={row['T']:g}, with parameters {purchase_model.params_}; choose another clv.model")
 
 
+def as_predictions(frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``frame`` (None: no rows) in the predictions files' column order and dtypes, sorted by customer_id."""
+    if frame is None:
+        frame = pd.DataFrame({name: pd.Series([], dtype=dtype) for name, dtype in PREDICTION_DTYPES.items()})
+    out = frame.loc[:, PREDICTION_COLUMNS].astype(PREDICTION_DTYPES)
+    return out.sort_values("customer_id", kind="stable").reset_index(drop=True)
+
+
 @dataclass(frozen=True)
 class ClvSettings:
     """How fitted models become CLV: days per model time unit, horizon (days), margin rate,
@@ -584,6 +598,11 @@ class ClvSettings:
     margin: float
     discount_rate: float
     discount_period_days: int
+
+    @property
+    def horizon_units(self) -> float:
+        """The horizon in model time units."""
+        return self.horizon_days / self.days_per_unit
 
     def predict(self, purchase_model: PurchaseModel, spend_model: SpendModel, features: pd.DataFrame) -> pd.DataFrame:
         """:func:`predict_customers` with these settings."""

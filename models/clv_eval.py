@@ -313,6 +313,53 @@ def holdout_summary(
     }
 
 
+def holdout_frame(features: pd.DataFrame, predictions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """One row per t_1 customer: features, the model's t_1 predictions and the actual holdout."""
+    predicted = predictions[["customer_id", "expected_purchases", "expected_avg_spend", "clv"]]
+    actual = labels.rename(columns={"n_purchase_days": "actual_purchases", "spend": "actual_spend"})
+    frame = features[["customer_id", "frequency", "ipi_mean", "avg_spend"]]
+    frame = frame.merge(predicted, on="customer_id", validate="one_to_one")
+    actual = actual[["customer_id", "actual_purchases", "actual_spend"]]
+    return frame.merge(actual, on="customer_id", validate="one_to_one")
+
+
+def evaluate(frame: pd.DataFrame, horizon_days: float, margin: float) -> dict:
+    """Holdout numbers of a :func:`holdout_frame` (model and baseline, with the calibration table as
+    records under ``summary``), the calibration table and the gains curve."""
+    summary = holdout_summary(frame, horizon_days, margin)
+    calibration = calibration_holdout_table(frame["frequency"], frame["expected_purchases"], frame["actual_purchases"])
+    baseline = baseline_frame(frame["ipi_mean"], frame["avg_spend"], horizon_days, margin)
+    gains = gains_curve({"model": frame["clv"], "baseline": baseline["clv"]}, frame["actual_spend"])
+    log.info(
+        "holdout (%d customers): purchases MAE model %.4f vs baseline %.4f; spend Spearman model %.3f vs baseline %.3f",
+        summary["n_customers"], summary["purchases"]["model"]["mae"], summary["purchases"]["baseline"]["mae"],
+        summary["ranking"]["model"]["spearman_rho"], summary["ranking"]["baseline"]["spearman_rho"],
+    )  # fmt: skip
+    return {
+        "summary": {**summary, "calibration": calibration.to_dict(orient="records")},
+        "calibration": calibration,
+        "gains": gains,
+    }
+
+
+def tracking_table(features: pd.DataFrame, transactions: pd.DataFrame, purchase_model, end,
+                   days_per_unit: float) -> pd.DataFrame:  # fmt: skip
+    """Weekly cumulative repeat purchases of the ``features`` customers (customer_id, first_purchase)
+    up to ``end``, actual (from ``transactions``) vs ``purchase_model`` (fitted at their cutoff)."""
+    first = features.set_index("customer_id")["first_purchase"]
+    repeats = repeat_purchase_days(transactions, first, end)
+    expected = purchase_model.expected_purchases_unconditional
+    return tracking_curve(features["first_purchase"], repeats, expected, days_per_unit, end)
+
+
+def plot_tables(evaluation: dict, tracking: pd.DataFrame, selection: dict) -> dict[str, pd.DataFrame]:
+    """The data behind the stage's plots by file stem, floats rounded to 10 decimals (so no
+    last-bit noise like 1.0000000000000002 reaches the CSV files)."""
+    tables = {"calibration_holdout": evaluation["calibration"], "tracking": tracking,
+              "model_vs_baseline": evaluation["gains"], "model_selection": selection_table(selection)}  # fmt: skip
+    return {stem: table.round(10) for stem, table in tables.items()}
+
+
 # --------------------------------------------------------------------------- model selection
 
 

@@ -20,6 +20,8 @@ from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from models.clv import ClvSettings
 
 #: Artifact keys of the two pickled models.
+#: What the served model imports when it is unpickled and predicts (not lifetimes: fits only).
+REQUIREMENTS = ("pandas", "numpy", "scipy", "mpmath", "scikit-learn", "mlflow", "cloudpickle")
 PURCHASE_ARTIFACT = "purchase_model"
 SPEND_ARTIFACT = "spend_model"
 #: Columns a caller sends (``cutoff`` is optional and only copied to the output).
@@ -41,6 +43,11 @@ class ClvPyfuncModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"defaults lack inference params: {sorted(missing)}")
         self.days_per_unit = float(days_per_unit)
         self.defaults = {k: defaults[k] for k in PARAM_TYPES}
+
+    @classmethod
+    def from_settings(cls, settings: ClvSettings) -> ClvPyfuncModel:
+        """The model whose inference params default to ``settings`` (horizon, discounting, margin)."""
+        return cls(settings.days_per_unit, {name: getattr(settings, name) for name in PARAM_TYPES})
 
     def load_context(self, context) -> None:
         with open(context.artifacts[PURCHASE_ARTIFACT], "rb") as fh:

@@ -271,15 +271,16 @@ def date_range_checks(old: DataProfile, new: DataProfile, max_start_shift_days: 
 
 @dataclass(frozen=True)
 class DriftThresholds:
-    """Limits of every check (see the check functions for units)."""
+    """Limits of every check (see the check functions for units); the values, and their
+    defaults, come from the typed config (``retrain.drift``)."""
 
-    max_psi: float = 0.25
-    psi_bins: int = DEFAULT_BINS
-    psi_epsilon: float = DEFAULT_EPSILON
-    max_row_drop: float = 0.10
-    max_row_growth: float | None = None
-    max_quarantine_increase: float = 0.02
-    max_start_shift_days: int | None = 0
+    max_psi: float
+    psi_bins: int
+    psi_epsilon: float
+    max_row_drop: float
+    max_row_growth: float | None
+    max_quarantine_increase: float
+    max_start_shift_days: int | None
 
 
 def drift_report(
@@ -288,7 +289,7 @@ def drift_report(
     reference_profile: DataProfile,
     current_profile: DataProfile,
     psi_columns: Sequence[str],
-    thresholds: DriftThresholds = DriftThresholds(),
+    thresholds: DriftThresholds,
 ) -> DriftReport:
     """Every drift check of the new data against the champion's: PSI, rows, quarantine, dates."""
     psi = psi_by_column(reference_features, current_features, psi_columns, thresholds.psi_bins, thresholds.psi_epsilon)

@@ -31,7 +31,7 @@ class MetricRule:
     name: str
     higher_is_better: bool
     tolerance: float
-    relative: bool = False
+    relative: bool  # tolerance as a share of |champion| (True) or in the metric's units
 
     def __post_init__(self) -> None:
         if self.tolerance < 0:

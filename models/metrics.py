@@ -1,18 +1,20 @@
-"""Binary classification metrics for churn scores, in plain NumPy.
+"""Binary classification metrics for churn scores: scikit-learn's where it has them.
 
 Every function takes ``y_true`` (0/1, 1 = the positive class, e.g. churned) and a score or a
-probability of the positive class (higher = more likely positive). Ties are handled the same
-way scikit-learn does (one threshold per distinct score), and the top-decile measures share
-a tied boundary group proportionally, so no result depends on the order of the rows.
+probability of the positive class (higher = more likely positive); inputs are checked once here
+(0/1 labels, no NaN, probabilities in [0, 1]) so every metric refuses the same bad input.
+Hand-written, each for the reason on its line: the sample-weighted AUC/Brier closures of the
+paired bootstrap, the tie-sharing top-share measures (lift, capture, gains), the reliability
+table (with bin edges and counts) and the plot grids.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from sklearn import metrics as skm
 
 TOP_DECILE = 0.10
 RELIABILITY_BINS = 10
@@ -36,27 +38,9 @@ def _both_classes(y: np.ndarray) -> bool:
     return 0 < y.sum() < y.size
 
 
-@dataclass(frozen=True)
-class _ThresholdCounts:
-    """Cumulative true/false positives when predicting positive at score >= each threshold."""
-
-    thresholds: np.ndarray  # distinct scores, descending
-    tp: np.ndarray
-    fp: np.ndarray
-
-
-def _threshold_counts(y: np.ndarray, s: np.ndarray) -> _ThresholdCounts:
-    order = np.argsort(-s, kind="stable")
-    s_sorted, y_sorted = s[order], y[order]
-    last_of_group = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
-    tp = np.cumsum(y_sorted)[last_of_group]
-    fp = (last_of_group + 1) - tp
-    return _ThresholdCounts(s_sorted[last_of_group], tp, fp)
-
-
-def _roc_arrays(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    c = _threshold_counts(y, s)
-    return np.r_[0.0, c.fp / c.fp[-1]], np.r_[0.0, c.tp / c.tp[-1]], np.r_[np.inf, c.thresholds]
+def _check_probability(p: np.ndarray) -> None:
+    if p.min() < 0 or p.max() > 1:
+        raise ValueError("probabilities must lie in [0, 1]")
 
 
 def roc_curve_points(y_true, score) -> pd.DataFrame:
@@ -64,25 +48,24 @@ def roc_curve_points(y_true, score) -> pd.DataFrame:
     y, s = _as_arrays(y_true, score)
     if not _both_classes(y):
         raise ValueError("ROC needs both classes in y_true")
-    fpr, tpr, thresholds = _roc_arrays(y, s)
+    fpr, tpr, thresholds = skm.roc_curve(y, s, drop_intermediate=False)
     return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
 
 
 def roc_auc(y_true, score) -> float:
-    """Area under the ROC curve (trapezoids, so tied scores count one half); NaN with one class."""
+    """Area under the ROC curve (tied scores count one half); NaN with one class."""
     y, s = _as_arrays(y_true, score)
     if not _both_classes(y):
         return float("nan")
-    fpr, tpr, _ = _roc_arrays(y, s)
-    return float(np.trapezoid(tpr, fpr))
+    return float(skm.roc_auc_score(y, s))
 
 
 def weighted_roc_auc(y_true, score) -> Callable[[np.ndarray], float]:
     """``roc_auc`` of the rows repeated ``w`` times, as a function of the weights ``w``.
 
-    The scores are sorted once; each call is O(n), so a bootstrap (weights = how often each row
-    was drawn) costs one pass per resample instead of one sort. Ties count one half, as in
-    ``roc_auc``; NaN when the weights leave one class.
+    Hand-written for the bootstrap: the scores are sorted once and each call is O(n), where
+    roc_auc_score(sample_weight=w) sorts again for every resample. Ties count one half; NaN
+    when the weights leave one class.
     """
     y, s = _as_arrays(y_true, score)
     order = np.argsort(s, kind="stable")
@@ -103,7 +86,10 @@ def weighted_roc_auc(y_true, score) -> Callable[[np.ndarray], float]:
 
 
 def weighted_brier(y_true, probability) -> Callable[[np.ndarray], float]:
-    """``brier`` of the rows repeated ``w`` times, as a function of the weights ``w``."""
+    """``brier`` of the rows repeated ``w`` times, as a function of the weights ``w``.
+
+    Hand-written for the bootstrap: the squared errors are computed once, each resample is one
+    dot product (brier_score_loss re-validates its inputs on every call)."""
     y, p = _as_arrays(y_true, probability)
     _check_probability(p)
     loss = (p - y) ** 2
@@ -115,10 +101,9 @@ def precision_recall_points(y_true, score) -> pd.DataFrame:
     y, s = _as_arrays(y_true, score)
     if y.sum() == 0:
         raise ValueError("precision-recall needs at least one positive")
-    c = _threshold_counts(y, s)
-    return pd.DataFrame(
-        {"precision": c.tp / (c.tp + c.fp), "recall": c.tp / c.tp[-1], "threshold": c.thresholds}
-    )
+    precision, recall, thresholds = skm.precision_recall_curve(y, s)
+    # scikit-learn lists the thresholds ascending and appends the point (precision 1, recall 0)
+    return pd.DataFrame({"precision": precision[-2::-1], "recall": recall[-2::-1], "threshold": thresholds[::-1]})
 
 
 def average_precision(y_true, score) -> float:
@@ -126,58 +111,58 @@ def average_precision(y_true, score) -> float:
     y, s = _as_arrays(y_true, score)
     if y.sum() == 0:
         return float("nan")
-    c = _threshold_counts(y, s)
-    recall_gain = np.diff(np.r_[0.0, c.tp / c.tp[-1]])
-    return float(np.sum(recall_gain * c.tp / (c.tp + c.fp)))
-
-
-def _check_probability(p: np.ndarray) -> None:
-    if p.min() < 0 or p.max() > 1:
-        raise ValueError("probabilities must lie in [0, 1]")
+    return float(skm.average_precision_score(y, s))
 
 
 def brier(y_true, probability) -> float:
     """Mean squared difference between the probability and the 0/1 outcome."""
     y, p = _as_arrays(y_true, probability)
     _check_probability(p)
-    return float(np.mean((p - y) ** 2))
+    return float(skm.brier_score_loss(y, p))
 
 
 def log_loss(y_true, probability) -> float:
     """Mean negative log-likelihood (natural log); p clipped to [eps, 1 - eps] (float64 eps)."""
     y, p = _as_arrays(y_true, probability)
     _check_probability(p)
-    eps = np.finfo(np.float64).eps
-    p = np.clip(p, eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return float(skm.log_loss(y, p, labels=[0.0, 1.0]))
+
+
+def _top_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, positives) at or above each distinct score, scores descending."""
+    order = np.argsort(-s, kind="stable")
+    s_sorted = s[order]
+    last_of_group = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
+    return last_of_group + 1.0, np.cumsum(y[order])[last_of_group]
 
 
 def expected_positives_in_top(y_true, score, share: float = TOP_DECILE) -> tuple[float, float]:
     """(size, expected positives) of the top ``share`` of rows by score.
 
-    Size = share x n (fractional sizes allowed). The tied group straddling the boundary
-    contributes its positive rate times the part of it that falls inside, i.e. the
-    expectation under random tie-breaking, so the result does not depend on row order.
+    Size = share x n (fractional sizes allowed). Hand-written (no scikit-learn equivalent): the
+    tied group straddling the boundary contributes its positive rate times the part of it that
+    falls inside, i.e. the expectation under random tie-breaking, so the result does not depend
+    on row order.
     """
     y, s = _as_arrays(y_true, score)
     if not 0 < share <= 1:
         raise ValueError("share must be in (0, 1]")
     size = share * y.size
-    return size, _positives_in_top(_threshold_counts(y, s), size)
+    return size, _positives_in_top(_top_counts(y, s), size)
 
 
-def _positives_in_top(c: _ThresholdCounts, size: float) -> float:
+def _positives_in_top(counts: tuple[np.ndarray, np.ndarray], size: float) -> float:
     """Expected positives among the ``size`` top rows (see :func:`expected_positives_in_top`)."""
-    n_at_or_above = c.tp + c.fp
+    n_at_or_above, tp = counts
     boundary = int(np.searchsorted(n_at_or_above, size, side="left"))
     n_above = n_at_or_above[boundary - 1] if boundary > 0 else 0
-    pos_above = c.tp[boundary - 1] if boundary > 0 else 0.0
+    pos_above = tp[boundary - 1] if boundary > 0 else 0.0
     group_n = n_at_or_above[boundary] - n_above
-    group_pos = c.tp[boundary] - pos_above
+    group_pos = tp[boundary] - pos_above
     return float(pos_above + (size - n_above) / group_n * group_pos)
 
 
-def _capture_and_lift(y: np.ndarray, counts: _ThresholdCounts, share: float) -> tuple[float, float]:
+def _capture_and_lift(y: np.ndarray, counts: tuple[np.ndarray, np.ndarray], share: float) -> tuple[float, float]:
     """(share of all positives, cumulative lift) of the top ``share`` of rows; NaN without positives."""
     if y.sum() == 0:
         return float("nan"), float("nan")
@@ -189,23 +174,24 @@ def _capture_and_lift(y: np.ndarray, counts: _ThresholdCounts, share: float) -> 
 
 
 def top_share_lift(y_true, score, share: float = TOP_DECILE) -> float:
-    """Positive rate in the top ``share`` by score divided by the overall positive rate."""
+    """Positive rate in the top ``share`` by score divided by the overall positive rate (ties shared)."""
     y, s = _as_arrays(y_true, score)
-    return _capture_and_lift(y, _threshold_counts(y, s), share)[1]
+    return _capture_and_lift(y, _top_counts(y, s), share)[1]
 
 
 def top_share_capture(y_true, score, share: float = TOP_DECILE) -> float:
-    """Share of all positives found in the top ``share`` by score (cumulative gain)."""
+    """Share of all positives found in the top ``share`` by score (cumulative gain, ties shared)."""
     y, s = _as_arrays(y_true, score)
-    return _capture_and_lift(y, _threshold_counts(y, s), share)[0]
+    return _capture_and_lift(y, _top_counts(y, s), share)[0]
 
 
 def reliability_curve(y_true, probability, n_bins: int = RELIABILITY_BINS) -> pd.DataFrame:
     """Reliability diagram on equal-width bins of [0, 1]: one row per non-empty bin.
 
     Columns: bin (0-based), bin_lower, bin_upper, mean_predicted, fraction_positive, count.
-    A probability on an inner edge goes to the lower bin, as in
-    ``sklearn.calibration.calibration_curve(strategy="uniform")``.
+    The binning of ``sklearn.calibration.calibration_curve(strategy="uniform")`` (a probability
+    on an inner edge goes to the lower bin); hand-written because that returns neither the bin
+    edges nor the counts the table and the plot show.
     """
     y, p = _as_arrays(y_true, probability)
     _check_probability(p)
@@ -229,12 +215,10 @@ def reliability_curve(y_true, probability, n_bins: int = RELIABILITY_BINS) -> pd
 
 
 def cumulative_gains(y_true, score, n_groups: int = 10) -> pd.DataFrame:
-    """Cumulative capture and lift when targeting the top 1/n_groups, 2/n_groups, ... of rows.
-
-    Columns: share_targeted, capture (share of positives found), lift (cumulative).
-    """
+    """Cumulative capture and lift when targeting the top 1/n_groups, 2/n_groups, ... of rows
+    (ties shared, as in top_share_lift). Columns: share_targeted, capture, lift."""
     y, s = _as_arrays(y_true, score)
-    counts = _threshold_counts(y, s)  # sorted once for every share
+    counts = _top_counts(y, s)  # sorted once for every share
     rows = []
     for g in range(1, n_groups + 1):
         capture, lift = _capture_and_lift(y, counts, g / n_groups)

@@ -1,20 +1,22 @@
 """The export contract: one row of scores per customer at as_of, for CRM systems.
 
 ``SCORE_COLUMNS`` describes every column (type, source stage, meaning, allowed values);
-``SCORES_SCHEMA`` is the pandera schema built from it and checked before anything is written.
+:func:`validate_scores` checks a frame against it in plain pandas, because the served scoring
+chain (models/scores_pyfunc.py) runs this module and must load without pandera (the pipeline's
+pandera contract, built from the same table, is ``SCORES_SCHEMA`` in pipelines/contracts.py).
 :func:`assemble_scores` joins the stage outputs into that frame. Pure code: no file I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
-import pandera.pandas as pa
-from pandera.errors import SchemaErrors
 
 from features.errors import DataError
+from features.frames import single_date
 from models.segments import (
     ABC_CLASSES,
     LIFECYCLE_STATES,
@@ -23,6 +25,7 @@ from models.segments import (
     QUADRANTS,
     RELATIONSHIP_LEVELS,
     TIERS,
+    label_counts,
 )
 
 UNREGISTERED = "unregistered"
@@ -75,40 +78,9 @@ def columns_from(source: str) -> tuple[str, ...]:
     return tuple(c.name for c in SCORE_COLUMNS if c.source == source and c.name not in ("customer_id", "as_of"))
 
 
-def _checks(column: ScoreColumn) -> list[pa.Check]:
-    checks = []
-    if column.allowed:
-        checks.append(pa.Check.isin(column.allowed))
-    if column.unit_interval:
-        checks.append(pa.Check.in_range(0.0, 1.0))
-    if column.non_negative:
-        checks.append(pa.Check.ge(0))
-    if column.dtype == "float64":
-        checks.append(pa.Check(lambda s: s.abs() < float("inf"), element_wise=False, name="finite"))
-    return checks
-
-
-SCORES_SCHEMA = pa.DataFrameSchema(
-    {
-        c.name: pa.Column(c.dtype, _checks(c), nullable=False, unique=c.name == "customer_id")
-        for c in SCORE_COLUMNS
-    },
-    strict=True,
-    ordered=True,
-    name="scores",
-)
-
-
 def model_version(registrations: Sequence[Mapping[str, object] | None]) -> str:
     """``name/version`` of each registered model joined by ``;`` (``unregistered`` when None)."""
     return ";".join(f"{r['name']}/{r['version']}" if r else UNREGISTERED for r in registrations)
-
-
-def _single_date(values: pd.Series, label: str, column: str) -> pd.Timestamp:
-    dates = pd.to_datetime(values).dt.normalize().unique()
-    if len(dates) != 1:
-        raise DataError(f"{label}: column '{column}' must hold one date, found {len(dates)}; re-run the stage that writes it")
-    return pd.Timestamp(dates[0])
 
 
 def _check_customers(frame: pd.DataFrame, expected: pd.Index, label: str, population: str) -> None:
@@ -144,8 +116,7 @@ def _pick(frame: pd.DataFrame, columns: Sequence[str], label: str) -> pd.DataFra
     if missing:
         raise DataError(f"{label}: missing column(s) {', '.join(missing)}; re-run the stage that writes it")
     picked = coerce_scores(frame.loc[:, ["customer_id", *columns]].reset_index(drop=True), label)
-    schema = SCORES_SCHEMA.select_columns(["customer_id", *columns])
-    return validate_scores(picked, label, schema).set_index("customer_id")
+    return validate_scores(picked, label, ["customer_id", *columns]).set_index("customer_id")
 
 
 def assemble_scores(
@@ -156,7 +127,7 @@ def assemble_scores(
     version: str,
     labels: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Join the scoring-date outputs into the export frame (``SCORES_SCHEMA``, sorted by customer_id).
+    """Join the scoring-date outputs into the export frame (``SCORE_COLUMNS``, sorted by customer_id).
 
     ``features`` (features_t0) defines the population; ``clv`` and ``churn`` are the predictions
     at the same cutoff and ``segments`` the labels at as_of. Each must hold every customer of
@@ -173,12 +144,12 @@ def assemble_scores(
             f"{names['features']}: customer_id '{population[population.duplicated()][0]}' appears more than once; "
             "re-run the features stage"
         )
-    as_of = _single_date(features["cutoff"], names["features"], "cutoff")
+    as_of = single_date(features, names["features"], "cutoff")
     for key, frame, date_column in (("clv", clv, "cutoff"), ("churn", churn, "cutoff"), ("segments", segments, "as_of")):
         _check_customers(frame, population, names[key], names["features"])
         if date_column not in frame.columns:
             raise DataError(f"{names[key]}: column '{date_column}' is missing; re-run the stage that writes it")
-        date = _single_date(frame[date_column], names[key], date_column)
+        date = single_date(frame, names[key], date_column)
         if date != as_of:
             raise DataError(
                 f"{names[key]}: {date_column} {date.date()} differs from the features cutoff {as_of.date()}; "
@@ -223,20 +194,100 @@ def coerce_scores(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     return out
 
 
-def validate_scores(
-    scores: pd.DataFrame, label: str = "export scores", schema: pa.DataFrameSchema | None = None
-) -> pd.DataFrame:
-    """Check a frame against ``SCORES_SCHEMA`` (or a part of it); a violation is a one-line
-    DataError naming the input, the column, the check, an example value and its source stage."""
-    try:
-        return (schema or SCORES_SCHEMA).validate(scores, lazy=True)
-    except SchemaErrors as err:
-        cases = err.failure_cases
-        first = cases.iloc[0]
-        column = first.get("column")
-        source = next((c.source for c in SCORE_COLUMNS if c.name == column), None)
-        hint = f"; check the {source} stage output" if source and source != "export" else ""
-        more = f" ({len(cases) - 1} more failure(s))" if len(cases) > 1 else ""
-        raise DataError(
-            f"{label}: column '{column}' fails {first.get('check')} (e.g. {first.get('failure_case')!r}){more}{hint}"
-        ) from None
+def value_checks(column: ScoreColumn) -> list[tuple[str, Callable[[pd.Series], pd.Series]]]:
+    """The value checks of a column as (name, mask of the failing values), in the order they are
+    reported; the names are those of the pandera contract built from the same table."""
+    checks: list[tuple[str, Callable[[pd.Series], pd.Series]]] = [("not_nullable", lambda s: s.isna())]
+    if column.name == "customer_id":
+        checks.append(("field_uniqueness", lambda s: s.duplicated(keep=False)))
+    if column.allowed:
+        checks.append((f"isin({list(column.allowed)})", lambda s: ~s.isin(column.allowed)))
+    if column.unit_interval:
+        checks.append(("in_range(0.0, 1.0)", lambda s: ~s.between(0.0, 1.0)))
+    if column.non_negative:
+        checks.append(("greater_than_or_equal_to(0)", lambda s: s < 0))
+    if column.dtype == "float64":
+        checks.append(("finite", lambda s: ~np.isfinite(s)))
+    return checks
+
+
+def _has_dtype(values: pd.Series, dtype: str) -> bool:
+    return pd.api.types.is_string_dtype(values) if dtype == "str" else str(values.dtype) == dtype
+
+
+def _layout_failures(columns: Sequence[str]) -> list[tuple[str, str, list]]:
+    """The whole contract: exactly its columns, in its order."""
+    missing = [c for c in COLUMN_NAMES if c not in columns]
+    extra = [c for c in columns if c not in COLUMN_NAMES]
+    if missing:
+        return [(missing[0], "column_in_dataframe", missing)]
+    if extra:
+        return [(extra[0], "column_in_schema", extra)]
+    if list(columns) != list(COLUMN_NAMES):
+        return [(next(c for c, e in zip(columns, COLUMN_NAMES) if c != e), "column_ordered", list(columns))]
+    return []
+
+
+def contract_failures(scores: pd.DataFrame, columns: Sequence[str] | None = None) -> list[tuple[str, str, list]]:
+    """(column, check, failing values) of each column that fails a check (its first): against the
+    whole contract, or only ``columns``."""
+    failures = _layout_failures(list(scores.columns)) if columns is None else []
+    by_name = {c.name: c for c in SCORE_COLUMNS}
+    for name in columns if columns is not None else COLUMN_NAMES:
+        if name not in scores.columns:
+            continue
+        column, values = by_name[name], scores[name]
+        if not _has_dtype(values, column.dtype):
+            failures.append((name, f"dtype('{column.dtype}')", [str(values.dtype)]))
+            continue
+        failed = next(((check, mask) for check, test in value_checks(column) if (mask := test(values)).any()), None)
+        if failed is not None:
+            failures.append((name, failed[0], values[failed[1]].tolist()))
+    return failures
+
+
+def validate_scores(scores: pd.DataFrame, label: str = "export scores", columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """``scores`` when it meets the contract (or its ``columns``), else a one-line DataError
+    naming the input, the column, the check, an example value and its source stage."""
+    failures = contract_failures(scores, columns)
+    if not failures:
+        return scores
+    column, check, values = failures[0]
+    count = sum(len(v) for _, _, v in failures)
+    source = next((c.source for c in SCORE_COLUMNS if c.name == column), None)
+    hint = f"; check the {source} stage output" if source and source != "export" else ""
+    more = f" ({count - 1} more failure(s))" if count > 1 else ""
+    example = values[0] if values else None
+    raise DataError(f"{label}: column '{column}' fails {check} (e.g. {example!r}){more}{hint}")
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def headline(scores: pd.DataFrame) -> dict:
+    """The few numbers a reader wants first: totals and means over the scored customers."""
+    counts = label_counts(scores)
+    return {
+        "total_clv": round(float(scores["clv"].sum()), 2),
+        "total_current_value": round(float(scores["current_value"].sum()), 2),
+        "total_growth_potential": round(float(scores["growth_potential"].sum()), 2),
+        "expected_purchases": round(float(scores["expected_purchases"].sum()), 2),
+        "mean_p_alive": float(scores["p_alive"].mean()),
+        "mean_churn_probability": float(scores["churn_probability"].mean()),
+        # every label listed (0 when empty), so metric keys never disappear between runs
+        "customers_by_quadrant": counts["quadrant"],
+        "customers_by_tier": counts["tier"],
+    }
+
+
+def export_metrics(scores: pd.DataFrame, database: Mapping[str, str], parquet_sha256: str) -> dict:
+    """metrics/export.json: deterministic for the same inputs (no timings, no table history);
+    ``database`` is {"url" (password masked), "table"}."""
+    return {
+        "rows": len(scores),
+        "as_of": scores["as_of"].iloc[0].date().isoformat(),
+        "database": dict(database),
+        "scores_sha256": parquet_sha256,
+        "model_version": scores["model_version"].iloc[0],
+        "headline": headline(scores),
+    }

@@ -28,6 +28,9 @@ SPEND_ARTIFACT = "spend_model"
 CHURN_ARTIFACT = "churn_classifier"
 REFERENCE_ARTIFACT = "segment_reference"
 ARTIFACTS = (PURCHASE_ARTIFACT, SPEND_ARTIFACT, CHURN_ARTIFACT, REFERENCE_ARTIFACT)
+#: The distributions the chain imports (here, models/clv.py and its lifetimes door, models/churn.py,
+#: models/scores.py, models/segments.py), pinned at logging time; tests/test_scores_pyfunc.py checks it.
+REQUIREMENTS = ("mlflow", "pandas", "numpy", "scipy", "mpmath", "scikit-learn", "lightgbm", "lifetimes")
 #: Columns of a features row the chain reads besides the churn classifier's own inputs.
 REQUIRED_COLUMNS = (
     "customer_id", "cutoff", "frequency", "recency", "T", "monetary_value",
@@ -48,7 +51,7 @@ class ScoringChain:
     model_version: str
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Export rows (``SCORES_SCHEMA``, sorted by customer_id) for rows of a features file."""
+        """Export rows (the contract of models/scores.py, sorted by customer_id) for rows of a features file."""
         missing = [c for c in REQUIRED_COLUMNS if c not in features.columns]
         if missing:
             raise ValueError(f"features: missing column(s) {missing}; send rows of data/features/features_t0.parquet")

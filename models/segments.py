@@ -12,7 +12,7 @@ top-share capture): customers are ordered by the ranked quantity descending, tie
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -54,57 +54,62 @@ RELATIONSHIP_TABLE: dict[tuple[str, str], str] = {
 MIN_PURCHASE_PROBABILITY = 1e-6
 # Relative tolerance of cumulative-share comparisons (80% of value must mean 80%, not 79.999...%).
 SHARE_TOLERANCE = 1e-9
+#: The "top 20%" of the Pareto 80/20 rule: the share of customers whose value (concentration) or
+#: holdout spend (forecast ranking) the stage reports.
+TOP_SHARE = 0.20
 
 
 @dataclass(frozen=True)
 class CutRule:
     """Low/high boundary of each quadrant axis: a quantile of the axis or a fixed amount."""
 
-    method: str = "quantile"  # quantile | fixed
-    current_value: float = 0.5
-    growth_potential: float = 0.5
+    method: str  # quantile | fixed
+    current_value: float
+    growth_potential: float
 
 
 @dataclass(frozen=True)
 class TierRule:
     """Tiers by value rank plus growth (see :func:`assign_tier`)."""
 
-    top_share: float = 0.20  # share of customers (by value rank) in platinum + gold
-    lead_share: float = 0.20  # bottom share of customers (by value rank) in lead
-    lead_max_value: float = 0.0  # value at or below this amount is lead whatever its rank
-    growing_ratio: float = 1.0  # platinum if growth_potential >= growing_ratio * current_value
+    top_share: float  # share of customers (by value rank) in platinum + gold
+    lead_share: float  # bottom share of customers (by value rank) in lead
+    lead_max_value: float  # value at or below this amount is lead whatever its rank
+    growing_ratio: float  # platinum if growth_potential >= growing_ratio * current_value
 
 
 @dataclass(frozen=True)
 class LifecycleRule:
     """Sleep thresholds as multiples of the customer's own mean inter-purchase interval."""
 
-    drowsy: float = 1.5
-    half_asleep: float = 2.5
-    dormant: float = 4.0
-    new_days: int = 90
-    one_time_buyer_interval_days: float | None = None  # None = population median interval
+    drowsy: float
+    half_asleep: float
+    dormant: float
+    new_days: int
+    one_time_buyer_interval_days: float | None  # None = population median interval
 
 
 @dataclass(frozen=True)
 class RelationshipRule:
     """Segment-size bands: a quadrant x tier cell holding >= many_share of the base is "many"."""
 
-    many_share: float = 0.10
-    few_share: float = 0.02
+    many_share: float
+    few_share: float
 
 
 @dataclass(frozen=True)
 class SegmentRules:
-    growth_potential: str = "combined"  # combined | clv
-    value_basis: str = "total"  # total (current + growth) | current | growth
-    margin: float = 0.30  # margin rate applied to spend when there is no cost column
-    cut: CutRule = field(default_factory=CutRule)
-    pyramid: tuple[tuple[str, float], ...] = (("vip", 0.01), ("major", 0.04), ("ordinary", 0.15), ("small", 0.80))
-    abc: tuple[float, float] = (0.80, 0.95)
-    tier: TierRule = field(default_factory=TierRule)
-    lifecycle: LifecycleRule = field(default_factory=LifecycleRule)
-    relationship: RelationshipRule = field(default_factory=RelationshipRule)
+    """Every segment rule; built from params.segment by pipelines.domain.segment_rules (no defaults here)."""
+
+    growth_potential: str  # combined | clv
+    value_basis: str  # total (current + growth) | current | growth
+    margin: float  # margin rate applied to spend when there is no cost column
+    cut: CutRule
+    pyramid: tuple[tuple[str, float], ...]  # (level, share of customers), top level first
+    abc: tuple[float, float]  # cumulative value shares closing classes A and B
+    tier: TierRule
+    lifecycle: LifecycleRule
+    relationship: RelationshipRule
 
 
 # --------------------------------------------------------------------------- value axes
@@ -589,7 +594,7 @@ def gini(values: pd.Series | np.ndarray) -> float:
 
 
 def top_share_of_total(
-    score: pd.Series, amount: pd.Series, customer_id: pd.Series, share: float = 0.20
+    score: pd.Series, amount: pd.Series, customer_id: pd.Series, share: float = TOP_SHARE
 ) -> float:
     """Share of the total ``amount`` held by the top ``share`` of customers ranked by ``score``
     (ties by customer_id). NaN when the total is 0."""
@@ -600,7 +605,7 @@ def top_share_of_total(
     return float(amount.to_numpy(dtype=float)[top].sum() / total)
 
 
-def concentration(value: pd.Series, customer_id: pd.Series, top_share: float = 0.20) -> dict[str, float]:
+def concentration(value: pd.Series, customer_id: pd.Series, top_share: float = TOP_SHARE) -> dict[str, float]:
     """Share of value from the top ``top_share`` customers and the Gini coefficient, on value
     clipped at 0 (customers whose returns exceed purchases bring nothing, not less)."""
     clipped = value.astype(float).clip(lower=0.0)
@@ -673,7 +678,7 @@ def label_counts(segments: pd.DataFrame) -> dict[str, dict[str, int]]:
 
 
 def rank_forecasts(
-    actual: pd.Series, forecasts: dict[str, pd.Series], customer_id: pd.Series, top_share: float = 0.20
+    actual: pd.Series, forecasts: dict[str, pd.Series], customer_id: pd.Series, top_share: float = TOP_SHARE
 ) -> dict[str, dict[str, float]]:
     """How well each forecast ranks customers by the actual holdout amount.
 

@@ -78,10 +78,13 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def run_stage(name: str, params_path: Path) -> None:
-    """Parse params once, then run the stage module's ``run(params, params_path)``."""
+    """Parse params once, then run the stage module's ``run(params, paths)`` on the catalog of
+    the project holding the current directory."""
+    from pipelines.catalog import project_catalog
+
     params = load_params(params_path)
     module = importlib.import_module(f"pipelines.{name}")
-    module.run(params, params_path=params_path)
+    module.run(params, project_catalog(params_path))
 
 
 @app.callback()
@@ -111,10 +114,11 @@ def retrain(
     """Retrain up to segment, check drift, gate the challenger against the champion, export if promoted."""
     setup_logging(verbose)
     checked = check_params_file(params)  # retrain runs `dvc repro`, which cannot read some YAML values
+    from pipelines.catalog import project_catalog
     from pipelines.retrain import RetrainStopped, run
 
     try:
-        run(checked, params_path=params, force_promote=force_promote)
+        run(checked, project_catalog(params), force_promote=force_promote)
     except RetrainStopped as exc:
         sys.stderr.write(f"cvp: error: {exc}\n")
         raise SystemExit(exc.exit_code) from None
@@ -132,13 +136,14 @@ def backtest(
     import datetime as dt
 
     from pipelines.backtest import run
+    from pipelines.catalog import project_catalog
 
     setup_logging(verbose)
     try:
         dates = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     except ValueError:
         raise ConfigError(f"--from/--to must be dates like 1998-03-31, not '{start}'/'{end}'") from None
-    run(load_params(params), params_path=params, start=dates[0], end=dates[1], every_days=every)
+    run(load_params(params), project_catalog(params), start=dates[0], end=dates[1], every_days=every)
 
 
 @app.command(name="generate")
@@ -167,13 +172,14 @@ def score(
 ) -> None:
     """Apply a registered model (@champion, else the stage's version) to features_t0."""
     from pipelines import score as scoring
+    from pipelines.catalog import project_catalog
 
     setup_logging(verbose)
     if engine not in ("pandas", "pyspark"):
         raise ConfigError(f"--engine must be pandas or pyspark, not '{engine}'")
     if model not in ("scores", "clv"):
         raise ConfigError(f"--model must be scores or clv, not '{model}'")
-    scoring.score(load_params(params), engine, out, model)
+    scoring.score(load_params(params), project_catalog(params), engine, out, model)
 
 
 @app.command(name="notebook")

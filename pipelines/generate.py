@@ -29,8 +29,8 @@ from features.synthetic import (
     iter_transaction_tables,
     plan,
 )
-from pipelines.io import write_parquet_stream
-from pipelines.io import atomic_path, write_json
+from pipelines.files import write_parquet_stream
+from pipelines.files import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,10 @@
 """`cvp notebook`: execute notebooks/explore.ipynb against the project and write reports/explore.html.
 
-The committed notebook has no outputs; this renders its tables and figures into one
-self-contained HTML page (images embedded, no script or style fetched from the network), so
-they can be read without Jupyter. The kernel is this interpreter (the project venv), started in
-the project directory with ``CVP_PROJECT_DIR`` pointing at it; no network is needed. Each cell
-has a time limit. A failing cell stops the run with one line naming the cell, and the page is
-not written. The same outputs and MLflow store give a byte-identical page (its MLflow table
-shows run ids and times, so a new pipeline run changes it).
+The committed notebook has no outputs; this renders its tables and figures into one offline,
+self-contained HTML page, readable without Jupyter. The kernel is this interpreter (the project
+venv), started in the project directory with ``CVP_PROJECT_DIR`` pointing at it. Each cell has a
+time limit; a failing cell stops the run with one line naming it, and no page is written. The
+same outputs and MLflow store give a byte-identical page (it shows MLflow run ids and times).
 """
 
 from __future__ import annotations
@@ -28,19 +26,19 @@ from nbconvert import HTMLExporter
 from traitlets import default
 
 from features.errors import DataError
-from pipelines import io, paths
+from pipelines import files
+from pipelines.catalog import LAYOUT, Catalog, artifact
 
 log = logging.getLogger(__name__)
 
-NOTEBOOK = Path("notebooks") / "explore.ipynb"
-EXPLORE_HTML = paths.EXPLORE_HTML
-# What the notebook reads; missing ones mean the pipeline has not run yet.
-INPUTS = (paths.SCORES_PARQUET, paths.SEGMENT_SUMMARY, paths.metrics_file("export"))
+NOTEBOOK = Path(LAYOUT["NOTEBOOK"])
+EXPLORE_HTML = Path(artifact("explore_html").path)
+# What the notebook reads (catalog keys); missing ones mean the pipeline has not run yet.
+INPUTS = ("scores_parquet", "segment_summary", "metrics_export")
 CELL_TIMEOUT_S = 300  # per cell; on CDNOW the whole notebook runs in 7-8 s
 STARTUP_TIMEOUT_S = 120  # the kernel's start (imports nothing yet), on a busy machine
 
-# The lab template without its <script src="https://..."> tags (require.js, MathJax, mermaid,
-# widgets): the notebook uses none of them, and the page must open offline.
+# The lab template without its <script src="https://..."> tags (require.js, MathJax, mermaid, widgets; all unused): offline.
 _TEMPLATE_NAME = "cvp_explore.html.j2"
 _OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
 {%- block html_head_js -%}{%- endblock html_head_js -%}
@@ -71,16 +69,9 @@ class _ThisPythonKernelManager(AsyncKernelManager):
         return _ThisPythonKernels()
 
 
-def cell_name(cell: Any, index: int) -> str:
-    """How an error names a cell: its id (the notebook's cell ids say what the cell does) and position."""
-    return f"cell '{cell.get('id', '?')}' (cell {index + 1})"
-
-
 def execute_notebook(notebook: Any, project: Path, timeout: int = CELL_TIMEOUT_S, source: str = str(NOTEBOOK)) -> Any:
     """Run every code cell of ``notebook`` (in place) in a fresh kernel in ``project``; return it.
-
-    Raises DataError with one line naming the cell that failed, timed out or killed the kernel.
-    """
+    Raises DataError with one line naming the cell that failed, timed out or killed the kernel."""
     current: dict[str, Any] = {}
 
     def remember(cell: Any, cell_index: int, **_: Any) -> None:
@@ -101,16 +92,14 @@ def execute_notebook(notebook: Any, project: Path, timeout: int = CELL_TIMEOUT_S
         raise DataError(f"{source}: the kernel died while running {failed_cell(current)}") from exc
     except CellExecutionError as exc:
         what = f"{exc.ename}: {' '.join(str(exc.evalue).split())}" if exc.ename else "an error"
-        raise DataError(
-            f"{source}: {failed_cell(current)} failed with {what} (open the notebook with "
-            f"CVP_PROJECT_DIR={project} for the traceback)"
-        ) from exc
+        raise DataError(f"{source}: {failed_cell(current)} failed with {what} (open the notebook with "
+                        f"CVP_PROJECT_DIR={project} for the traceback)") from exc
     return notebook
 
 
 def failed_cell(current: dict[str, Any]) -> str:
-    """The cell that was running when execution stopped."""
-    return cell_name(current["cell"], current["index"]) if current else "the kernel's start"
+    """The cell running when execution stopped, by its id (which says what it does) and position."""
+    return f"cell '{current['cell'].get('id', '?')}' (cell {current['index'] + 1})" if current else "the kernel's start"
 
 
 def notebook_html(notebook: Any, title: str) -> str:
@@ -125,17 +114,15 @@ def notebook_html(notebook: Any, title: str) -> str:
 
 def notebook_title(notebook: Any) -> str:
     """The first markdown heading, else the file name."""
-    for cell in notebook.cells:
-        if cell.cell_type == "markdown":
-            for line in cell.source.splitlines():
-                if line.startswith("# "):
-                    return line[2:].strip()
-    return NOTEBOOK.stem
+    headings = (line[2:].strip() for cell in notebook.cells if cell.cell_type == "markdown"
+                for line in cell.source.splitlines() if line.startswith("# "))  # fmt: skip
+    return next(headings, NOTEBOOK.stem)
 
 
 def check_inputs(project: Path) -> None:
     """Stop with one line when the pipeline has not produced what the notebook reads."""
-    missing = [str(path) for path in INPUTS if not (project / path).exists()]
+    paths = Catalog(project)
+    missing = [artifact(key).path for key in INPUTS if not paths.path(key).exists()]
     if missing:
         raise DataError(f"{', '.join(missing)} not found in {project}: run `make run` (or the stages up to `cvp export`) first")
 
@@ -156,7 +143,7 @@ def render(project: Path, out: Path = EXPLORE_HTML, timeout: int = CELL_TIMEOUT_
     except DataError as exc:
         raise DataError(f"{exc}; {out} not updated") from exc
     html = notebook_html(notebook, notebook_title(notebook))
-    io.write_bytes(html.encode("utf-8"), target)
+    files.write_bytes(html.encode("utf-8"), target)
     log.info("%s executed in %.1f s -> %s (%.0f kB)", notebook_path, time.perf_counter() - started, target, len(html) / 1e3)
     return notebook
 

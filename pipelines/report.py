@@ -14,11 +14,11 @@ live in pipelines/report_common.py; the names below are re-exported for the othe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from pipelines import paths
+from pipelines.catalog import artifact
 from pipelines.config import Params
 from pipelines.report_common import (  # noqa: F401  (re-exported)
     KNOWN_FIGURES,
@@ -47,8 +47,10 @@ from pipelines.report_marketing import PageSettings, render_marketing_page, segm
 from pipelines.report_models import SECTIONS as MODEL_SECTIONS  # noqa: F401  (the model page's section ids)
 from pipelines.report_models import render_models_page
 
-MODELS_HTML = paths.MODELS_HTML
-LISTS_DIR = paths.SEGMENT_LISTS
+# The pages link to each other and to the lists by their paths relative to the reports directory.
+REPORT_HREF = PurePosixPath(artifact("report_html").path).name
+MODELS_HREF = PurePosixPath(artifact("models_html").path).name
+LISTS_HREF = PurePosixPath(artifact("segment_lists").path).relative_to(PurePosixPath(artifact("report_html").path).parent).as_posix()
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,10 @@ def render_report(
     """Both pages, the figures drawn for them and the customer lists, from the export frame and the sources."""
     settings = settings or PageSettings()
     figures = own_figures(scores)
-    lists_href = LISTS_DIR.relative_to(paths.REPORTS).as_posix()
     marketing, marketing_figures = render_marketing_page(
-        scores, sources, settings, models_href=MODELS_HTML.name, lists_href=lists_href
+        scores, sources, settings, models_href=MODELS_HREF, lists_href=LISTS_HREF
     )
-    models = render_models_page(scores, sources, figures, table_name, horizon, marketing_href=paths.REPORT_HTML.name)
+    models = render_models_page(scores, sources, figures, table_name, horizon, marketing_href=REPORT_HREF)
     return RenderedReport(marketing, models, {**figures, **marketing_figures}, segment_lists(scores))
 
 
@@ -91,7 +92,6 @@ def page_settings(params: Params) -> PageSettings:
     )
 
 
-def list_paths(rendered: RenderedReport, root: Path = LISTS_DIR) -> dict[Path, pd.DataFrame]:
-    """Where each customer list is written."""
-    return {root / name: frame for name, frame in rendered.lists.items()}
-
+def list_paths(rendered: RenderedReport, lists_dir: Path) -> dict[Path, pd.DataFrame]:
+    """Where each customer list is written (``lists_dir``: the catalog's SEGMENT_LISTS)."""
+    return {lists_dir / name: frame for name, frame in rendered.lists.items()}

@@ -9,7 +9,6 @@ the page, there is no script and no external URL, so each file can be mailed or 
 from __future__ import annotations
 
 import base64
-import io as bytes_io
 import logging
 import math
 import re
@@ -22,11 +21,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from pipelines import io, paths, tracking
+from pipelines import files, tracking
+from pipelines.catalog import Catalog, artifact
 
 log = logging.getLogger(__name__)
 
 METRIC_STAGES = ("ingest", "features", "clv", "churn", "segment")
+EMBEDDED_DPI = 100  # the figures drawn for the pages: smaller than the stages' PNGs (plots/, 110 dpi)
 PLOT_STAGES = ("clv", "churn", "segment")
 
 # Figures of other stages shown first in a section, in this order, with their captions; any
@@ -74,16 +75,16 @@ class ReportSources:
     plots: Mapping[str, Mapping[str, bytes]] = field(default_factory=dict)
 
 
-def load_sources() -> ReportSources:
-    """Read the optional report inputs relative to the working directory; warn about missing ones."""
-    summary = pd.read_parquet(paths.SEGMENT_SUMMARY) if paths.SEGMENT_SUMMARY.exists() else None
+def load_sources(paths: Catalog) -> ReportSources:
+    """Read the optional report inputs of the project; warn about missing ones."""
+    summary = paths.read("segment_summary") if paths.SEGMENT_SUMMARY.exists() else None
     if summary is None:
         log.warning("%s not found: the report shows no quadrant/tier tables", paths.SEGMENT_SUMMARY)
     metrics = {}
     for stage in METRIC_STAGES:
         path = paths.metrics_file(stage)
         try:
-            metrics[stage] = io.read_json(path)
+            metrics[stage] = files.read_json(path)
         except FileNotFoundError:
             log.warning("%s not found: its report section shows 'not available'", path)
         except ValueError as exc:
@@ -179,10 +180,8 @@ def data_uri(png: bytes) -> str:
 
 
 def figure_png(fig: Figure) -> bytes:
-    """PNG bytes of a figure, without software metadata (same figure -> same bytes)."""
-    buffer = bytes_io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return buffer.getvalue()
+    """PNG bytes of a figure drawn for a page (same figure -> same bytes)."""
+    return files.png_bytes(fig, dpi=EMBEDDED_DPI)
 
 
 def flat_scalars(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -237,7 +236,7 @@ def rejected_share_notice(ingest: Mapping[str, Any] | None) -> Notice | None:
     return Notice(
         "rejected-share", "warning",
         f"ingest rejected {counts} ({100 * share:.3g}%{why}); they are left out of every score and kept in "
-        f"{paths.QUARANTINE}",
+        f"{artifact('rejected').path}",
     )  # fmt: skip
 
 

@@ -20,19 +20,15 @@ Large files are scanned by DuckDB and never loaded into pandas.
 from __future__ import annotations
 
 import codecs
-import contextlib
 import glob
 import gzip
 import hashlib
 import importlib.util
 import logging
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import duckdb
 import ibis
 import ibis.expr.types as ir
 import pandas as pd
@@ -41,8 +37,8 @@ import pyarrow.parquet as pq
 
 from features.errors import DataError
 from features.ingest import RESERVED_COLUMNS, SOURCE_FILE, SOURCE_ROW, missing_mapped_columns
-from pipelines.config import ColumnsParams, ConfigError
-from pipelines.io import file_sha256
+from pipelines.config import ColumnsParams
+from pipelines.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -75,42 +71,22 @@ class RawSource:
         return SOURCE_FILE in self.table.columns
 
 
-@contextlib.contextmanager
-def duckdb_connection(threads: int | None = None, memory_limit: str | None = None) -> Iterator[ibis.BaseBackend]:
-    """A fresh in-memory DuckDB connection in UTC that spills to a temporary directory (removed on
-    exit) above ``memory_limit`` (e.g. "4GB"); None keeps DuckDB's defaults (all cores, 80% of RAM)."""
-    with tempfile.TemporaryDirectory(prefix="cvp-ingest-") as spill:
-        con = ibis.duckdb.connect(temp_directory=spill)
-        try:
-            con.raw_sql("SET TimeZone = 'UTC'")
-            con.raw_sql("SET enable_progress_bar = false")
-            for key, setting, value in (("ingest_threads", "threads", threads), ("ingest_memory_limit", "memory_limit", memory_limit)):
-                if value is not None:
-                    try:
-                        con.raw_sql(f"SET {setting} = {_sql_text(str(value))}")
-                    except duckdb.Error as exc:
-                        raise ConfigError(f"data.{key}: DuckDB refused {value!r} ({_first_line(exc)}); fix it in params.yaml") from None
-            yield con
-        finally:
-            con.disconnect()
-
-
 def open_source(
     path: str,
     columns: ColumnsParams,
     con: ibis.BaseBackend,
-    root: Path | None = None,
+    root: Path,
     encoding: str = "utf-8",
     scratch: Path | None = None,
 ) -> RawSource:
-    """Open ``path`` (data.path) and check that every mapped column exists in every file.
+    """Open ``path`` (data.path, relative to the project ``root``) and check that every mapped
+    column exists in every file.
 
     CSV files are decoded with ``encoding`` (data.encoding); encodings DuckDB cannot decode are
     transcoded to UTF-8 copies in ``scratch`` (a directory the caller removes afterwards).
     Raises DataError (one line naming the file) when a file is empty, cannot be read or decoded,
     a glob matches nothing, or a mapped column is missing.
     """
-    root = Path.cwd() if root is None else root
     if path.startswith(LIFETIMES_PREFIX):
         source = _open_lifetimes(path, con)
     else:
@@ -150,12 +126,11 @@ def resolve_files(path: str, root: Path) -> tuple[Path, ...]:
     return (file,)
 
 
-def input_sha256(files: tuple[Path, ...], root: Path | None = None) -> str:
+def input_sha256(files: tuple[Path, ...], root: Path) -> str:
     """SHA-256 of the raw input bytes: the file's hash, or for several files the hash of the
     ``"<sha256>  <path>"`` lines (sha256sum format, sorted path order)."""
     if len(files) == 1:
         return file_sha256(files[0])
-    root = Path.cwd() if root is None else root
     listing = "".join(f"{file_sha256(f)}  {_label(f, root)}\n" for f in files)
     return hashlib.sha256(listing.encode()).hexdigest()
 
@@ -183,7 +158,7 @@ def _open_lifetimes(path: str, con: ibis.BaseBackend) -> RawSource:
             header=None if names else 0, names=list(names) if names else None,
         )
     except (OSError, ValueError) as exc:
-        raise DataError(f"{file}: cannot read ({_first_line(exc)})") from None
+        raise DataError(f"{file}: cannot read ({first_line(exc)})") from None
     return _frame_source(frame, path, (file,), con)
 
 
@@ -213,9 +188,9 @@ def _file_kind(file: Path, path: str) -> str:
 
 
 def _reader_sql(files: tuple[Path, ...], kind: str, encoding: str | None = None) -> str:
-    listing = "[" + ", ".join(_sql_text(str(f)) for f in files) + "]"
+    listing = "[" + ", ".join(sql_text(str(f)) for f in files) + "]"
     if kind == "csv":
-        option = f", encoding = {_sql_text(encoding)}" if encoding and encoding != "utf-8" else ""
+        option = f", encoding = {sql_text(encoding)}" if encoding and encoding != "utf-8" else ""
         return f"read_csv({listing}, header = true, all_varchar = true, union_by_name = true{option})"
     return f"read_parquet({listing}, union_by_name = true)"
 
@@ -229,7 +204,7 @@ def _file_columns(
     except Exception as exc:  # duckdb raises many error classes for unreadable input
         if is_encoding_error(exc):
             raise encoding_error(file, label, encoding) from None
-        raise DataError(f"{label}: cannot read as {kind.upper()} ({_first_line(exc)})") from None
+        raise DataError(f"{label}: cannot read as {kind.upper()} ({first_line(exc)})") from None
 
 
 # --- text encodings and empty files --------------------------------------------------------------
@@ -329,7 +304,7 @@ def _scan_sql(files: tuple[Path, ...], labels: tuple[str, ...], kind: str, encod
     before it (from the footers); CSV rows by a row_number() over the scan, which DuckDB
     returns in file order (insertion order is preserved).
     """
-    names = "[" + ", ".join(_sql_text(label) for label in labels) + "]"
+    names = "[" + ", ".join(sql_text(label) for label in labels) + "]"
     source_file = f"{names}[file_index::BIGINT + 1] AS {SOURCE_FILE}"
     if kind == "parquet":
         offsets = [0]
@@ -371,11 +346,11 @@ def _label(file: Path, root: Path) -> str:
         return file.as_posix()
 
 
-def _sql_text(value: str) -> str:
+def sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """The first line of an error message, with DuckDB's CSV column-count hint appended."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     if not lines:
@@ -391,4 +366,4 @@ def scan_error(exc: BaseException, source: RawSource) -> DataError:
         for file, label in zip(source.files, source.file_labels):
             if first_undecodable_line(file, source.encoding) is not None:
                 return encoding_error(file, label, source.encoding)
-    return DataError(f"{source.label}: cannot read ({_first_line(exc)}); fix the file or data.path")
+    return DataError(f"{source.label}: cannot read ({first_line(exc)}); fix the file or data.path")

@@ -70,8 +70,10 @@ def session(params: FeaturesParams, app_name: str = "cvp-features") -> Iterator[
     from pyspark.sql import SparkSession
 
     master, conf = spark_master(params), session_conf(params)
-    if master.startswith("local"):  # Python UDF workers (model scoring) run this interpreter
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if master.startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
+        # Python UDF workers (model scoring) run this interpreter (Spark's own setting, so the
+        # process environment is left as it is)
+        conf = {"spark.pyspark.python": sys.executable} | conf
     existing = SparkSession.getActiveSession()
     builder = SparkSession.builder.master(master).appName(app_name)
     for key, value in conf.items():

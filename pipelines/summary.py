@@ -12,33 +12,34 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines import io, paths, tracking
+from pipelines import files, tracking
+from pipelines.catalog import Catalog, artifact
 from pipelines.config import ConfigError, Params, load_params
-from pipelines.export import database_url, masked_url
+from pipelines.database import database_url, masked_url
 from pipelines.report import run_notices
 
 
-def mlflow_location(params: Params) -> str:
+def mlflow_location(params: Params, paths: Catalog) -> str:
     """The tracking URI the stages log to (MLFLOW_TRACKING_URI, else the project's sqlite store)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking.tracking_dir(params) / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{tracking.tracking_dir(params, paths.root) / 'mlflow.db'}"
 
 
-def summary_lines(params: Params, root: Path) -> list[str]:
-    """The summary of the last export under ``root``; one line saying what to run when there is none."""
-    metrics_path = root / paths.metrics_file("export")
+def summary_lines(params: Params, paths: Catalog) -> list[str]:
+    """The summary of the last export of the project; one line saying what to run when there is none."""
+    metrics_path = paths.metrics_file("export")
     if not metrics_path.exists():
         return [f"no export yet ({metrics_path} not found): run `make run` or `cvp export`"]
-    metrics = io.read_json(metrics_path)
+    metrics = files.read_json(metrics_path)
     headline = metrics.get("headline", {})
     rows = metrics["rows"]
     quadrant_iv = headline.get("customers_by_quadrant", {}).get("IV", 0)
     where = [
-        ("scores", f"{root / paths.SCORES_PARQUET}  (+ {paths.SCORES_CSV.name})"),
-        ("database", f"{masked_url(database_url(params.export, root))}  table {params.export.table}"),
-        ("report", f"{root / paths.REPORT_HTML}  (model evaluation: {paths.MODELS_HTML.name}; lists: {paths.SEGMENT_LISTS}/)"),
-        ("notebook", str(root / paths.EXPLORE_HTML)),
-        ("metrics", str(root / paths.METRICS)),
-        ("MLflow", mlflow_location(params)),
+        ("scores", f"{paths.SCORES_PARQUET}  (+ {paths.SCORES_CSV.name})"),
+        ("database", f"{masked_url(database_url(params.export, paths))}  table {params.export.table}"),
+        ("report", f"{paths.REPORT_HTML}  (model evaluation: {paths.MODELS_HTML.name}; lists: {artifact('segment_lists').path}/)"),
+        ("notebook", str(paths.EXPLORE_HTML)),
+        ("metrics", str(paths.METRICS)),
+        ("MLflow", mlflow_location(params, paths)),
     ]
     lines = [f"Customer scores at {metrics['as_of']}: {rows:,} customers, models {metrics['model_version']}"]
     lines += [f"  {name:<10}{value}" for name, value in where]
@@ -48,17 +49,17 @@ def summary_lines(params: Params, root: Path) -> list[str]:
             f"mean churn probability {headline['mean_churn_probability']:.3f}; "
             f"quadrant IV (top priority) {quadrant_iv:,} customers ({quadrant_iv / rows:.1%})"
         )
-    lines += notice_lines(root)
+    lines += notice_lines(paths)
     return lines
 
 
-def notice_lines(root: Path) -> list[str]:
+def notice_lines(paths: Catalog) -> list[str]:
     """The report's notices as summary lines (``WARNING:`` first when they warn)."""
     metrics = {}
     for stage in ("ingest", "churn", "clv"):
-        path = root / paths.metrics_file(stage)
+        path = paths.metrics_file(stage)
         try:
-            metrics[stage] = io.read_json(path)
+            metrics[stage] = files.read_json(path)
         except (FileNotFoundError, ValueError):
             continue  # the export ran without them (e.g. inputs written by hand): nothing to say
     return [f"  {'WARNING: ' if n.level == 'warning' else ''}{n.text}" for n in run_notices(metrics)]
@@ -72,10 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"cvp summary: {exc}\n")
         return 2
-    root = tracking.project_root()
-    lines = summary_lines(params, root)
-    print("\n".join(lines))
-    return 0 if (root / paths.metrics_file("export")).exists() else 1
+    paths = Catalog(tracking.project_root(params_path.resolve().parent), params_path)  # the project of the params file
+    print("\n".join(summary_lines(params, paths)))
+    return 0 if paths.metrics_file("export").exists() else 1
 
 
 if __name__ == "__main__":

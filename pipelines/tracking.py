@@ -7,7 +7,8 @@ paths, never ``./mlruns``). A stage run from a DVC temporary experiment workspac
 
 Stage runs are nested under one parent "pipeline" run, found by a key made of the git commit
 and the params file, so one ``dvc repro`` groups its stages; ``CVP_PIPELINE_RUN_ID`` pins the
-parent explicitly (retraining and backtests set it).
+parent explicitly for the child processes of `cvp retrain`; in-process callers (backtests) pass
+it as the catalog's ``pipeline_run_id`` instead.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import hashlib
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from features.errors import DataError
-from pipelines import io, paths
+from pipelines import files
+from pipelines.catalog import Catalog
 from pipelines.config import Params
 
 log = logging.getLogger(__name__)
@@ -44,12 +46,14 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
-def tracking_dir(params: Params) -> Path:
+def tracking_dir(params: Params, root: Path | str = ".") -> Path:
+    """The MLflow store's directory: mlflow.tracking_dir (relative to the project) or <project>/tracking."""
+    project = project_root(Path(root))
     configured = params.mlflow.tracking_dir
     if configured:
         path = Path(configured)
-        return path if path.is_absolute() else project_root() / path
-    return project_root() / "tracking"
+        return path if path.is_absolute() else project / path
+    return project / "tracking"
 
 
 # mlflow.set_tracking_uri / set_registry_uri also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
@@ -64,12 +68,12 @@ def _user_uri(variable: str, derived: set[str]) -> str | None:
     return None if not value or value in derived else value
 
 
-def configure(params: Params) -> str:
-    """Point MLflow at the project's store and experiment; return the experiment id."""
+def configure(params: Params, root: Path | str = ".") -> str:
+    """Point MLflow at the store of the project at ``root`` and its experiment; return the experiment id."""
     import mlflow
 
     uri = _user_uri("MLFLOW_TRACKING_URI", _DERIVED_TRACKING)
-    root = tracking_dir(params)
+    root = tracking_dir(params, root)
     if not uri:
         root.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -90,10 +94,10 @@ def configure(params: Params) -> str:
     return experiment_id
 
 
-def git_commit() -> str:
+def git_commit(root: Path | str = ".") -> str:
     """HEAD commit of the project, with '+dirty' when the work tree has changes; 'unknown' outside git."""
     try:
-        root = project_root()
+        root = project_root(Path(root))
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -106,20 +110,20 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _pipeline_key(params_path: Path) -> str:
-    digest = hashlib.sha256(git_commit().encode())
+def _pipeline_key(params_path: Path, root: Path) -> str:
+    digest = hashlib.sha256(git_commit(root).encode())
     if params_path.exists():
         digest.update(params_path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _parent_run_id(experiment_id: str, params_path: Path) -> str:
+def _parent_run_id(experiment_id: str, paths: Catalog) -> str:
     import mlflow
 
-    pinned = os.environ.get(PARENT_ENV)
+    pinned = paths.pipeline_run_id or os.environ.get(PARENT_ENV)
     if pinned:
         return pinned
-    key = _pipeline_key(params_path)
+    key = _pipeline_key(paths.params_file, paths.root)
     found = mlflow.search_runs(
         experiment_ids=[experiment_id],
         filter_string=f"tags.`cvp.pipeline_key` = '{key}' and tags.`cvp.kind` = 'pipeline'",
@@ -133,7 +137,7 @@ def _parent_run_id(experiment_id: str, params_path: Path) -> str:
     run = client.create_run(
         experiment_id,
         run_name="pipeline",
-        tags={"cvp.pipeline_key": key, "cvp.kind": "pipeline", "git_commit": git_commit()},
+        tags={"cvp.pipeline_key": key, "cvp.kind": "pipeline", "git_commit": git_commit(paths.root)},
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -153,9 +157,9 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 def stage_run(
     stage: str,
     params: Params,
+    paths: Catalog,
     section: dict[str, Any] | None = None,
     tags: dict[str, str] | None = None,
-    params_path: Path | str = "params.yaml",
 ) -> Iterator[Any]:
     """An MLflow run for one stage, nested under the pipeline's parent run.
 
@@ -164,9 +168,9 @@ def stage_run(
     """
     import mlflow
 
-    experiment_id = configure(params)
-    parent = _parent_run_id(experiment_id, Path(params_path))
-    all_tags = {"cvp.stage": stage, "cvp.kind": "stage", "git_commit": git_commit(), **(tags or {})}
+    experiment_id = configure(params, paths.root)
+    parent = _parent_run_id(experiment_id, paths)
+    all_tags = {"cvp.stage": stage, "cvp.kind": "stage", "git_commit": git_commit(paths.root), **(tags or {})}
     with mlflow.start_run(run_id=parent, log_system_metrics=False):
         with mlflow.start_run(run_name=stage, nested=True, tags=all_tags) as run:
             if section:
@@ -175,41 +179,154 @@ def stage_run(
             yield run
 
 
-def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
-    """Log every finite numeric leaf of a nested metrics mapping."""
+def finite_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The finite numeric leaves of a nested mapping, keyed as MLflow metrics ('@' -> '_at_')."""
     import math
 
-    import mlflow
-
-    flat = {
+    return {
         k.replace("@", "_at_"): float(v)
         for k, v in flatten(prefix, metrics).items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
     }
+
+
+def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
+    """Log every finite numeric leaf of a nested metrics mapping."""
+    import mlflow
+
+    flat = finite_metrics(metrics, prefix)
     if flat:
         mlflow.log_metrics(flat)
 
 
+def log_metrics_to(run_id: str, metrics: dict[str, Any]) -> None:
+    """:func:`log_metrics` for a run that is not the active one (a retrain's or a backtest's)."""
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, v, now, 0) for k, v in finite_metrics(metrics).items()]
+    if batch:
+        mlflow.MlflowClient().log_batch(run_id, metrics=batch)
+
+
 # --------------------------------------------------------------------------- registrations
 
-#: Stages whose registered models produce the exported scores: (artifact dir, stage).
-SCORING_REGISTRATIONS: tuple[tuple[Path, str], ...] = ((paths.CLV_MODEL_DIR, "clv"), (paths.CHURN_MODEL_DIR, "churn"))
+
+def write_registration(model_dir: Path, name: str, version: Any, run_id: str | None) -> None:
+    """registration.json {"name", "version" (an int), "run_id"} of a registered model; with no
+    version (registration off or failed) a stale file is removed, so nobody loads an old model."""
+    target = Catalog.registration_file(model_dir)
+    if version is None:
+        target.unlink(missing_ok=True)
+        return
+    files.write_json({"name": name, "version": int(version), "run_id": run_id}, target)
+    log.info("registered %s version %s", name, version)
 
 
 def read_registration(model_dir: Path, stage: str) -> dict | None:
     """The registered model {"name", "version", "run_id"} of a stage, or None (with a warning)."""
-    path = paths.registration_file(model_dir)
+    path = Catalog.registration_file(model_dir)
     if not path.exists():
         log.warning("%s not found: the %s model is reported as unregistered", path, stage)
         return None
-    registration = io.read_json(path)
+    registration = files.read_json(path)
     if not isinstance(registration, dict) or not {"name", "version"} <= registration.keys():
         raise DataError(f"{path}: expected a JSON object with 'name' and 'version'; re-run `cvp {stage}`")
     return registration
 
 
-def scoring_model_version() -> str:
+def alias_version(name: str, alias: str) -> str | None:
+    """The version of registered model ``name`` holding ``alias`` (e.g. "champion"), or None."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(mlflow.MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def scoring_registrations(paths: Catalog) -> list[tuple[Path, str]]:
+    """(artifact dir, stage) of the registered models that produce the exported scores."""
+    return [(paths.CLV_MODEL_DIR, "clv"), (paths.CHURN_MODEL_DIR, "churn")]
+
+
+def scoring_model_version(paths: Catalog) -> str:
     """The export's model_version text, e.g. ``cvp-clv/3;cvp-churn/2``."""
     from models.scores import model_version
 
-    return model_version([read_registration(d, stage) for d, stage in SCORING_REGISTRATIONS])
+    return model_version([read_registration(d, stage) for d, stage in scoring_registrations(paths)])
+
+
+# --------------------------------------------------------------------------- served models
+
+#: The project's packages a served model may import; their .py files travel with every logged
+#: pyfunc (``code_paths``), so it loads where this project is not installed.
+CODE_PACKAGES = ("models", "features")
+PROJECT_CODE = Path(__file__).resolve().parents[1]  # the directory holding pipelines/, models/, features/
+
+
+def pinned(packages: Iterable[str]) -> list[str]:
+    """``name==version`` of each installed distribution, for a pyfunc's pip requirements."""
+    from importlib import metadata
+
+    return [f"{name}=={metadata.version(name)}" for name in packages]
+
+
+def stage_code(directory: Path) -> list[str]:
+    """Copy the .py files of CODE_PACKAGES (nothing else: not models/artifacts) into
+    ``directory/<package>/`` and return those package directories, for ``code_paths``."""
+    import shutil
+
+    staged = []
+    for name in CODE_PACKAGES:
+        source = PROJECT_CODE / name
+        target = directory / name
+        target.mkdir(parents=True, exist_ok=True)
+        for module in sorted(source.rglob("*.py")):
+            copy = target / module.relative_to(source)
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(module, copy)
+        staged.append(str(target))
+    return staged
+
+
+def log_pyfunc(
+    name: str,
+    python_model: Any,
+    requirements: Iterable[str],
+    registered_name: str | None,
+    artifacts: dict[str, str] | None = None,
+    example: Any = None,
+    output: Any = None,
+    signature: Any = None,
+) -> Any:
+    """Log a pyfunc in the active run with the project's code (``code_paths``) and pinned
+    ``requirements`` (distribution names); register it as ``registered_name`` when given.
+    The signature is ``signature`` or inferred from ``example`` and ``output``. Returns the ModelInfo."""
+    import tempfile
+    import warnings
+
+    import mlflow.pyfunc
+    from mlflow.models import infer_signature
+
+    if signature is None and example is not None:
+        with warnings.catch_warnings():
+            # MLflow hints that integer columns cannot hold missing values: the contracts allow
+            # none in integer columns (frequency, counts).
+            warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column", category=UserWarning)
+            signature = infer_signature(example, output)
+    with tempfile.TemporaryDirectory(prefix="cvp-code-") as tmp:
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=python_model,
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+            pip_requirements=pinned(requirements),
+            code_paths=stage_code(Path(tmp)),
+            registered_model_name=registered_name,
+        )

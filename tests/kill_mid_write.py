@@ -3,7 +3,7 @@
     python tests/kill_mid_write.py row_group:3 features
     python tests/kill_mid_write.py replace:4 clv --params params.yaml
 
-The kill point counts writes through pipelines.io, so it depends only on the order in which the
+The kill point counts writes through pipelines.files, so it depends only on the order in which the
 stage writes its outputs, never on timing:
 
 row_group:N  the N-th Parquet file streamed by ``write_parquet_stream``: the process dies right
@@ -24,12 +24,12 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines import io
+from pipelines import files
 from pipelines.cli import main
 
 
 class _Patched:
-    """A module with some attributes replaced, installed only in pipelines.io's namespace."""
+    """A module with some attributes replaced, installed only in pipelines.files's namespace."""
 
     def __init__(self, module: Any, **overrides: Any) -> None:
         self._module = module
@@ -58,7 +58,7 @@ def kill_at_row_group(n: int) -> None:
             if self._kill:
                 _die()
 
-    io.pq = _Patched(pq, ParquetWriter=KillingWriter)
+    files.pq = _Patched(pq, ParquetWriter=KillingWriter)
 
 
 def kill_at_replace(n: int) -> None:
@@ -72,7 +72,7 @@ def kill_at_replace(n: int) -> None:
             _die()
         os.replace(src, dst)
 
-    io.os = _Patched(os, replace=replace)
+    files.os = _Patched(os, replace=replace)
 
 
 KILL_POINTS = {"row_group": kill_at_row_group, "replace": kill_at_replace}

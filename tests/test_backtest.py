@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from features.errors import DataError
-from pipelines import backtest, io
-from pipelines.config import ConfigError, parse_params
+from pipelines import backtest, files
+from pipelines.catalog import Catalog
+from pipelines.config import ConfigError, Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 AS_OF = ("1998-03-31", "1998-06-30")
@@ -37,14 +38,20 @@ def sample_params(tmp_path: Path) -> dict:
 
 
 @pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Params, Catalog, Path]:
+    """Parsed params and the catalog of an empty project; no params file on disk (the backtest
+    builds each date's params from the parsed ones), and an empty current directory that must
+    stay empty (every path comes from the catalog)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     monkeypatch.delenv(backtest.tracking.PARENT_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(sample_params(tmp_path), sort_keys=False))
-    return tmp_path
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    root = tmp_path / "project"
+    root.mkdir()
+    return parse_params(sample_params(tmp_path)), Catalog(root, root / "params.yaml"), cwd
 
 
 def stage_metrics(client: mlflow.MlflowClient, experiment_id: str, child_id: str, stage: str) -> dict[str, float]:
@@ -55,28 +62,27 @@ def stage_metrics(client: mlflow.MlflowClient, experiment_id: str, child_id: str
     return runs[0].data.metrics
 
 
-def test_as_of_dates_step_and_bounds() -> None:
-    dates = backtest.as_of_dates(dt.date(1998, 1, 1), dt.date(1998, 4, 2), 45)
-    assert dates == [dt.date(1998, 1, 1), dt.date(1998, 2, 15), dt.date(1998, 4, 1)]
-    with pytest.raises(ConfigError, match="--to"):
-        backtest.as_of_dates(dt.date(1998, 2, 1), dt.date(1998, 1, 1), 10)
+def test_bad_date_ranges_are_one_line_config_errors(project) -> None:
+    params, paths, _ = project
+    with pytest.raises(ConfigError, match="--to 1998-01-01 is before --from 1998-02-01"):
+        backtest.run(params, paths, dt.date(1998, 2, 1), dt.date(1998, 1, 1), 10)
 
 
-def test_backtest_two_dates_match_stage_metrics(project: Path) -> None:
+def test_backtest_two_dates_match_stage_metrics(project) -> None:
+    params, paths, cwd = project
     data_before = tree_state(REPO / "data")
-    params = parse_params(yaml.safe_load((project / "params.yaml").read_text()))
     start, end = (dt.date.fromisoformat(d) for d in AS_OF)
 
-    table = backtest.run(params, Path("params.yaml"), start=start, end=end, every_days=None)
+    table = backtest.run(params, paths, start, end, every_days=None)
 
     assert list(table["as_of"]) == list(AS_OF)
     # The whole sample cohort (first purchases in Q1 1997) is known at both holdout cutoffs.
     assert list(table["n_customers"]) == [2357, 2357]
     assert list(table["holdout_cutoff"]) == ["1997-12-30", "1998-03-31"]
-    for target in (backtest.TABLE, backtest.PLOT, backtest.REPORT):
-        assert (project / target).stat().st_size > 0
-    pd.testing.assert_frame_equal(pd.read_csv(project / backtest.TABLE), table, check_exact=False, rtol=1e-9)
-    report = io.read_json(project / backtest.REPORT)
+    for target in (paths.BACKTEST_TABLE, paths.BACKTEST_PLOT, paths.BACKTEST_REPORT):
+        assert target.stat().st_size > 0
+    pd.testing.assert_frame_equal(pd.read_csv(paths.BACKTEST_TABLE), table, check_exact=False, rtol=1e-9)
+    report = files.read_json(paths.BACKTEST_REPORT)
     assert report["dates"] == list(AS_OF) and report["skipped"] == {}
 
     client = mlflow.MlflowClient()
@@ -104,16 +110,22 @@ def test_backtest_two_dates_match_stage_metrics(project: Path) -> None:
     assert (table["churn_evaluation"] == "out_of_time").all()
     assert set(table["churn_source"]) <= {"classifier", "baseline:p_no_purchase", "baseline:expected_purchases"}
 
-    # No model registered, the environment restored, the project's data untouched.
+    # No model registered, the environment untouched, nothing written to the project's data, to
+    # the current directory or to this repository's data.
     assert client.search_registered_models() == []
     assert backtest.tracking.PARENT_ENV not in os.environ
-    assert not (project / "data").exists()
+    assert sorted(p.name for p in paths.root.iterdir()) == ["metrics", "reports"]
+    assert not any(cwd.iterdir()) and not paths.params_file.exists()
     assert tree_state(REPO / "data") == data_before
 
 
-def test_backtest_dates_after_the_data_is_one_line_error(project: Path) -> None:
-    params = parse_params(yaml.safe_load((project / "params.yaml").read_text()))
+def test_backtest_dates_after_the_data_is_one_line_error(project) -> None:
+    params, paths, _ = project
     with pytest.raises(DataError, match="no as_of between 2010-01-01 and 2010-01-01") as err:
-        backtest.run(params, Path("params.yaml"), start=dt.date(2010, 1, 1), end=dt.date(2010, 1, 1))
+        backtest.run(params, paths, dt.date(2010, 1, 1), dt.date(2010, 1, 1))
     assert "\n" not in str(err.value)
-    assert not (project / backtest.REPORT).exists()
+    assert not paths.BACKTEST_REPORT.exists()
+    skipped = mlflow.MlflowClient().search_runs(mlflow.get_experiment_by_name(params.mlflow.experiment).experiment_id,
+                                                "tags.`cvp.kind` = 'backtest_date'")  # fmt: skip
+    assert [r.data.tags["cvp.skipped"] for r in skipped] == ["as_of 2010-01-01 is after the last transaction (1998-06-30)"]
+    assert skipped[0].info.status == "KILLED"

@@ -9,7 +9,7 @@ import pytest
 from scipy.special import expit
 from sklearn.base import clone
 
-from features.customer import FeatureSpec, customer_features, feature_dtypes, window_labels
+from features.customer import DEFAULT_WINDOWS_DAYS, FeatureSpec, customer_features, feature_dtypes, window_labels
 from features.errors import DataError
 from models import metrics
 from models.churn import (
@@ -30,7 +30,9 @@ from models.churn import (
 
 CUTOFF = dt.date(2021, 3, 31)
 HORIZON = 30
-FAST = {"n_estimators": 40, "learning_rate": 0.1, "num_leaves": 4, "min_child_samples": 20}
+# Any feature settings do here (the churn checks do not depend on them): the config's defaults.
+SPEC = FeatureSpec(horizon_days=HORIZON, days_per_unit=7.0, windows_days=DEFAULT_WINDOWS_DAYS, trend_days=182)
+FAST = {"n_estimators": 40, "learning_rate": 0.1, "num_leaves": 4, "min_child_samples": 20, "min_child_share": None}
 
 
 def _execute(expr) -> pd.DataFrame:
@@ -64,7 +66,7 @@ HAND_MADE = _tx(
 
 def _labels(tx: pd.DataFrame, cutoff: dt.date = CUTOFF) -> pd.DataFrame:
     table = ibis.memtable(tx)
-    customers = customer_features(table, cutoff, FeatureSpec(horizon_days=HORIZON)).select("customer_id")
+    customers = customer_features(table, cutoff, SPEC).select("customer_id")
     return _execute(window_labels(table, customers, cutoff, HORIZON))
 
 
@@ -88,7 +90,7 @@ def test_churn_labels_refuse_values_other_than_0_and_1():
 
 
 def _features(tx: pd.DataFrame, cutoff: dt.date = CUTOFF) -> pd.DataFrame:
-    return _execute(customer_features(ibis.memtable(tx), cutoff, FeatureSpec(horizon_days=HORIZON)))
+    return _execute(customer_features(ibis.memtable(tx), cutoff, SPEC))
 
 
 def _clv_for(features: pd.DataFrame) -> pd.DataFrame:
@@ -193,6 +195,26 @@ def test_classifier_is_deterministic_bitwise_and_honours_random_state():
     assert first.tobytes() == second.tobytes()
     other = ChurnClassifier(**FAST, random_state=8).fit(X, y).predict_churn_probability(X)
     assert not np.array_equal(first, other)
+
+
+def test_classifier_defaults_are_the_config_defaults():
+    """Every ChurnClassifier default with a config counterpart (churn.lightgbm, churn.calibration*,
+    seed) equals the typed config's default, so a classifier built without params behaves like the stage's."""
+    import inspect
+
+    from pipelines.config import ChurnParams, LightGBMParams, Params
+
+    churn = ChurnParams()
+    config = {
+        **LightGBMParams().model_dump(),
+        "calibration": churn.calibration,
+        "calibration_fraction": churn.calibration_fraction,
+        "random_state": Params.model_fields["seed"].default,
+    }
+    signature = inspect.signature(ChurnClassifier.__init__).parameters
+    defaults = {name: p.default for name, p in signature.items() if name != "self"}
+    assert defaults == config
+    assert defaults["n_jobs"] == 2 and defaults["min_child_share"] == 0.05  # the two that used to disagree
 
 
 def test_classifier_follows_scikit_learn_conventions():

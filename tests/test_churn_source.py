@@ -27,7 +27,7 @@ from models.churn import (
     is_constant,
     scaled_min_child_samples,
 )
-from pipelines import churn, io, paths
+from pipelines import churn, files
 from pipelines.config import load_params
 from tests.test_churn_stage import inputs_dir, project, write_params  # noqa: F401  (fixtures)
 
@@ -66,7 +66,8 @@ def _small(n: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
 def test_a_fixed_leaf_minimum_leaves_a_small_base_with_one_constant_and_the_share_fixes_it():
     """The reported failure: min_child_samples 300 on ~90 customers grows no tree at all."""
     X, y = _small(90, 0)
-    fixed = ChurnClassifier(**FAST, min_child_samples=300, calibration="none", random_state=0).fit(X, y)
+    fixed = ChurnClassifier(**FAST, min_child_samples=300, min_child_share=None, calibration="none", random_state=0)
+    fixed.fit(X, y)
     assert fixed.min_child_samples_ == 300 and is_constant(fixed.predict_churn_probability(X))
     scaled = ChurnClassifier(**FAST, min_child_samples=300, min_child_share=0.05, calibration="none", random_state=0)
     p = scaled.fit(X, y).predict_churn_probability(X)
@@ -161,11 +162,11 @@ def _params(root, **lightgbm) -> Path:
 
 def test_a_constant_classifier_exports_the_calibrated_baseline_everywhere(project):  # noqa: F811
     # a leaf minimum above the number of customers: LightGBM cannot split, the classifier is constant
-    params_path = _params(project, min_child_samples=5000, min_child_share=None)
-    params = load_params(params_path)
-    churn.run(params, params_path)
+    paths = project
+    params = load_params(_params(paths.root, min_child_samples=5000, min_child_share=None))
+    churn.run(params, paths)
 
-    summary = io.read_json(paths.metrics_file("churn"))
+    summary = files.read_json(paths.metrics_file("churn"))
     best = summary["comparison"]["best_baseline_by_auc"].removeprefix("baseline_")
     assert summary["churn_source"] == f"baseline:{best}"
     assert summary["churn_source_reason"].startswith("the classifier's churn probability is constant at t0")
@@ -173,83 +174,81 @@ def test_a_constant_classifier_exports_the_calibrated_baseline_everywhere(projec
     calibration = summary["exported"]["baseline_calibration"]
     assert calibration["method"] == "sigmoid" and calibration["a"] > 0
 
-    t1 = churn.load_snapshot(1, params, with_labels=True)
-    t0 = churn.load_snapshot(0, params, with_labels=False)
+    t1, t0 = churn.load_snapshot(paths, params, 1), churn.load_snapshot(paths, params, 0)
     expected = CalibratedBaseline(best).fit(t1.X, t1.y).predict_churn_probability(t0.X)
     written = pd.read_parquet(paths.churn_predictions_at(0))
     assert written["churn_probability"].to_numpy().tobytes() == expected.tobytes()
     assert not is_constant(expected)
     # t1: out of sample (the baseline calibrated at t2, applied at t1), as the classifier's was
-    t2 = churn.load_snapshot(2, params, with_labels=True)
+    t2 = churn.load_snapshot(paths, params, 2)
     out_of_time = CalibratedBaseline(best).fit(t2.X, t2.y).predict_churn_probability(t1.X)
     assert pd.read_parquet(paths.churn_predictions_at(1))["churn_probability"].to_numpy().tobytes() == out_of_time.tobytes()
     assert summary["exported"]["test"]["roc_auc"] == pytest.approx(summary["comparison"]["best_baseline_auc"])
 
     # what segment and serving load is the exported model, and it answers like the batch
-    with open(paths.CHURN_MODEL_DIR / churn.MODEL_FILE, "rb") as fh:
+    with open(paths.path("churn_model"), "rb") as fh:
         assert isinstance(pickle.load(fh), CalibratedBaseline)
-    assert io.read_json(paths.CHURN_MODEL_DIR / "features.json")["churn_source"] == f"baseline:{best}"
-    registration = io.read_json(paths.registration_file(paths.CHURN_MODEL_DIR))
+    assert files.read_json(paths.path("churn_features"))["churn_source"] == f"baseline:{best}"
+    registration = files.read_json(paths.registration_file(paths.CHURN_MODEL_DIR))
     served = mlflow.pyfunc.load_model(f"models:/cvp-churn/{registration['version']}").predict(t0.X.reset_index(drop=True))
     assert served["churn_probability"].to_numpy().tobytes() == expected.tobytes()
     assert mlflow.get_run(registration["run_id"]).data.tags["cvp.churn_source"] == f"baseline:{best}"
 
 
-def test_cross_fit_folds_never_exceed_the_smaller_class():
-    assert churn.grouped_folds(0.3) == 3 and churn.grouped_folds(0.25, 100) == 4  # round(1 / test_fraction)
-    assert churn.grouped_folds(0.1, 5) == 5 and churn.grouped_folds(0.3, 2) == 2 and churn.grouped_folds(0.3, 1) == 2
-
-
-def _relabel(k: int, retained: int) -> None:
+def _relabel(paths, k: int, retained: int) -> None:
     """Labels at t_k with exactly ``retained`` customers who bought in the window (the first ones)."""
     labels = pd.read_parquet(paths.labels_at(k))
     purchased = np.zeros(len(labels), dtype="int8")
     purchased[:retained] = 1
-    io.write_parquet(labels.assign(purchased=purchased, n_purchase_days=purchased.astype("int64")), paths.labels_at(k))
+    files.write_parquet(labels.assign(purchased=purchased, n_purchase_days=purchased.astype("int64")), paths.labels_at(k))
 
 
 @pytest.mark.parametrize("retained", [0, 1])
 def test_one_sided_labels_at_t1_stop_with_one_line(project, retained):  # noqa: F811
     """One class, or one member of a class (the 2099 typo row): a one-line stop naming the param."""
-    params = load_params(write_params(project))
-    _relabel(1, retained)
-    t1 = churn.load_snapshot(1, params, with_labels=True)
+    paths = project
+    params = load_params(write_params(paths.root))
+    _relabel(paths, 1, retained)
+    t1 = churn.load_snapshot(paths, params, 1)
     with pytest.raises(DataError) as err:
-        churn.run(params)
+        churn.run(params, paths)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith(f"data/features/labels_t1.parquet: {retained} retained and {len(t1.y) - retained} churned customers")
+    assert message.startswith(f"{paths.labels_at(1)}: {retained} retained and {len(t1.y) - retained} churned customers")
     assert "fewer than churn.min_class_customers=5 of each" in message and "data.horizon_days" in message
     assert not paths.churn_predictions_at(0).exists()
 
 
 def test_the_cli_prints_the_one_line_and_exits_2(project):  # noqa: F811
-    write_params(project)
-    _relabel(1, 1)
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "churn"], capture_output=True, text=True, cwd=project)
+    write_params(project.root)
+    _relabel(project, 1, 1)
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "churn"], capture_output=True, text=True, cwd=project.root)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("cvp: error:")]
     assert len(errors) == 1 and "churn.min_class_customers" in errors[0]
+    assert errors[0].startswith("cvp: error: data/features/labels_t1.parquet: 1 retained and ")  # relative to the project
 
 
 def test_one_sided_labels_at_t2_fall_back_to_the_grouped_split(project):  # noqa: F811
-    params = load_params(write_params(project))
-    _relabel(2, 1)
-    ev = churn.evaluate(params, churn.load_snapshot(1, params, with_labels=True))
+    paths = project
+    params = load_params(write_params(paths.root))
+    _relabel(paths, 2, 1)
+    ev = churn.evaluate(params, paths, churn.load_snapshot(paths, params, 1))
     assert ev.mode == "grouped_split"
-    assert ev.reason.startswith("data/features/labels_t2.parquet: 1 retained and ")
+    assert ev.reason.startswith(f"{paths.labels_at(2)}: 1 retained and ")
 
 
 def test_a_tiny_base_completes_with_a_varying_score(project):  # noqa: F811
     """40 customers at t1 with a handful retained: grouped split, trees that split, a score that varies."""
+    paths = project
     for k in (0, 1, 2):
         for path in (paths.features_at(k), paths.clv_predictions_at(k), *([paths.labels_at(k)] if k else [])):
             frame = pd.read_parquet(path)
-            io.write_parquet(frame[frame["customer_id"].isin(sorted(frame["customer_id"])[:40])], path)
-    params = load_params(_params(project, min_child_samples=300))
-    churn.run(params)
-    summary = io.read_json(paths.metrics_file("churn"))
+            files.write_parquet(frame[frame["customer_id"].isin(sorted(frame["customer_id"])[:40])], path)
+    params = load_params(_params(paths.root, min_child_samples=300))
+    churn.run(params, paths)
+    summary = files.read_json(paths.metrics_file("churn"))
     assert summary["evaluation"] == "grouped_split" and summary["final_model"]["n_train"] == 40
     assert summary["final_model"]["min_child_samples"] == MIN_CHILD_FLOOR  # 0.05 * 40 = 2 -> the floor
     assert summary["churn_source"] in ("classifier", "baseline:p_no_purchase", "baseline:expected_purchases")
@@ -258,15 +257,16 @@ def test_a_tiny_base_completes_with_a_varying_score(project):  # noqa: F811
 
 def test_a_constant_classifier_and_a_constant_baseline_stop_with_one_line(project):  # noqa: F811
     """Nothing that tells customers apart: no constant is exported, the stage stops."""
-    params = load_params(_params(project, min_child_samples=5000, min_child_share=None))
+    paths = project
+    params = load_params(_params(paths.root, min_child_samples=5000, min_child_share=None))
     for k in (0, 1, 2):
         clv = pd.read_parquet(paths.clv_predictions_at(k))
-        io.write_parquet(clv.assign(p_no_purchase=0.8, expected_purchases=0.25), paths.clv_predictions_at(k))
+        files.write_parquet(clv.assign(p_no_purchase=0.8, expected_purchases=0.25), paths.clv_predictions_at(k))
     with pytest.raises(DataError) as err:
-        churn.run(params)
+        churn.run(params, paths)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("data/clv/predictions_t0.parquet: the churn classifier is not usable (the classifier's churn "
-                              "probability is constant at t0")  # fmt: skip
+    assert message.startswith(f"{paths.clv_predictions_at(0)}: the churn classifier is not usable (the classifier's "
+                              "churn probability is constant at t0")  # fmt: skip
     assert "gives every customer the same churn probability" in message
     assert not paths.churn_predictions_at(0).exists()

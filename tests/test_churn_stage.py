@@ -14,8 +14,12 @@ import yaml
 
 from features.customer import LABELS_SCHEMA, FeatureSpec, customer_features, features_schema, to_contract, window_labels
 from features.errors import DataError
-from pipelines import churn, io, paths
-from pipelines.config import load_params
+from models import churn_eval
+from pipelines import churn, files, tracking
+from pipelines.catalog import Catalog
+from pipelines.contracts import CHURN_PREDICTIONS_SCHEMA
+from pipelines.config import FeaturesParams, load_params
+from pipelines.domain import churn_classifier_factory
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = dt.date(2021, 2, 24)
@@ -66,19 +70,21 @@ def stand_in_clv(features: pd.DataFrame) -> pd.DataFrame:
 
 def write_inputs(root: Path, tx: pd.DataFrame) -> None:
     """features_t{0,1,2}, labels_t{1,2} (through features.customer) and CLV predictions under root/data."""
+    paths = Catalog(root)
     con = ibis.duckdb.connect()
     table = ibis.memtable(tx)
-    spec = FeatureSpec(horizon_days=HORIZON)
+    settings = FeaturesParams()
+    spec = FeatureSpec(HORIZON, 7.0, settings.windows_days, settings.trend_days)
     schema = features_schema(spec.windows_days)
     for k in (0, 1, 2):
         cutoff = AS_OF - dt.timedelta(days=k * HORIZON)
         features = to_contract(con.to_pandas(customer_features(table, cutoff, spec)), schema)
-        io.write_parquet(features, root / paths.features_at(k))
-        io.write_parquet(stand_in_clv(features), root / paths.clv_predictions_at(k))
+        files.write_parquet(features, paths.features_at(k))
+        files.write_parquet(stand_in_clv(features), paths.clv_predictions_at(k))
         if k:
             ids = ibis.memtable(features[["customer_id"]])
             labels = to_contract(con.to_pandas(window_labels(table, ids, cutoff, HORIZON)), LABELS_SCHEMA)
-            io.write_parquet(labels, root / paths.labels_at(k))
+            files.write_parquet(labels, paths.labels_at(k))
 
 
 def write_params(root: Path, **churn_overrides) -> Path:
@@ -100,12 +106,12 @@ def inputs_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def project(tmp_path, inputs_dir, monkeypatch) -> Path:
+def project(tmp_path, inputs_dir, monkeypatch) -> Catalog:
+    """A project with the simulated inputs; the catalog the stage runs on (params written by each test)."""
     shutil.copytree(inputs_dir / "data", tmp_path / "data")
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.delenv("CVP_PIPELINE_RUN_ID", raising=False)
-    return tmp_path
+    return Catalog(tmp_path, tmp_path / "params.yaml")
 
 
 PLOTS = ("roc.png", "precision_recall.png", "calibration.png", "lift.png", "feature_importance.png", "shap_summary.png")
@@ -117,18 +123,18 @@ MODELS = (
 
 
 def test_stage_writes_every_output_and_registers_the_model(project):
-    params_path = write_params(project)
-    params = load_params(params_path)
-    churn.run(params, params_path)
+    paths = project
+    params = load_params(write_params(paths.root))
+    churn.run(params, paths)
 
     features_t0 = pd.read_parquet(paths.features_at(0))
-    scores = churn.PREDICTIONS_SCHEMA.validate(pd.read_parquet(paths.churn_predictions_at(0)))
+    scores = CHURN_PREDICTIONS_SCHEMA.validate(pd.read_parquet(paths.churn_predictions_at(0)))
     assert scores["customer_id"].tolist() == features_t0["customer_id"].tolist()
     assert (scores["cutoff"] == pd.Timestamp(AS_OF)).all()
-    t1 = churn.PREDICTIONS_SCHEMA.validate(pd.read_parquet(paths.churn_predictions_at(1)))
+    t1 = CHURN_PREDICTIONS_SCHEMA.validate(pd.read_parquet(paths.churn_predictions_at(1)))
     assert t1["customer_id"].tolist() == pd.read_parquet(paths.features_at(1))["customer_id"].tolist()
 
-    summary = io.read_json(paths.metrics_file("churn"))
+    summary = files.read_json(paths.metrics_file("churn"))
     assert summary["evaluation"] == "out_of_time"
     assert summary["train_cutoff"] == (AS_OF - dt.timedelta(days=2 * HORIZON)).isoformat()
     assert summary["test_cutoff"] == (AS_OF - dt.timedelta(days=HORIZON)).isoformat()
@@ -157,17 +163,16 @@ def test_stage_writes_every_output_and_registers_the_model(project):
     calibration = pd.read_csv(out / "calibration.csv")
     assert "diagnostic_p_alive" not in set(calibration["model"])
 
-    model_dir = paths.CHURN_MODEL_DIR
-    features = io.read_json(model_dir / "features.json")["features"]
-    assert features == importance.sort_values("feature")["feature"].tolist() or set(features) == set(importance["feature"])
+    features = files.read_json(paths.path("churn_features"))["features"]
+    assert set(features) == set(importance["feature"])
     assert "p_no_purchase" in features and "days_since_last" in features and "returns_count" in features
-    assert (model_dir / "model.txt").read_text().startswith("tree")
-    registration = io.read_json(paths.registration_file(model_dir))
+    assert paths.path("churn_booster").read_text().startswith("tree")
+    registration = files.read_json(paths.registration_file(paths.CHURN_MODEL_DIR))
     assert registration["name"] == "cvp-churn" and registration["version"] == 1
 
     # the registered pyfunc reproduces the written scores from the prepared features
     pyfunc = mlflow.pyfunc.load_model(f"models:/cvp-churn/{registration['version']}")
-    X0 = churn.load_snapshot(0, params, with_labels=False).X
+    X0 = churn.load_snapshot(paths, params, 0).X
     served = pyfunc.predict(X0.reset_index(drop=True))
     np.testing.assert_allclose(served["churn_probability"].to_numpy(), scores["churn_probability"].to_numpy())
     run = mlflow.get_run(registration["run_id"])
@@ -176,31 +181,35 @@ def test_stage_writes_every_output_and_registers_the_model(project):
     assert mlflow.MlflowClient().get_registered_model("cvp-churn").aliases == {}
 
 
-def _outputs(params) -> tuple[bytes, bytes]:
-    """Predictions at t0 and t1 exactly as the stage writes them (no plots or MLflow)."""
-    t1 = churn.load_snapshot(1, params, with_labels=True)
-    t0 = churn.load_snapshot(0, params, with_labels=False)
-    ev = churn.evaluate(params, t1)
-    final = churn.make_classifier(params)().fit(t1.X, t1.y)
+def _outputs(params, paths: Catalog) -> tuple[bytes, bytes]:
+    """Predictions at t0 and t1 exactly as the stage writes them (no plots or MLflow), also
+    written to <root>/t0.parquet and t1.parquet."""
+    t1, t0 = churn.load_snapshot(paths, params, 1), churn.load_snapshot(paths, params, 0)
+    ev = churn.evaluate(params, paths, t1)
+    final = churn_classifier_factory(params)().fit(t1.X, t1.y)
     scores = pd.Series(final.predict_churn_probability(t0.X), index=t0.X.index)
-    frames = {"t0": churn.predictions_frame(scores, t0.cutoff), "t1": churn.predictions_frame(ev.t1_probability, t1.cutoff)}
+    frames = {
+        "t0": churn_eval.predictions_frame(scores, t0.cutoff),
+        "t1": churn_eval.predictions_frame(ev.t1_probability, t1.cutoff),
+    }
     out = []
     for name, frame in frames.items():
-        target = Path(f"{name}.parquet")
-        io.write_parquet(frame, target)
+        target = paths.root / f"{name}.parquet"
+        files.write_parquet(CHURN_PREDICTIONS_SCHEMA.validate(frame), target)
         out.append(target.read_bytes())
     return out[0], out[1]
 
 
 def _outputs_in_a_new_process(workdir: Path, hash_seed: str) -> tuple[bytes, bytes]:
-    """`_outputs` run by a fresh interpreter in workdir (its own imports, hash seed and thread pools)."""
+    """`_outputs` run by a fresh interpreter on the project at workdir (its own imports, hash seed and thread pools)."""
     import os
     import subprocess
     import sys
 
     code = (
-        "import sys; from pipelines.config import load_params; from tests.test_churn_stage import _outputs; "
-        "_outputs(load_params(sys.argv[1]))"
+        "import sys; from pathlib import Path; from pipelines.catalog import Catalog; "
+        "from pipelines.config import load_params; from tests.test_churn_stage import _outputs; "
+        "_outputs(load_params(sys.argv[1]), Catalog(Path(sys.argv[1]).parent, sys.argv[1]))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": hash_seed}
     done = subprocess.run([sys.executable, "-c", code, str(workdir / "params.yaml")], cwd=workdir, env=env,
@@ -210,28 +219,29 @@ def _outputs_in_a_new_process(workdir: Path, hash_seed: str) -> tuple[bytes, byt
 
 
 def test_same_inputs_give_byte_identical_predictions_in_two_processes(project):
-    write_params(project)
-    second = project / "second"
-    shutil.copytree(project / "data", second / "data")
+    write_params(project.root)
+    second = project.root / "second"
+    shutil.copytree(project.root / "data", second / "data")
     write_params(second)
-    first_out = _outputs_in_a_new_process(project, hash_seed="1")
+    first_out = _outputs_in_a_new_process(project.root, hash_seed="1")
     second_out = _outputs_in_a_new_process(second, hash_seed="2")
     assert first_out == second_out
-    t0 = pd.read_parquet(project / "t0.parquet")
-    assert len(t0) == len(pd.read_parquet(paths.features_at(0))) and t0["churn_probability"].nunique() > 10
+    t0 = pd.read_parquet(project.root / "t0.parquet")
+    assert len(t0) == len(pd.read_parquet(project.features_at(0))) and t0["churn_probability"].nunique() > 10
 
 
 def test_window_labels_of_the_test_cutoff_never_change_its_out_of_time_scores(project):
-    params = load_params(write_params(project))
-    t1 = churn.load_snapshot(1, params, with_labels=True)
-    before = churn.evaluate(params, t1)
+    paths = project
+    params = load_params(write_params(paths.root))
+    t1 = churn.load_snapshot(paths, params, 1)
+    before = churn.evaluate(params, paths, t1)
     labels = pd.read_parquet(paths.labels_at(1))
     flipped = labels.assign(purchased=(1 - labels["purchased"]).astype("int8"))
     flipped["n_purchase_days"] = flipped["purchased"].astype("int64")
-    io.write_parquet(flipped, paths.labels_at(1))
-    t1_flipped = churn.load_snapshot(1, params, with_labels=True)
+    files.write_parquet(flipped, paths.labels_at(1))
+    t1_flipped = churn.load_snapshot(paths, params, 1)
     pd.testing.assert_frame_equal(t1.X, t1_flipped.X)
-    after = churn.evaluate(params, t1_flipped)
+    after = churn.evaluate(params, paths, t1_flipped)
     assert before.mode == after.mode == "out_of_time"
     assert before.t1_probability.to_numpy().tobytes() == after.t1_probability.to_numpy().tobytes()
     auc_before = before.results["classifier_calibrated"]["roc_auc"]
@@ -239,9 +249,10 @@ def test_window_labels_of_the_test_cutoff_never_change_its_out_of_time_scores(pr
 
 
 def test_short_history_falls_back_to_a_grouped_split(project):
-    params = load_params(write_params(project, min_train_customers=10_000, test_fraction=0.25))
-    t1 = churn.load_snapshot(1, params, with_labels=True)
-    ev = churn.evaluate(params, t1)
+    paths = project
+    params = load_params(write_params(paths.root, min_train_customers=10_000, test_fraction=0.25))
+    t1 = churn.load_snapshot(paths, params, 1)
+    ev = churn.evaluate(params, paths, t1)
     assert ev.mode == "grouped_split" and "min_train_customers" in ev.reason
     assert ev.train_cutoff == ev.test_cutoff == t1.cutoff
     assert len(ev.y_test) == pytest.approx(0.25 * len(t1.y), abs=1)
@@ -252,31 +263,36 @@ def test_short_history_falls_back_to_a_grouped_split(project):
 
 
 def test_missing_clv_t2_means_grouped_split(project):
+    paths = project
     paths.clv_predictions_at(2).unlink()
-    params = load_params(write_params(project))
-    ev = churn.evaluate(params, churn.load_snapshot(1, params, with_labels=True))
-    assert ev.mode == "grouped_split" and "predictions_t2" in ev.reason
+    params = load_params(write_params(paths.root))
+    ev = churn.evaluate(params, paths, churn.load_snapshot(paths, params, 1))
+    assert ev.mode == "grouped_split" and ev.reason == f"{paths.clv_predictions_at(2)} not found"
 
 
 def test_inputs_problems_are_one_line_data_errors(project):
-    params = load_params(write_params(project))
+    paths = project
+    params = load_params(write_params(paths.root))
     clv = pd.read_parquet(paths.clv_predictions_at(1))
-    io.write_parquet(clv.assign(cutoff=pd.Timestamp("2000-01-01")), paths.clv_predictions_at(1))
+    other_day = pd.Series(pd.Timestamp("2000-01-01"), index=clv.index).astype("datetime64[us]")
+    files.write_parquet(clv.assign(cutoff=other_day), paths.clv_predictions_at(1))
     with pytest.raises(DataError, match="clv predictions cutoff 2000-01-01 differs") as err:
-        churn.load_snapshot(1, params, with_labels=True)
+        churn.load_snapshot(paths, params, 1)
     assert "\n" not in str(err.value)
-    io.write_parquet(clv.assign(p_alive=1.5), paths.clv_predictions_at(1))
-    with pytest.raises(DataError, match="predictions_t1.parquet: .*p_alive"):
-        churn.load_snapshot(1, params, with_labels=True)
+    files.write_parquet(clv.assign(p_alive=1.5), paths.clv_predictions_at(1))
+    with pytest.raises(DataError, match="predictions_t1.parquet: .*p_alive") as err:
+        churn.load_snapshot(paths, params, 1)
+    assert "\n" not in str(err.value) and "re-run `cvp clv`" in str(err.value)
     paths.clv_predictions_at(1).unlink()
     with pytest.raises(DataError, match=r"predictions_t1.parquet: not found; run `cvp clv` first"):
-        churn.load_snapshot(1, params, with_labels=True)
+        churn.load_snapshot(paths, params, 1)
 
 
-def test_unregistered_run_removes_a_stale_registration(project):
-    target = paths.registration_file(paths.CHURN_MODEL_DIR)
-    io.write_json({"name": "cvp-churn", "version": 9, "run_id": "old"}, target)
-    churn.write_registration({"name": None, "version": None, "run_id": "new"})
+def test_an_unregistered_model_removes_a_stale_registration(project):
+    """What the stage calls after logging: no version (register_model false) removes the old file."""
+    target = project.registration_file(project.CHURN_MODEL_DIR)
+    files.write_json({"name": "cvp-churn", "version": 9, "run_id": "old"}, target)
+    tracking.write_registration(project.CHURN_MODEL_DIR, "cvp-churn", None, "new")
     assert not target.exists()
-    churn.write_registration({"name": "cvp-churn", "version": "3", "run_id": "abc"})
+    tracking.write_registration(project.CHURN_MODEL_DIR, "cvp-churn", "3", "abc")
     assert json.loads(target.read_text()) == {"name": "cvp-churn", "version": 3, "run_id": "abc"}

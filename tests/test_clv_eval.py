@@ -172,3 +172,80 @@ def test_matrix_axes_limits():
     assert r.tolist() == list(range(21)) and t_max == 20.5
     _, r, _ = clv_eval.matrix_axes(frequency=[0], T=[500.0], max_columns=51)
     assert r[1] - r[0] == 10 and len(r) <= 51
+
+
+# --------------------------------------------------------------------------- the stage's evaluation steps
+
+
+def _holdout_inputs():
+    features = pd.DataFrame(
+        {
+            "customer_id": ["a", "b", "c"],
+            "frequency": [3, 0, 1],
+            "ipi_mean": [10.0, np.nan, 30.0],
+            "avg_spend": [5.0, 8.0, 10.0],
+            "first_purchase": pd.to_datetime(["2020-01-01", "2020-01-01", "2020-01-08"]),
+            "recency": [1.0, 0.0, 2.0],  # not carried into the holdout frame
+        }
+    )
+    # predictions and labels in another customer order: the frame joins on customer_id
+    predictions = pd.DataFrame(
+        {
+            "customer_id": ["c", "a", "b"],
+            "expected_purchases": [1.0, 3.0, 0.5],
+            "expected_avg_spend": [9.0, 6.0, 8.0],
+            "clv": [3.0, 5.0, 1.0],
+            "p_alive": [0.5, 0.9, 0.2],
+        }
+    )
+    labels = pd.DataFrame({"customer_id": ["b", "c", "a"], "n_purchase_days": [0, 2, 4], "spend": [0.0, 18.0, 25.0],
+                           "cutoff": pd.Timestamp("2020-03-31")})  # fmt: skip
+    return features, predictions, labels
+
+
+def test_holdout_frame_joins_features_predictions_and_labels_by_customer():
+    features, predictions, labels = _holdout_inputs()
+    frame = clv_eval.holdout_frame(features, predictions, labels)
+    assert list(frame.columns) == ["customer_id", "frequency", "ipi_mean", "avg_spend", "expected_purchases",
+                                   "expected_avg_spend", "clv", "actual_purchases", "actual_spend"]  # fmt: skip
+    assert frame["customer_id"].tolist() == ["a", "b", "c"]  # the features' order
+    assert frame["expected_purchases"].tolist() == [3.0, 0.5, 1.0]
+    assert frame["actual_purchases"].tolist() == [4, 0, 2] and frame["actual_spend"].tolist() == [25.0, 0.0, 18.0]
+    with pytest.raises(pd.errors.MergeError):  # a customer twice is a bug, not a silent duplicate row
+        clv_eval.holdout_frame(features, pd.concat([predictions, predictions.head(1)]), labels)
+
+
+def test_evaluate_reports_the_holdout_summary_calibration_and_gains():
+    frame = clv_eval.holdout_frame(*_holdout_inputs())
+    out = clv_eval.evaluate(frame, horizon_days=60, margin=0.5)
+    assert {k: v for k, v in out["summary"].items() if k != "calibration"} == clv_eval.holdout_summary(frame, 60, 0.5)
+    pd.testing.assert_frame_equal(pd.DataFrame(out["summary"]["calibration"]), out["calibration"])  # NaN-aware
+    assert out["calibration"]["n_customers"].sum() == 3
+    assert out["calibration"].loc[3, "actual_mean"] == 4.0
+    assert list(out["gains"].columns[:1]) == ["customer_share"] and {"model", "baseline", "oracle"} <= set(out["gains"])
+    assert out["gains"]["oracle"].iloc[-1] == pytest.approx(1.0)
+
+
+def test_tracking_table_counts_the_customers_repeat_days_against_the_model():
+    features, _, _ = _holdout_inputs()
+    d = pd.Timestamp("2020-01-01")
+    tx = pd.DataFrame({"customer_id": ["a", "a", "c", "z"], "timestamp": [d, d + pd.Timedelta(days=3),
+                       d + pd.Timedelta(days=10), d + pd.Timedelta(days=2)], "amount": [1.0, 2.0, 3.0, 4.0]})  # fmt: skip
+
+    class Linear:
+        def expected_purchases_unconditional(self, t):
+            return np.asarray(t, dtype=float)  # E[X(age)] = age in model units (weeks)
+
+    table = clv_eval.tracking_table(features, tx, Linear(), d + pd.Timedelta(days=14), days_per_unit=7)
+    assert table["date"].tolist() == [d + pd.Timedelta(days=7), d + pd.Timedelta(days=14)]
+    assert table["actual_cumulative"].tolist() == [1.0, 2.0]  # a on day 3, c on day 10 (z is not a customer)
+    assert table["expected_cumulative"].tolist() == pytest.approx([2.0, 5.0])  # two born day 0, one day 7
+
+
+def test_plot_tables_are_named_and_rounded():
+    evaluation = {"calibration": pd.DataFrame({"x": [1.0000000000000002]}), "gains": pd.DataFrame({"g": [0.5]})}
+    report = {"candidates": {"bgnbd": {"status": "ok", "mae": 0.123456789012345, "rmse": 1.0, "aggregate_error": 0.0}}}
+    tables = clv_eval.plot_tables(evaluation, pd.DataFrame({"t": [1 / 3]}), report)
+    assert list(tables) == ["calibration_holdout", "tracking", "model_vs_baseline", "model_selection"]
+    assert tables["calibration_holdout"]["x"].iloc[0] == 1.0 and tables["tracking"]["t"].iloc[0] == round(1 / 3, 10)
+    assert tables["model_selection"]["mae"].iloc[0] == round(0.123456789012345, 10)

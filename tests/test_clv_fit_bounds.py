@@ -12,11 +12,16 @@ import pandas as pd
 import pytest
 
 from features.errors import DataError
-from models import _lifetimes, btyd, clv_eval
-from models.clv import FitError, PurchaseModel, SpendModel, compress, predict_customers
-from pipelines import clv as stage
+from models import _lifetimes, btyd, clv_eval, clv_select
+from models.clv import FitError, PurchaseModel, SpendModel, as_predictions, compress, predict_customers
+from pipelines import contracts
 from pipelines.config import ClvParams
 from tests.clv_models_data import cdnow_features, cdnow_summary
+
+
+def fitting(**changes) -> clv_select.ClvFitting:
+    """The fitting settings of the default config (seed 0), with ``changes``."""
+    return clv_select.ClvFitting.from_config({**ClvParams().model_dump(), **changes}, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -140,10 +145,10 @@ def test_a_spend_optimum_with_q_below_one_is_retried(weekly, monkeypatch):
 
 def test_the_stage_passes_the_spend_retry_penalizer():
     features = cdnow_features("sample", 7)
-    cfg = ClvParams(spend_penalizer=0.0, spend_retry_penalizer=0.02)
-    model = stage.fit_spend(cfg, stage.patterns_of(features))
+    cfg = fitting(spend_penalizer=0.0, spend_retry_penalizer=0.02)
+    model = clv_select.fit_spend(cfg, clv_select.patterns_of(features))
     assert (model.penalizer, model.retry_penalizer, model.penalizer_) == (0.0, 0.02, 0.0)
-    purchase = stage.new_purchase_model("paretonbd", ClvParams(fit_time_budget_s=7, fit_max_iterations=9), 0)
+    purchase = clv_select.new_purchase_model("paretonbd", fitting(fit_time_budget_s=7, fit_max_iterations=9))
     assert (purchase.time_budget_s, purchase.max_iterations) == (7, 9)
 
 
@@ -156,8 +161,8 @@ def test_auto_skips_a_candidate_over_its_budget_and_records_the_reason():
     rng = np.random.default_rng(0)
     labels = pd.DataFrame({"customer_id": features["customer_id"],
                            "n_purchase_days": rng.poisson(0.3, len(features)).astype("int64")})
-    cfg = ClvParams(model="auto", fit_time_budget_s=1e-3)
-    chosen, report = stage.choose_purchase_model(cfg, 0, features, labels, 13.0)
+    cfg = fitting(model="auto", fit_time_budget_s=1e-3)
+    chosen, report = clv_select.choose_purchase_model(cfg, features, labels, 13.0, "features_t1.parquet")
     skipped = report["candidates"]["paretonbd"]
     assert skipped["status"] == "skipped" and "over the time budget of 0.001 s" in skipped["reason"]
     assert chosen.name in ("bgnbd", "mbgnbd") and report["candidates"][chosen.name]["status"] == "ok"
@@ -168,7 +173,7 @@ def test_every_candidate_failing_is_one_line_naming_the_params():
     features = cdnow_features("sample", 7).assign(frequency=0, recency=0.0)
     labels = pd.DataFrame({"customer_id": features["customer_id"], "n_purchase_days": np.zeros(len(features), "int64")})
     with pytest.raises(DataError) as raised:
-        stage.choose_purchase_model(ClvParams(model="auto"), 0, features, labels, 13.0)
+        clv_select.choose_purchase_model(fitting(model="auto"), features, labels, 13.0, "features_t1.parquet")
     message = str(raised.value)
     assert "\n" not in message and "no purchase model could be fitted" in message
     assert all(p in message for p in ("clv.penalizer", "clv.retry_penalizer", "clv.fit_time_budget_s", "clv.model"))
@@ -183,7 +188,7 @@ def test_the_issue_11_customer_passes_the_predictions_contract():
     purchase = PurchaseModel.from_params("paretonbd", {"r": 1.137, "alpha": 8.045, "s": 0.9889, "beta": 59.62})
     spend = SpendModel.from_params({"p": 6.25, "q": 3.74, "v": 15.44})
     out = predict_customers(purchase, spend, features, 91, 7, 0.3, 0.1, 30)
-    validated = stage.to_predictions(out)
+    validated = contracts.CLV_PREDICTIONS_SCHEMA.validate(as_predictions(out))
     assert validated["p_alive"].tolist()[0] == 1.0 and np.isfinite(validated["clv"]).all()
 
 

@@ -17,8 +17,11 @@ import pytest
 import yaml
 from filelock import FileLock
 
+from models import clv_pyfunc, clv_select
+from models.clv_select import ClvFitting
 from pipelines import clv as stage
-from pipelines import io, paths
+from pipelines import contracts, files
+from pipelines.catalog import CUTOFF_OFFSETS, Catalog
 from pipelines.config import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,13 +102,14 @@ def features_and_labels(tx: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: in
 
 
 def write_inputs(root: Path, tx: pd.DataFrame, horizon_days: int = HORIZON) -> dict[int, pd.DataFrame]:
-    io.write_parquet(tx, root / paths.TRANSACTIONS)
+    paths = Catalog(root)
+    files.write_parquet(tx, paths.TRANSACTIONS)
     features = {}
-    for k in paths.CUTOFF_OFFSETS:
+    for k in CUTOFF_OFFSETS:
         features[k], labels = features_and_labels(tx, AS_OF - pd.Timedelta(days=k * horizon_days), horizon_days)
-        io.write_parquet(features[k], root / paths.features_at(k))
+        files.write_parquet(features[k], paths.features_at(k))
         if k >= 1:
-            io.write_parquet(labels, root / paths.labels_at(k))
+            files.write_parquet(labels, paths.labels_at(k))
     return features
 
 
@@ -122,15 +126,15 @@ def project_params(root: Path, tracking_root: Path, **clv) -> Path:
 
 
 def run_stage(root: Path, tracking_root: Path | None = None, **clv) -> None:
-    """Run the stage in ``root``, logging to the MLflow store under ``tracking_root`` (default: root)."""
+    """Run the stage on the project at ``root`` (from another working directory), logging to the
+    MLflow store under ``tracking_root`` (default: root)."""
     tracking_root = tracking_root or root
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tracking_root / 'tracking' / 'mlflow.db'}")
         mp.delenv("CVP_PIPELINE_RUN_ID", raising=False)
         (tracking_root / "tracking").mkdir(exist_ok=True)
         params_path = project_params(root, tracking_root, **clv)
-        stage.run(parse_params(yaml.safe_load(params_path.read_text())), params_path=Path("params.yaml"))
+        stage.run(parse_params(yaml.safe_load(params_path.read_text())), Catalog(root, params_path))
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +153,12 @@ def project(tmp_path_factory):
             write_inputs(root, cdnow_sample_transactions())
             run_stage(root)
             (root / ".complete").touch()
-    features = {k: read(root, paths.features_at(k)) for k in paths.CUTOFF_OFFSETS}
+    features = {k: read(root, Catalog(root).features_at(k)) for k in CUTOFF_OFFSETS}
     return root, features
 
 
 def read(root: Path, rel: Path) -> pd.DataFrame:
+    """A Parquet file of the project at ``root`` (``rel`` relative to it, or a catalog path)."""
     return pd.read_parquet(root / rel)
 
 
@@ -162,21 +167,26 @@ def read(root: Path, rel: Path) -> pd.DataFrame:
 
 def test_stage_writes_every_output(project):
     root, _ = project
-    for k in paths.CUTOFF_OFFSETS:
-        assert (root / paths.clv_predictions_at(k)).is_file()
+    paths = Catalog(root)
+    for k in CUTOFF_OFFSETS:
+        assert paths.clv_predictions_at(k).is_file()
     for name in ("purchase_model.pkl", "spend_model.pkl", "model.json", "registration.json"):
-        assert (root / paths.CLV_MODEL_DIR / name).is_file(), name
+        assert (paths.CLV_MODEL_DIR / name).is_file(), name
     for name in REQUIRED_PLOTS:
-        assert (root / paths.plots_dir("clv") / name).stat().st_size > 0, name
-    assert (root / paths.metrics_file("clv")).is_file()
+        assert (paths.plots_dir("clv") / name).stat().st_size > 0, name
+    assert paths.metrics_file("clv").is_file()
+    summary = files.read_json(paths.path("clv_model_summary"))
+    assert summary["files"] == {"purchase_model": "purchase_model.pkl", "spend_model": "spend_model.pkl"}
+    assert summary["cutoff"] == AS_OF.date().isoformat() and summary["days_per_unit"] == 7.0
 
 
 def test_predictions_follow_the_contract_at_each_cutoff(project):
     root, features = project
-    metrics = io.read_json(root / paths.metrics_file("clv"))
-    for k in paths.CUTOFF_OFFSETS:
-        pred = stage.PREDICTIONS_SCHEMA.validate(read(root, paths.clv_predictions_at(k)))
-        assert {c: str(t) for c, t in pred.dtypes.items()} == stage.PREDICTION_DTYPES
+    paths = Catalog(root)
+    metrics = files.read_json(paths.metrics_file("clv"))
+    for k in CUTOFF_OFFSETS:
+        pred = contracts.CLV_PREDICTIONS_SCHEMA.validate(read(root, paths.clv_predictions_at(k)))
+        assert {c: str(t) for c, t in pred.dtypes.items()} == contracts.CLV_PREDICTION_DTYPES
         assert pred["customer_id"].tolist() == features[k]["customer_id"].tolist()
         assert (pred["cutoff"] == AS_OF - pd.Timedelta(days=k * HORIZON)).all()
         assert (pred["model"] == metrics["model"]).all()
@@ -186,7 +196,7 @@ def test_predictions_follow_the_contract_at_each_cutoff(project):
 
 def test_metrics_hold_the_required_blocks(project):
     root, features = project
-    m = io.read_json(root / paths.metrics_file("clv"))
+    m = files.read_json(Catalog(root).metrics_file("clv"))
     assert all(m["bgnbd"][k] > 0 for k in ("r", "alpha", "a", "b"))
     assert all(m["gamma_gamma"][k] > 0 for k in ("p", "q", "v"))
     assert m[m["model"]]  # block of the chosen model
@@ -211,7 +221,7 @@ def test_bgnbd_and_gamma_gamma_match_lifetimes_at_as_of(project):
     from lifetimes import BetaGeoFitter, GammaGammaFitter
 
     root, features = project
-    m = io.read_json(root / paths.metrics_file("clv"))
+    m = files.read_json(Catalog(root).metrics_file("clv"))
     f0 = features[0]
     bg = BetaGeoFitter().fit(f0["frequency"], f0["recency"], f0["T"])
     for k in ("r", "alpha", "a", "b"):
@@ -224,7 +234,8 @@ def test_bgnbd_and_gamma_gamma_match_lifetimes_at_as_of(project):
 
 def test_holdout_numbers_agree_with_the_labels(project):
     root, features = project
-    m = io.read_json(root / paths.metrics_file("clv"))
+    paths = Catalog(root)
+    m = files.read_json(paths.metrics_file("clv"))
     labels = read(root, paths.labels_at(1))
     holdout = m["holdout"]
     assert holdout["n_customers"] == len(labels)
@@ -232,7 +243,7 @@ def test_holdout_numbers_agree_with_the_labels(project):
     assert holdout["spend"]["model"]["total_actual"] == pytest.approx(labels["spend"].sum())
     pred_t1 = read(root, paths.clv_predictions_at(1))
     assert holdout["purchases"]["model"]["total_predicted"] == pytest.approx(pred_t1["expected_purchases"].sum())
-    calib = pd.read_csv(root / paths.plots_dir("clv") / "calibration_holdout.csv")
+    calib = pd.read_csv(paths.plots_dir("clv") / "calibration_holdout.csv")
     assert calib["n_customers"].sum() == len(labels)
     zero = labels["n_purchase_days"][features[1]["frequency"] == 0]
     assert calib.loc[0, "actual_mean"] == pytest.approx(zero.mean())
@@ -243,7 +254,7 @@ def test_holdout_numbers_agree_with_the_labels(project):
 
 def test_tracking_ends_at_the_repeat_purchases_up_to_as_of(project):
     root, features = project
-    table = pd.read_csv(root / paths.plots_dir("clv") / "tracking.csv", parse_dates=["date"])
+    table = pd.read_csv(Catalog(root).plots_dir("clv") / "tracking.csv", parse_dates=["date"])
     t1_customers = features[0]["customer_id"].isin(features[1]["customer_id"])
     # frequency at as_of counts the repeat purchase days up to as_of
     assert table["actual_cumulative"].iloc[-1] == features[0].loc[t1_customers, "frequency"].sum()
@@ -254,8 +265,9 @@ def test_tracking_ends_at_the_repeat_purchases_up_to_as_of(project):
 
 def test_registration_file_names_the_registered_version(project):
     root, _ = project
-    reg = io.read_json(root / paths.registration_file(paths.CLV_MODEL_DIR))
-    assert reg["name"] == "cvp-clv" and reg["version"] == "1" and reg["run_id"]
+    paths = Catalog(root)
+    reg = files.read_json(paths.registration_file(paths.CLV_MODEL_DIR))
+    assert reg["name"] == "cvp-clv" and reg["version"] == 1 and reg["run_id"]
 
 
 # --------------------------------------------------------------------------- pyfunc
@@ -264,19 +276,19 @@ def test_registration_file_names_the_registered_version(project):
 def _load_pyfunc(root: Path):
     import mlflow
 
-    reg = io.read_json(root / paths.registration_file(paths.CLV_MODEL_DIR))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        uri = f"sqlite:///{root / 'tracking' / 'mlflow.db'}"
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
-        return mlflow.pyfunc.load_model(f"models:/{reg['name']}/{reg['version']}")
+    paths = Catalog(root)
+    reg = files.read_json(paths.registration_file(paths.CLV_MODEL_DIR))
+    uri = f"sqlite:///{root / 'tracking' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.pyfunc.load_model(f"models:/{reg['name']}/{reg['version']}")
 
 
 def _pickled_models(root: Path):
-    with open(root / paths.CLV_MODEL_DIR / "purchase_model.pkl", "rb") as fh:
+    paths = Catalog(root)
+    with open(paths.path("clv_purchase_model"), "rb") as fh:
         purchase = pickle.load(fh)
-    with open(root / paths.CLV_MODEL_DIR / "spend_model.pkl", "rb") as fh:
+    with open(paths.path("clv_spend_model"), "rb") as fh:
         spend = pickle.load(fh)
     return purchase, spend
 
@@ -291,7 +303,7 @@ def test_pyfunc_round_trip_gives_the_stage_predictions(project):
     served = model.predict(inputs)
     purchase, spend = _pickled_models(root)
     direct = predict_customers(purchase, spend, f0, horizon_days=HORIZON, days_per_unit=7.0, margin=0.3, annual_discount_rate=0.10, period_days=30)
-    expected = read(root, paths.clv_predictions_at(0))
+    expected = read(root, Catalog(root).clv_predictions_at(0))
     cols = ["p_alive", "expected_purchases", "p_no_purchase", "expected_avg_spend", "clv"]
     np.testing.assert_allclose(served[cols].to_numpy(float), direct[cols].to_numpy(float), rtol=1e-12)
     np.testing.assert_allclose(served[cols].to_numpy(float), expected[cols].to_numpy(float), rtol=1e-12)
@@ -320,17 +332,19 @@ def test_pyfunc_horizon_is_an_inference_param(project):
 
 def test_rerun_gives_byte_identical_predictions(project, tmp_path):
     root, _ = project
-    for rel in [paths.TRANSACTIONS, *(paths.features_at(k) for k in paths.CUTOFF_OFFSETS), *(paths.labels_at(k) for k in (1, 2))]:
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_bytes((root / rel).read_bytes())
+    first, second = Catalog(root), Catalog(tmp_path)
+    inputs = ["transactions", *(f"features_t{k}" for k in CUTOFF_OFFSETS), "labels_t1", "labels_t2"]
+    for key in inputs:
+        second.path(key).parent.mkdir(parents=True, exist_ok=True)
+        second.path(key).write_bytes(first.path(key).read_bytes())
     run_stage(tmp_path, tracking_root=root, register_model=False)  # same MLflow store: a second run
-    for k in paths.CUTOFF_OFFSETS:
-        assert io.file_sha256(tmp_path / paths.clv_predictions_at(k)) == io.file_sha256(root / paths.clv_predictions_at(k))
-    first, second = io.read_json(root / paths.metrics_file("clv")), io.read_json(tmp_path / paths.metrics_file("clv"))
-    assert first == second
-    for name in ("calibration_holdout.csv", "tracking.csv", "model_vs_baseline.csv"):
-        assert (tmp_path / paths.plots_dir("clv") / name).read_bytes() == (root / paths.plots_dir("clv") / name).read_bytes()
-    assert not (tmp_path / paths.registration_file(paths.CLV_MODEL_DIR)).exists()
+    outputs = [*(f"clv_predictions_t{k}" for k in CUTOFF_OFFSETS), "clv_purchase_model", "clv_spend_model",
+               "clv_model_summary", "metrics_clv"]  # fmt: skip
+    for key in outputs:
+        assert files.file_sha256(second.path(key)) == files.file_sha256(first.path(key)), key
+    for name in REQUIRED_PLOTS:
+        assert (second.plots_dir("clv") / name).read_bytes() == (first.plots_dir("clv") / name).read_bytes(), name
+    assert not second.registration_file(second.CLV_MODEL_DIR).exists()
 
 
 # --------------------------------------------------------------------------- sufficient statistics
@@ -341,22 +355,42 @@ def test_the_fits_receive_only_distinct_patterns_from_the_engine(project):
     row per distinct (frequency, recency, T) / (frequency, monetary_value), with counts that add
     up to the customers, and the fitted t_0 models equal fits on every customer's row."""
     root, features = project
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(root)
-        params = parse_params(yaml.safe_load((root / "params.yaml").read_text()))
-        patterns = stage.fit_patterns(params)
-    for k in paths.CUTOFF_OFFSETS:
-        in_pandas = stage.patterns_of(features[k])
+    paths = Catalog(root)
+    params = parse_params(yaml.safe_load((root / "params.yaml").read_text()))
+    patterns = stage.fit_patterns(params, paths)
+    for k in CUTOFF_OFFSETS:
+        in_pandas = clv_select.patterns_of(features[k])
         pd.testing.assert_frame_equal(patterns[k].rfm, in_pandas.rfm, check_dtype=False)
         pd.testing.assert_frame_equal(patterns[k].spend, in_pandas.spend, check_dtype=False)
         assert patterns[k].rfm["count"].sum() == patterns[k].spend["count"].sum() == len(features[k])
         assert len(patterns[k].rfm) < len(features[k])
-    with open(root / stage.PURCHASE_PICKLE, "rb") as fh:
-        fitted = pickle.load(fh)
+    fitted, spend = _pickled_models(root)
     f0 = features[0]
-    per_customer = stage.new_purchase_model(fitted.model_, params.clv, params.seed).fit(f0["frequency"], f0["recency"], f0["T"])
+    fitting = ClvFitting.from_config(params.clv.model_dump(), params.seed)
+    per_customer = clv_select.new_purchase_model(fitted.model_, fitting).fit(f0["frequency"], f0["recency"], f0["T"])
     assert per_customer.params_ == fitted.params_
-    with open(root / stage.SPEND_PICKLE, "rb") as fh:
-        spend = pickle.load(fh)
-    assert stage.fit_spend(params.clv, stage.patterns_of(f0)).params_ == spend.params_
+    assert clv_select.fit_spend(fitting, clv_select.patterns_of(f0)).params_ == spend.params_
     assert spend.n_excluded_ == int((f0["frequency"] == 0).sum() + ((f0["frequency"] > 0) & (f0["monetary_value"] <= 0)).sum())
+
+
+# --------------------------------------------------------------------------- portability
+
+
+def test_the_served_model_pins_what_it_imports_and_leaves_lifetimes_out(project):
+    """The logged requirements cover the pyfunc's imports (models.clv_pyfunc.REQUIREMENTS) and leave
+    out lifetimes, which predicting never imports (tests/test_small_data.py serves every registered
+    model where the project is not installed)."""
+    root, _ = project
+    reg = files.read_json(Catalog(root).registration_file(Catalog(root).CLV_MODEL_DIR))
+    requirements = {line.split("==")[0] for line in _logged_requirements(root, reg).splitlines() if line}
+    assert set(clv_pyfunc.REQUIREMENTS) <= requirements and "lifetimes" not in requirements
+
+
+def _logged_requirements(root: Path, reg: dict) -> str:
+    import mlflow
+
+    uri = f"sqlite:///{root / 'tracking' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    local = mlflow.artifacts.download_artifacts(f"models:/{reg['name']}/{reg['version']}/requirements.txt")
+    return Path(local).read_text()

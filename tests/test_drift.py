@@ -12,6 +12,13 @@ from scipy.stats import norm
 
 from models import drift
 from models.drift import Check, DataProfile, DriftThresholds
+from pipelines.config import DriftParams
+
+#: The thresholds of the default config (retrain.drift), written out: the dataclass has no defaults.
+THRESHOLDS = DriftThresholds(
+    max_psi=0.25, psi_bins=10, psi_epsilon=1e-4, max_row_drop=0.10, max_row_growth=None,
+    max_quarantine_increase=0.02, max_start_shift_days=0,
+)  # fmt: skip
 
 
 def _normal_sample(n: int = 1000) -> np.ndarray:
@@ -157,7 +164,7 @@ def test_check_rules_and_nan():
 def test_drift_report_collects_every_check_and_names_the_failures():
     ref = pd.DataFrame({"x": _normal_sample()})
     cur = pd.DataFrame({"x": _normal_sample() + 1.0})
-    report = drift.drift_report(ref, cur, _profile(), _profile(rows=700), ["x"], DriftThresholds(max_psi=0.25))
+    report = drift.drift_report(ref, cur, _profile(), _profile(rows=700), ["x"], THRESHOLDS)
     assert not report.passed
     assert [c.name for c in report.failures] == ["psi.x", "rows.drop"]
     assert report.summary().startswith("psi.x = ")
@@ -168,5 +175,12 @@ def test_drift_report_collects_every_check_and_names_the_failures():
         "psi.x", "rows.drop", "quarantine_share.increase",
         "dates.end_not_earlier", "dates.overlaps_old", "dates.as_of_not_earlier", "dates.start_shift",
     }
-    same = drift.drift_report(ref, ref, _profile(), _profile(), ["x"])
+    same = drift.drift_report(ref, ref, _profile(), _profile(), ["x"], THRESHOLDS)
     assert same.passed and same.summary() == "no drift (7 checks passed)"
+
+
+def test_the_psi_function_defaults_and_the_written_out_thresholds_are_the_configs():
+    """The PSI functions keep a default bin count and epsilon for direct use: the config's."""
+    config = DriftParams().model_dump(exclude={"psi_columns"})
+    assert (drift.DEFAULT_BINS, drift.DEFAULT_EPSILON) == (config["psi_bins"], config["psi_epsilon"])
+    assert DriftThresholds(**config) == THRESHOLDS

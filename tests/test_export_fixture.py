@@ -22,10 +22,13 @@ import yaml
 from matplotlib.figure import Figure
 
 from features.customer import feature_dtypes, features_schema
+from models import segment_eval
 from models import segments as seg
-from pipelines import export, io, paths
+from pipelines import export, files
 from pipelines import segment as segment_stage
+from pipelines.catalog import Catalog
 from pipelines.config import load_params
+from tests.test_segments import RULES
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = pd.Timestamp("2000-06-30")
@@ -122,11 +125,13 @@ def churn_predictions(clv: pd.DataFrame, seed: int) -> pd.DataFrame:
 
 def segment_outputs(features: pd.DataFrame, clv: pd.DataFrame, churn: pd.DataFrame) -> tuple[seg.SegmentResult, pd.DataFrame, pd.DataFrame]:
     """Segments and summary from the segment stage's own rules and table builders."""
-    scoring = features[["customer_id", "spend_trailing", "margin_trailing", "days_since_first", "days_since_last", "ipi_mean"]]
-    scoring = scoring.merge(clv[["customer_id", "clv", "p_no_purchase"]], on="customer_id")
-    scoring = scoring.merge(churn[["customer_id", "churn_probability"]], on="customer_id")
-    result = seg.segment_customers(scoring, seg.SegmentRules())
-    segments = segment_stage.segments_table(result.customers, features["cutoff"].iloc[0])
+    scoring = segment_eval.scoring_frame(
+        ("features", features[list(segment_eval.SCORING_COLUMNS["features"])]),
+        ("clv", clv[list(segment_eval.SCORING_COLUMNS["clv"])]),
+        ("churn", churn[list(segment_eval.SCORING_COLUMNS["churn"])]),
+    )
+    result = seg.segment_customers(scoring, RULES)
+    segments = segment_eval.segments_table(result.customers, features["cutoff"].iloc[0])
     summary = seg.summarise_segments(result.customers).round(10)
     return result, segments, summary
 
@@ -190,8 +195,7 @@ def write_png(title: str, target: Path) -> None:
     ax = fig.subplots()
     ax.plot([0, 1, 2], [0, 1, 4])
     ax.set_title(title)
-    with io.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=60, metadata={"Software": None})
+    files.save_figure(fig, target, dpi=60)
 
 
 # --------------------------------------------------------------------------- project
@@ -210,40 +214,39 @@ def write_params(root: Path, store: Path | None = None, **export: object) -> Pat
 
 def write_stage_outputs(root: Path, n: int = 300, seed: int = 11, registered: bool = True) -> None:
     """Every input of the export stage, as the upstream stages write them, under ``root``."""
-    with contextlib.chdir(root):
-        features = features_frame(n, seed)
-        clv = clv_predictions(features, seed)
-        churn = churn_predictions(clv, seed)
-        result, segments, summary = segment_outputs(features, clv, churn)
-        io.write_parquet(features, paths.features_at(0))
-        io.write_parquet(clv, paths.clv_predictions_at(0))
-        io.write_parquet(churn, paths.churn_predictions_at(0))
-        io.write_parquet(segments, paths.SEGMENTS)
-        io.write_parquet(summary, paths.SEGMENT_SUMMARY)
-        holdout = {
-            "clv": {"spearman": 0.40, "top_share_capture": 0.767}, "combined": {"spearman": 0.41, "top_share_capture": 0.777},
-            "oracle": {"top_share_capture": 1.0}, "combined_at_least_as_good": True, "customers": n, "cutoff": "2000-03-31",
-        }  # fmt: skip
-        segment_metrics = segment_stage.stage_metrics(result, seg.SegmentRules(), AS_OF, holdout)
-        for stage, metrics in (("ingest", ingest_metrics()), ("clv", clv_metrics(n)), ("churn", churn_metrics(n)),
-                               ("segment", segment_metrics), ("features", {"customers": {"t0": n}})):  # fmt: skip
-            io.write_json(metrics, paths.metrics_file(stage))
-        segment_stage.write_plots(result, summary, segment_metrics["concentration"], seed)
-        for stage, names in (("clv", ("tracking", "calibration_holdout")), ("churn", ("roc", "calibration"))):
-            for name in names:
-                write_png(f"{stage} {name}", paths.plots_dir(stage) / f"{name}.png")
-        if registered:
-            io.write_json({"name": "cvp-clv", "version": "3", "run_id": "a" * 32}, paths.registration_file(paths.CLV_MODEL_DIR))
-            io.write_json({"name": "cvp-churn", "version": 2, "run_id": "b" * 32}, paths.registration_file(paths.CHURN_MODEL_DIR))
+    paths = Catalog(root)
+    features = features_frame(n, seed)
+    clv = clv_predictions(features, seed)
+    churn = churn_predictions(clv, seed)
+    result, segments, summary = segment_outputs(features, clv, churn)
+    for key, frame in (("features_t0", features), ("clv_predictions_t0", clv), ("churn_predictions_t0", churn),
+                       ("segments", segments), ("segment_summary", summary)):  # fmt: skip
+        paths.write(key, frame)  # checked against the producer's contract
+    holdout = {
+        "clv": {"spearman": 0.40, "top_share_capture": 0.767}, "combined": {"spearman": 0.41, "top_share_capture": 0.777},
+        "oracle": {"top_share_capture": 1.0}, "combined_at_least_as_good": True, "customers": n, "cutoff": "2000-03-31",
+    }  # fmt: skip
+    segment_metrics = segment_eval.segment_metrics(result, RULES, AS_OF, holdout)
+    for stage, metrics in (("ingest", ingest_metrics()), ("clv", clv_metrics(n)), ("churn", churn_metrics(n)),
+                           ("segment", segment_metrics), ("features", {"customers": {"t0": n}})):  # fmt: skip
+        files.write_json(metrics, paths.metrics_file(stage))
+    segment_stage.write_plots(result, summary, segment_metrics["concentration"], seed, paths)
+    for stage, names in (("clv", ("tracking", "calibration_holdout")), ("churn", ("roc", "calibration"))):
+        for name in names:
+            write_png(f"{stage} {name}", paths.plots_dir(stage) / f"{name}.png")
+    if registered:  # version as text and as a number: both are read
+        files.write_json({"name": "cvp-clv", "version": "3", "run_id": "a" * 32}, paths.registration_file(paths.CLV_MODEL_DIR))
+        files.write_json({"name": "cvp-churn", "version": 2, "run_id": "b" * 32}, paths.registration_file(paths.CHURN_MODEL_DIR))
 
 
 @contextlib.contextmanager
 def project_env(root: Path):
-    """Work inside ``root`` with its own MLflow store and no parent run pinned by the caller."""
-    with pytest.MonkeyPatch.context() as mp, contextlib.chdir(root):
+    """The catalog of the project at ``root``, with no MLflow store or parent run pinned by the
+    caller's environment (the project's params name its store)."""
+    with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("CVP_PIPELINE_RUN_ID", raising=False)
-        yield root
+        yield Catalog(root, root / "params.yaml")
 
 
 # Session fixtures imported into several test modules are set up once per module by pytest;
@@ -288,8 +291,8 @@ def exported_project(tmp_path_factory, mlflow_store) -> Path:
         root = tmp_path_factory.mktemp("exported")
         params_path = write_params(root, mlflow_store)
         write_stage_outputs(root)
-        with project_env(root):
-            export.run(load_params(params_path), params_path=Path("params.yaml"))
+        with project_env(root) as paths:
+            export.run(load_params(params_path), paths)
         return root
 
     return once_per_session(tmp_path_factory, "exported", build)
@@ -324,8 +327,10 @@ def test_hand_made_segments_cover_every_quadrant_and_tier():
 
 
 def test_exported_project_has_every_output(exported_project):
-    for path in (paths.SCORES_PARQUET, paths.SCORES_CSV, paths.REPORT_HTML, paths.DEFAULT_DATABASE, paths.metrics_file("export")):
-        assert (exported_project / path).stat().st_size > 0, path
-    metrics = json.loads((exported_project / paths.metrics_file("export")).read_text())
+    paths = Catalog(exported_project)
+    for path in (paths.SCORES_PARQUET, paths.SCORES_CSV, paths.REPORT_HTML, paths.MODELS_HTML, paths.DEFAULT_DATABASE,
+                 paths.metrics_file("export")):  # fmt: skip
+        assert path.stat().st_size > 0, path
+    metrics = json.loads(paths.metrics_file("export").read_text())
     assert metrics["rows"] == 300
-    assert not any(name.endswith(".tmp") for name in os.listdir(exported_project / paths.EXPORTS))
+    assert not any(name.endswith(".tmp") for name in os.listdir(paths.EXPORTS))

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import uuid
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from pipelines import export, io, paths
+from pipelines import database, export, files
 from pipelines.config import load_params
 from tests.test_export import CONTRACT, assemble, tiny_inputs
 from tests.test_export_fixture import copy_outputs, mlflow_store, project_env, stage_outputs, write_params  # noqa: F401
@@ -33,7 +32,7 @@ def require_server(url: str | None) -> str:
             conn.execute(sa.text("SELECT 1"))
     except sa.exc.OperationalError as exc:
         pytest.fail(
-            f"{URL_ENV} is set but PostgreSQL at {export.masked_url(url)} does not answer: "
+            f"{URL_ENV} is set but PostgreSQL at {database.masked_url(url)} does not answer: "
             f"{str(exc.orig).splitlines()[0]}; start the server or unset {URL_ENV}",
             pytrace=False,
         )
@@ -70,12 +69,12 @@ def shifted(scores: pd.DataFrame, day: str, **changes) -> pd.DataFrame:
 def test_copy_creates_the_typed_table_and_replaces_one_date(pg, monkeypatch):
     engine, table = pg
     copies = []
-    original = export._copy_rows
-    monkeypatch.setattr(export, "_copy_rows", lambda conn, t, rows: (copies.append(len(rows)), original(conn, t, rows)))
+    original = database._copy_rows
+    monkeypatch.setattr(database, "_copy_rows", lambda conn, t, rows: (copies.append(len(rows)), original(conn, t, rows)))
     june = assemble(tiny_inputs())
-    export.replace_scores(engine, table, shifted(june, "2000-03-31", clv=0.0), batch_size=2)
-    export.replace_scores(engine, table, june, batch_size=2)
-    result = export.replace_scores(engine, table, june.assign(clv=june["clv"] * 2), batch_size=2)
+    database.replace_scores(engine, table, shifted(june, "2000-03-31", clv=0.0), batch_size=2)
+    database.replace_scores(engine, table, june, batch_size=2)
+    result = database.replace_scores(engine, table, june.assign(clv=june["clv"] * 2), batch_size=2)
     assert copies == [3, 3, 3]
     assert (result.replaced, result.inserted, result.total) == (3, 3, 6)
 
@@ -93,12 +92,12 @@ def test_copy_creates_the_typed_table_and_replaces_one_date(pg, monkeypatch):
 def test_duplicate_row_in_copy_rolls_back_the_delete(pg, monkeypatch):
     engine, table = pg
     june = assemble(tiny_inputs())
-    export.replace_scores(engine, table, june, batch_size=2)
+    database.replace_scores(engine, table, june, batch_size=2)
     before = read(engine, table)
-    original = export.sql_rows
-    monkeypatch.setattr(export, "sql_rows", lambda scores: (rows := original(scores)) + [rows[1]])
+    original = database.sql_rows
+    monkeypatch.setattr(database, "sql_rows", lambda scores: (rows := original(scores)) + [rows[1]])
     with pytest.raises(sa.exc.IntegrityError):
-        export.replace_scores(engine, table, june.assign(clv=99.0), batch_size=2)
+        database.replace_scores(engine, table, june.assign(clv=99.0), batch_size=2)
     pd.testing.assert_frame_equal(read(engine, table), before)
 
 
@@ -106,19 +105,19 @@ def test_readers_never_see_a_partial_date_and_a_late_failure_keeps_the_old_rows(
     """Interrupted after the COPY, before the commit: another session still sees the old rows."""
     engine, table = pg
     june = assemble(tiny_inputs())
-    export.replace_scores(engine, table, june, batch_size=2)
+    database.replace_scores(engine, table, june, batch_size=2)
     before = read(engine, table)
     seen = []
-    original = export._copy_rows
+    original = database._copy_rows
 
     def copy_then_fail(conn, t, rows):
         original(conn, t, rows)
         seen.append(read(engine, table))  # a separate pooled connection
         raise RuntimeError("interrupted before commit")
 
-    monkeypatch.setattr(export, "_copy_rows", copy_then_fail)
+    monkeypatch.setattr(database, "_copy_rows", copy_then_fail)
     with pytest.raises(RuntimeError, match="interrupted"):
-        export.replace_scores(engine, table, june.assign(clv=-1.0), batch_size=2)
+        database.replace_scores(engine, table, june.assign(clv=-1.0), batch_size=2)
     pd.testing.assert_frame_equal(seen[0], before)
     pd.testing.assert_frame_equal(read(engine, table), before)
 
@@ -127,14 +126,14 @@ def test_stage_exports_to_postgres_and_masks_the_password(pg, pg_url, tmp_path, 
     engine, table = pg
     copy_outputs(stage_outputs, tmp_path)
     params_path = write_params(tmp_path, mlflow_store, database_url=pg_url, table=table)
-    with project_env(tmp_path):
-        export.run(load_params(params_path), params_path=Path("params.yaml"))
-        metrics = io.read_json(paths.metrics_file("export"))
-        scores = pd.read_parquet(paths.SCORES_PARQUET)
+    with project_env(tmp_path) as paths:
+        export.run(load_params(params_path), paths)
+    metrics = files.read_json(paths.metrics_file("export"))
+    scores = pd.read_parquet(paths.SCORES_PARQUET)
     rows = read(engine, table)
     assert rows["customer_id"].tolist() == scores["customer_id"].tolist() and len(rows) == metrics["rows"] == 120
     assert rows["churn_probability"].tolist() == scores["churn_probability"].tolist()
     password = sa.make_url(pg_url).password
-    assert metrics["database"]["url"] == export.masked_url(pg_url)
+    assert metrics["database"]["url"] == database.masked_url(pg_url)
     assert f":{password}@" not in str(metrics) and ":***@" in metrics["database"]["url"]
-    assert not (tmp_path / paths.DEFAULT_DATABASE).exists()
+    assert not paths.DEFAULT_DATABASE.exists()

@@ -11,6 +11,7 @@ import ibis
 import numpy as np
 import pandas as pd
 import pandera.errors
+import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -19,8 +20,11 @@ from features.customer import (
     FLOAT_EXACT_LIMIT,
     LABELS_SCHEMA,
     FeatureSpec,
+    chunk_validator,
+    column_flags,
     customer_days,
     customer_features,
+    cutoff_dates,
     feature_dtypes,
     features_from_days,
     features_schema,
@@ -30,6 +34,7 @@ from features.customer import (
     spend_counts,
     to_contract,
     transaction_problems,
+    transactions_problem,
     transactions_summary,
     window_labels,
 )
@@ -80,6 +85,10 @@ def cdnow_sample() -> tuple[pd.DataFrame, pd.Series]:
     return tx, first.set_index(first["customer_index"].astype(int))["customer_id"]
 
 
+# The project's settings (params.yaml; FeatureSpec has no defaults of its own).
+SETTINGS = {"horizon_days": 91, "days_per_unit": 7.0, "windows_days": (30, 90, 180, 365), "trend_days": 182}
+
+
 def spec_for(tx: pd.DataFrame, **kwargs) -> FeatureSpec:
     """Spec whose optional-column flags follow the data, as the stage derives them."""
     flags = {
@@ -87,7 +96,7 @@ def spec_for(tx: pd.DataFrame, **kwargs) -> FeatureSpec:
         "has_quantity": bool(tx["quantity"].notna().any()),
         "has_cost": bool(tx["cost"].notna().any()),
     }
-    return FeatureSpec(**({"horizon_days": 91} | flags | kwargs))
+    return FeatureSpec(**(SETTINGS | flags | kwargs))
 
 
 @pytest.fixture(scope="module")
@@ -343,7 +352,8 @@ def rows_between(draw, first_day: int, last_day: int, max_rows: int = 12):
 HYPOTHESIS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CUTOFF_OFFSET = 200  # cutoff = 2020-01-01 + 200 days
 CUTOFF = (pd.Timestamp("2020-01-01") + pd.Timedelta(days=CUTOFF_OFFSET)).date()
-LEAK_SPEC = FeatureSpec(horizon_days=30, windows_days=(7, 60), trend_days=45, has_order_id=True, has_quantity=True, has_cost=True)
+LEAK_SPEC = FeatureSpec(horizon_days=30, days_per_unit=7.0, windows_days=(7, 60), trend_days=45, has_order_id=True,
+                        has_quantity=True, has_cost=True)
 
 
 @pytest.fixture(scope="module")
@@ -484,7 +494,7 @@ def test_expressions_compile_for_spark(small_tx, monkeypatch):
     monkeypatch.setattr(ibis.options, "pyspark", _SparkOptions())
     tx = ibis.table(ibis.schema({c: str(t) for c, t in ibis.memtable(small_tx).schema().items()}), name="transactions")
     for decimal_sums in (False, True):
-        spec = FeatureSpec(horizon_days=91, has_order_id=True, has_quantity=True, has_cost=True, decimal_sums=decimal_sums)
+        spec = FeatureSpec(**SETTINGS, has_order_id=True, has_quantity=True, has_cost=True, decimal_sums=decimal_sums)
         feats = customer_features(tx, dt.date(2020, 3, 31), spec)
         labels = window_labels(tx, feats, dt.date(2020, 3, 31), 91, decimal_sums)
         for expr in (feats, labels, rfm_counts(feats), spend_counts(feats)):
@@ -502,3 +512,37 @@ def test_float_unit_sums_are_exact_below_the_limit_and_decimal_takes_over_above(
     assert float(summary["abs_total_amount"]) == 2.1 and float(summary["abs_total_quantity"]) == 1.0
     assert not needs_decimal_sums(summary)
     assert needs_decimal_sums(summary | {"abs_total_cost": FLOAT_EXACT_LIMIT})
+
+
+def test_the_transactions_summary_gives_the_problem_and_the_column_flags(con):
+    tx = transactions_frame(["a", "b"], ["2024-01-01", "2024-01-02"], [1.0, 2.0], quantity=[1.0, np.nan])
+    summary = con.to_pandas(transactions_summary(ibis.memtable(tx))).iloc[0].to_dict()
+    assert transactions_problem(summary) is None
+    assert column_flags(summary) == {"has_order_id": False, "has_quantity": True, "has_cost": False, "decimal_sums": False}
+    assert column_flags(summary | {"abs_total_amount": FLOAT_EXACT_LIMIT})["decimal_sums"] is True
+    assert transactions_problem(summary | {"n_rows": 0}).startswith("has no rows; check data.path")
+    assert transactions_problem(summary | {"null_timestamp": 3}) == (
+        "3 rows with a missing or non-finite 'timestamp'; re-run `cvp ingest`")
+    assert transactions_problem(summary | {"max_abs_cost": 2e9}) == (
+        "column 'cost' has |value| 2e+09 >= 1e+09 per row; check the unit of the source column")
+
+
+def test_cutoffs_step_back_one_horizon_per_offset():
+    assert cutoff_dates(dt.date(1998, 6, 30), 91, (0, 1, 2)) == {
+        0: dt.date(1998, 6, 30), 1: dt.date(1998, 3, 31), 2: dt.date(1997, 12, 30)}
+
+
+def test_chunk_validator_checks_each_row_group_and_the_order_across_them():
+    frame = to_contract(pd.DataFrame({"customer_id": ["a", "b", "c"], "cutoff": pd.Timestamp("2024-01-01"),
+                                      "purchased": [1, 0, 1], "n_purchase_days": [2, 0, 1], "spend": [3.0, 0.0, 1.0]}),
+                        LABELS_SCHEMA)
+    tables = [pa.Table.from_pandas(frame.iloc[i:i + 1], preserve_index=False) for i in range(3)]
+    check = chunk_validator(LABELS_SCHEMA)
+    for table in tables:
+        check(table)  # a, b, c: increasing across row groups
+    again = chunk_validator(LABELS_SCHEMA)
+    again(tables[1])
+    with pytest.raises(RuntimeError, match="not sorted by customer_id across row groups"):
+        again(tables[0])
+    with pytest.raises(pandera.errors.SchemaError):
+        chunk_validator(LABELS_SCHEMA)(pa.Table.from_pandas(frame.assign(purchased=0), preserve_index=False))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import features as bench
-from pipelines import io
+from pipelines import files
 
 
 @pytest.mark.slow
@@ -13,7 +13,7 @@ def test_bench_times_both_routes_and_agrees_with_lifetimes(tmp_path, monkeypatch
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # each run gets the work dir's store
     out = tmp_path / "features.json"
     bench.main(["--sizes", "2e4", "--workdir", str(tmp_path / "work"), "--out", str(out), "--memory-limit", "512MB"])
-    result = io.read_json(out)["sizes"]
+    result = files.read_json(out)["sizes"]
     (size,) = result.values()
     assert 19_000 <= size["rows"] <= 21_000 and size["customers"] > 1000
     for kind in bench.KINDS:

@@ -5,10 +5,10 @@ import pytest
 from models.gate import PROMOTE, REFUSE, MetricRule, compare, decide
 
 RULES = (
-    MetricRule("churn.auc", higher_is_better=True, tolerance=0.01),
-    MetricRule("churn.brier", higher_is_better=False, tolerance=0.005),
+    MetricRule("churn.auc", higher_is_better=True, tolerance=0.01, relative=False),
+    MetricRule("churn.brier", higher_is_better=False, tolerance=0.005, relative=False),
     MetricRule("clv.mae", higher_is_better=False, tolerance=0.05, relative=True),
-    MetricRule("clv.spearman", higher_is_better=True, tolerance=0.02),
+    MetricRule("clv.spearman", higher_is_better=True, tolerance=0.02, relative=False),
 )
 CHAMPION = {"churn.auc": 0.80, "churn.brier": 0.150, "clv.mae": 2.00, "clv.spearman": 0.60}
 
@@ -53,12 +53,12 @@ def test_better_values_pass_in_both_directions():
 
 
 def test_limits_are_direction_aware_and_relative_where_asked():
-    assert MetricRule("auc", True, 0.01).limit(0.8) == pytest.approx(0.79)
-    assert MetricRule("brier", False, 0.005).limit(0.15) == pytest.approx(0.155)
+    assert MetricRule("auc", True, 0.01, False).limit(0.8) == pytest.approx(0.79)
+    assert MetricRule("brier", False, 0.005, False).limit(0.15) == pytest.approx(0.155)
     assert MetricRule("mae", False, 0.05, relative=True).limit(2.0) == pytest.approx(2.1)
     assert MetricRule("r", True, 0.1, relative=True).limit(-0.5) == pytest.approx(-0.55)
     with pytest.raises(ValueError, match="tolerance"):
-        MetricRule("x", True, -0.1)
+        MetricRule("x", True, -0.1, False)
 
 
 @pytest.mark.parametrize("missing", [None, float("nan"), "0.8"])

@@ -30,7 +30,17 @@ from features.ingest import (
 
 COLUMNS = ("cust", "ts", "amt", "qty", "order", "cost", "note")
 MAPPING = {"customer_id": "cust", "timestamp": "ts", "amount": "amt", "quantity": "qty", "order_id": "order", "cost": "cost"}
-RULES = IngestRules(MAPPING, timestamp_format="%Y-%m-%d", valid_from=dt.date(1990, 1, 1), valid_to=dt.date(2030, 1, 1))
+# Every field of IngestRules (it has no defaults: pipelines.domain.ingest_rules builds it from params).
+BASE_RULES = {"timestamp_format": "%Y-%m-%d", "valid_from": dt.date(1970, 1, 1), "valid_to": dt.date(2100, 1, 1),
+              "timezone": None, "decimal": "."}
+
+
+def make_rules(columns=MAPPING, **changes) -> IngestRules:
+    """IngestRules with BASE_RULES, ``columns`` and ``changes``."""
+    return IngestRules(columns=columns, **{**BASE_RULES, **changes})
+
+
+RULES = make_rules(valid_from=dt.date(1990, 1, 1), valid_to=dt.date(2030, 1, 1))
 GOOD = {"cust": "c1", "ts": "2020-05-01", "amt": "10.50", "qty": "1", "order": "o1", "cost": "7.00", "note": "x"}
 
 
@@ -155,7 +165,7 @@ def test_duplicate_order_lines_keep_the_first_and_ignore_unmapped_columns(con):
 
 
 def test_duplicates_are_not_checked_without_an_order_id_column(con):
-    rules = IngestRules({k: v for k, v in MAPPING.items() if k != "order_id"}, "%Y-%m-%d")
+    rules = make_rules({k: v for k, v in MAPPING.items() if k != "order_id"})
     assert reasons_of(con, [{}, {}], rules) == [None, None]
 
 
@@ -164,7 +174,7 @@ def test_duplicate_of_a_rejected_row_keeps_the_earlier_reason(con):
 
 
 def test_lenient_timestamps_without_a_format(con):
-    rules = IngestRules(MAPPING, timestamp_format=None)
+    rules = make_rules(timestamp_format=None)
     rows = [{"ts": "2020-05-01"}, {"ts": "2020-05-01 13:45:10"}, {"ts": "2020-05-01T13:45:10"}, {"ts": "20200501"}]
     classified, _, _ = run(con, raw_frame(rows), rules)
     assert classified["reason"].isna().tolist() == [True, True, True, False]
@@ -191,7 +201,7 @@ def test_accepted_rows_follow_the_contract(con):
 
 
 def test_unmapped_optional_columns_are_nan_and_null(con):
-    rules = IngestRules({"customer_id": "cust", "timestamp": "ts", "amount": "amt"}, "%Y-%m-%d")
+    rules = make_rules({"customer_id": "cust", "timestamp": "ts", "amount": "amt"})
     _, accepted, _ = run(con, raw_frame([{}, {"qty": "not checked", "cost": "nor this"}]), rules)
     TRANSACTIONS_SCHEMA.validate(accepted)
     assert len(accepted) == 2
@@ -221,7 +231,7 @@ def test_typed_columns_are_classified_without_text_parsing(con):
             "source_row": pa.array(range(5), pa.int64()),
         }
     )
-    rules = IngestRules({"customer_id": "cust", "timestamp": "ts", "amount": "amt"}, "%Y-%m-%d")
+    rules = make_rules({"customer_id": "cust", "timestamp": "ts", "amount": "amt"})
     classified, accepted, rejected = run(con, table, rules)
     assert classified["reason"].tolist()[1:] == [
         "missing_timestamp", "non_numeric_amount", "missing_customer_id", "missing_amount",
@@ -255,9 +265,9 @@ def test_transactions_schema_rejects_contract_violations():
 def test_missing_mapped_columns_and_rule_validation():
     assert missing_mapped_columns(["a", "b"], {"customer_id": "a", "amount": "c", "cost": None}) == [("amount", "c")]
     with pytest.raises(ValueError, match="amount"):
-        IngestRules({"customer_id": "a", "timestamp": "b"})
+        make_rules({"customer_id": "a", "timestamp": "b"})
     with pytest.raises(ValueError, match="valid_from"):
-        IngestRules(MAPPING, valid_from=dt.date(2020, 1, 1), valid_to=dt.date(2020, 1, 1))
+        make_rules(valid_from=dt.date(2020, 1, 1), valid_to=dt.date(2020, 1, 1))
 
 
 def test_counts_by_reason_lists_every_reason(con):
@@ -344,7 +354,7 @@ DECIMAL_COMMA_CASES: list[tuple[str, float | None]] = [
 
 
 def test_decimal_comma_reads_comma_decimals_and_dot_groups(con):
-    rules = IngestRules(MAPPING, timestamp_format="%Y-%m-%d", decimal=",")
+    rules = make_rules(decimal=",")
     got = parsed_values(con, "amt", [text for text, _ in DECIMAL_COMMA_CASES], rules)
     assert list(zip([t for t, _ in DECIMAL_COMMA_CASES], got)) == DECIMAL_COMMA_CASES
     assert parsed_values(con, "qty", ["1.000", "2,5"], rules) == [1000.0, 2.5]
@@ -368,29 +378,29 @@ TIMESTAMP_CASES: list[tuple[str, pd.Timestamp | None]] = [
 
 
 def test_iso_inference_converts_offsets_to_utc(con):
-    rules = IngestRules(MAPPING, timestamp_format=None)
+    rules = make_rules(timestamp_format=None)
     got = parsed_values(con, "ts", [t for t, _ in TIMESTAMP_CASES], rules)
     assert list(zip([t for t, _ in TIMESTAMP_CASES], got)) == TIMESTAMP_CASES
 
 
 def test_naive_timestamps_are_local_time_in_the_configured_zone(con):
-    rules = IngestRules(MAPPING, timestamp_format=None, timezone="America/New_York")
+    rules = make_rules(timestamp_format=None, timezone="America/New_York")
     texts = ["2024-03-01 10:00:00", "2024-07-01 10:00:00", "2024-03-01T10:00:00+01:00", "2024-03-01"]
     # EST (UTC-5) in March, EDT (UTC-4) in July; an explicit offset wins; a date is a calendar day
     assert parsed_values(con, "ts", texts, rules) == [
         TS("2024-03-01 15:00"), TS("2024-07-01 14:00"), TS("2024-03-01 09:00"), TS("2024-03-01")]
-    listed = IngestRules(MAPPING, timestamp_format=["%d.%m.%Y %H:%M", "%d.%m.%Y"], timezone="Europe/Berlin")
+    listed = make_rules(timestamp_format=["%d.%m.%Y %H:%M", "%d.%m.%Y"], timezone="Europe/Berlin")
     assert parsed_values(con, "ts", ["01.03.2024 10:00", "01.03.2024"], listed) == [TS("2024-03-01 09:00"), TS("2024-03-01")]
 
 
 def test_a_list_of_formats_is_tried_in_order(con):
-    rules = IngestRules(MAPPING, timestamp_format=["iso", "%m/%d/%Y", "%d.%m.%Y", "%Y-%m-%dT%H:%M:%S%z"])
+    rules = make_rules(timestamp_format=["iso", "%m/%d/%Y", "%d.%m.%Y", "%Y-%m-%dT%H:%M:%S%z"])
     texts = ["2024-03-01 10:00:00", "03/04/2024", "04.03.2024", "2024-03-01T10:00:00-05:00", "1 March 2024"]
     assert parsed_values(con, "ts", texts, rules) == [
         TS("2024-03-01 10:00"), TS("2024-03-04"), TS("2024-03-04"), TS("2024-03-01 15:00"), None]
     # order decides ambiguous dates: 03/04/2024 is 4 March with %m/%d first, 3 April with %d/%m first
-    day_first = IngestRules(MAPPING, timestamp_format=["%d/%m/%Y", "%m/%d/%Y"])
+    day_first = make_rules(timestamp_format=["%d/%m/%Y", "%m/%d/%Y"])
     assert parsed_values(con, "ts", ["03/04/2024", "12/31/2024"], day_first) == [TS("2024-04-03"), TS("2024-12-31")]
-    offset = IngestRules(MAPPING, timestamp_format="%Y-%m-%d %H:%M:%S%z")
+    offset = make_rules(timestamp_format="%Y-%m-%d %H:%M:%S%z")
     assert parsed_values(con, "ts", ["2024-03-01 10:00:00+0200", "2024-03-01 10:00:00"], offset) == [TS("2024-03-01 08:00"), None]
 

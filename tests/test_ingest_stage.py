@@ -19,8 +19,9 @@ import yaml
 
 from features.errors import DataError
 from features.ingest import REASONS, TRANSACTIONS_SCHEMA, rejected_schema
-from pipelines import io, paths
+from pipelines import files
 from pipelines import ingest as stage
+from pipelines.catalog import Catalog
 from pipelines.cli import main
 from pipelines.config import ConfigError, load_params
 from pipelines.sources import lifetimes_file
@@ -63,7 +64,6 @@ def mlflow_uri(tmp_path_factory) -> str:
 @pytest.fixture
 def project(tmp_path, monkeypatch, mlflow_uri):
     """An empty project directory (params.yaml, dvc.yaml) with MLflow in a temporary store."""
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
     monkeypatch.delenv("CVP_PIPELINE_RUN_ID", raising=False)
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
@@ -84,13 +84,18 @@ def write_csv(project: Path, name: str = "data/raw/tx.csv", header: str = CSV_HE
     return path
 
 
+def catalog(project: Path) -> Catalog:
+    return Catalog(project, project / "params.yaml")
+
+
 def ingest(project: Path) -> dict:
     """The stage without MLflow (fast): returns the metrics."""
-    return stage.ingest(load_params(project / "params.yaml").data)
+    return stage.ingest(load_params(project / "params.yaml").data, catalog(project))
 
 
-def outputs() -> dict[str, str]:
-    return {str(p): io.file_sha256(p) for p in (paths.TRANSACTIONS, paths.QUARANTINE)}
+def outputs(project: Path) -> dict[str, str]:
+    paths = catalog(project)
+    return {str(p): files.file_sha256(p) for p in (paths.TRANSACTIONS, paths.QUARANTINE)}
 
 
 def cli(project: Path, *args: str) -> subprocess.CompletedProcess:
@@ -112,9 +117,9 @@ def test_csv_with_every_kind_of_bad_row(project):
     assert metrics["rows_rejected"] == len(CSV_REASONS)
     assert metrics["n_customers"] == 2 and metrics["n_returns"] == 1 and metrics["n_zero_amount"] == 1
     assert (metrics["date_min"], metrics["date_max"]) == ("2021-03-01", "2021-03-11")
-    assert metrics["input"] == "data/raw/tx.csv" and metrics["input_sha256"] == io.file_sha256(csv)
+    assert metrics["input"] == "data/raw/tx.csv" and metrics["input_sha256"] == files.file_sha256(csv)
 
-    accepted = TRANSACTIONS_SCHEMA.validate(pd.read_parquet(paths.TRANSACTIONS))
+    accepted = TRANSACTIONS_SCHEMA.validate(pd.read_parquet(catalog(project).TRANSACTIONS))
     assert accepted["source_row"].tolist() == [0, 1, 9, 10]
     assert accepted["customer_id"].tolist() == ["00042", "00042", "00042", "00044"]
     assert accepted["amount"].tolist() == [19.99, 5.0, -19.99, 0.0]
@@ -123,7 +128,7 @@ def test_csv_with_every_kind_of_bad_row(project):
     assert accepted["cost"].isna().all()
     assert str(accepted["timestamp"].dtype).startswith("datetime64")
 
-    rejected = pd.read_parquet(paths.QUARANTINE)
+    rejected = pd.read_parquet(catalog(project).QUARANTINE)
     columns = ["order_no", "customer", "when", "eur", "units", "note"]
     rejected_schema(columns, with_source_file=True).validate(rejected)
     assert dict(zip(rejected["source_row"], rejected["reason"])) == CSV_REASONS
@@ -136,12 +141,13 @@ def test_reruns_are_byte_identical_and_the_stage_logs_to_mlflow(project):
     write_csv(project)
     set_data(project, **CSV_DATA)
     params = load_params(project / "params.yaml")
-    stage.run(params, project / "params.yaml")
-    first = {**outputs(), "metrics": io.file_sha256(paths.metrics_file("ingest"))}
-    stage.run(params, project / "params.yaml")
-    assert {**outputs(), "metrics": io.file_sha256(paths.metrics_file("ingest"))} == first
+    paths = catalog(project)
+    stage.run(params, paths)
+    first = {**outputs(project), "metrics": files.file_sha256(paths.metrics_file("ingest"))}
+    stage.run(params, paths)
+    assert {**outputs(project), "metrics": files.file_sha256(paths.metrics_file("ingest"))} == first
 
-    metrics = io.read_json(paths.metrics_file("ingest"))
+    metrics = files.read_json(paths.metrics_file("ingest"))
     runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`cvp.stage` = 'ingest'",
                               order_by=["attributes.start_time DESC"], output_format="list")
     latest = runs[0].data
@@ -158,9 +164,9 @@ def test_glob_reads_files_in_sorted_order_with_continuous_row_numbers(project):
     set_data(project, **{**CSV_DATA, "path": "data/raw/*.csv"})
     metrics = ingest(project)
     assert metrics["rows_in"] == 3
-    accepted = pd.read_parquet(paths.TRANSACTIONS)
+    accepted = pd.read_parquet(catalog(project).TRANSACTIONS)
     assert accepted["source_row"].tolist() == [0, 2] and accepted["order_id"].tolist() == ["A1", "B1"]
-    rejected = pd.read_parquet(paths.QUARANTINE)
+    rejected = pd.read_parquet(catalog(project).QUARANTINE)
     assert rejected[["source_row", "source_file", "reason"]].values.tolist() == [
         [1, "data/raw/a.csv", "missing_customer_id"]
     ]
@@ -179,9 +185,9 @@ def test_parquet_source_with_typed_columns(project):
              columns={"customer_id": "cid", "timestamp": "ts", "amount": "value", "quantity": None})
     metrics = ingest(project)
     assert (metrics["rows_accepted"], metrics["rejected_by_reason"]["missing_customer_id"]) == (2, 1)
-    accepted = TRANSACTIONS_SCHEMA.validate(pd.read_parquet(paths.TRANSACTIONS))
+    accepted = TRANSACTIONS_SCHEMA.validate(pd.read_parquet(catalog(project).TRANSACTIONS))
     assert accepted["timestamp"].tolist() == [pd.Timestamp("2022-01-01 12:00"), pd.Timestamp("2022-01-02")]
-    assert pd.read_parquet(paths.QUARANTINE)["ts"].tolist() == ["2022-01-03 00:00:00"]
+    assert pd.read_parquet(catalog(project).QUARANTINE)["ts"].tolist() == ["2022-01-03 00:00:00"]
 
 
 def test_cdnow_master_ingests_completely_and_reruns_byte_identical(project):
@@ -190,16 +196,16 @@ def test_cdnow_master_ingests_completely_and_reruns_byte_identical(project):
     assert metrics["n_customers"] == 23_570
     assert (metrics["date_min"], metrics["date_max"]) == ("1997-01-01", "1998-06-30")
     assert metrics["n_returns"] == 0 and metrics["n_zero_amount"] == 80
-    assert metrics["input_sha256"] == io.file_sha256(lifetimes_file("CDNOW_master.txt"))
-    first = outputs()
-    accepted = TRANSACTIONS_SCHEMA.validate(pd.read_parquet(paths.TRANSACTIONS))
+    assert metrics["input_sha256"] == files.file_sha256(lifetimes_file("CDNOW_master.txt"))
+    first = outputs(project)
+    accepted = TRANSACTIONS_SCHEMA.validate(pd.read_parquet(catalog(project).TRANSACTIONS))
     assert accepted["customer_id"].iloc[0] == "00001" and accepted["amount"].sum() == pytest.approx(2_500_315.63)
-    rejected = pd.read_parquet(paths.QUARANTINE)
+    rejected = pd.read_parquet(catalog(project).QUARANTINE)
     assert rejected.empty and list(rejected.columns) == [
         "customer_id", "date", "number_of_cds", "dollar_value", "source_row", "reason"]
     set_data(project, ingest_threads=1, ingest_memory_limit="200MB")  # parallelism must not change a byte
     ingest(project)
-    assert outputs() == first
+    assert outputs(project) == first
 
 
 def test_bad_duckdb_setting_is_a_config_error(project):
@@ -231,13 +237,14 @@ def test_cdnow_sample_with_its_own_mapping(project):
 )
 def test_cli_reports_unusable_input_in_one_line(project, monkeypatch, capsys, setup, message):
     make_unusable_input(project, setup)
+    monkeypatch.chdir(project)  # the CLI works on the project holding the current directory
     monkeypatch.setattr(sys, "argv", ["cvp", "ingest"])
     with pytest.raises(SystemExit) as stopped:
         main()
     err = capsys.readouterr().err
     assert stopped.value.code == 2
     assert err.startswith("cvp: error: ") and err.count("\n") == 1 and message in err
-    assert not (project / paths.TRANSACTIONS).exists()
+    assert not catalog(project).TRANSACTIONS.exists()
 
 
 @pytest.mark.parametrize("setup", ["missing_column", "garbage_parquet"])
@@ -283,6 +290,7 @@ def test_missing_column_in_one_file_of_a_glob_names_that_file(project):
 def test_too_many_rejected_rows_stop_the_cli_in_one_line_and_write_nothing(project, monkeypatch, capsys):
     write_csv(project)
     set_data(project, **{**CSV_DATA, "max_rejected_share": 0.05})
+    monkeypatch.chdir(project)
     monkeypatch.setattr(sys, "argv", ["cvp", "ingest"])
     with pytest.raises(SystemExit) as stopped:
         main()
@@ -290,7 +298,7 @@ def test_too_many_rejected_rows_stop_the_cli_in_one_line_and_write_nothing(proje
     assert stopped.value.code == 2 and err.count("\n") == 1
     assert err.startswith("cvp: error: data/raw/tx.csv: 8 of 12 rows rejected (66.7%): duplicate_order_line 1 (source_row 2: ")
     assert "above data.max_rejected_share 5%" in err and "or raise data.max_rejected_share" in err
-    assert not (project / paths.TRANSACTIONS).exists() and not (project / paths.QUARANTINE).exists()
+    assert not catalog(project).TRANSACTIONS.exists() and not catalog(project).QUARANTINE.exists()
 
 
 def test_rejected_share_and_sample_rows_are_in_the_metrics(project):
@@ -310,7 +318,7 @@ def test_zone_aware_parquet_timestamps_are_converted_to_utc(project):
     set_data(project, path="data/raw/tx.parquet", timestamp_format=None,
              columns={"customer_id": "cid", "timestamp": "ts", "amount": "value", "quantity": None})
     ingest(project)
-    accepted = pd.read_parquet(paths.TRANSACTIONS)
+    accepted = pd.read_parquet(catalog(project).TRANSACTIONS)
     assert accepted["timestamp"].tolist() == [pd.Timestamp("2024-03-02 03:30"), pd.Timestamp("2024-03-02 13:00")]
 
 
@@ -318,11 +326,12 @@ def test_future_rows_are_quarantined_relative_to_the_run_date(project):
     write_csv(project, rows=[CSV_ROWS[0], "B1,00042,2021-03-03 10:00:00,1.00,1,", "B2,00042,2021-03-02 10:00:00,1.00,1,"])
     set_data(project, **CSV_DATA)
     data = load_params(project / "params.yaml").data
-    metrics = stage.ingest(data, today=dt.date(2021, 3, 2))  # 2021-03-03 is after the run date
+    paths = catalog(project)
+    metrics = stage.ingest(data, paths, today=dt.date(2021, 3, 2))  # 2021-03-03 is after the run date
     assert metrics["rejected_by_reason"]["implausible_timestamp"] == 1 and metrics["date_max"] == "2021-03-02"
-    assert stage.ingest(data, today=dt.date(2021, 3, 3))["rows_rejected"] == 0
+    assert stage.ingest(data, paths, today=dt.date(2021, 3, 3))["rows_rejected"] == 0
     later = data.model_copy(update={"valid_to": dt.date(2030, 1, 1)})  # an explicit valid_to cannot reach the future
-    assert stage.ingest(later, today=dt.date(2021, 3, 2))["rejected_by_reason"]["implausible_timestamp"] == 1
+    assert stage.ingest(later, paths, today=dt.date(2021, 3, 2))["rejected_by_reason"]["implausible_timestamp"] == 1
 
 
 def test_a_bad_byte_past_the_sniffed_rows_names_the_line_and_the_encoding(project):

@@ -3,12 +3,12 @@ again gives the outputs of an uninterrupted run, byte for byte.
 
 On a small copy of the project (20,000 synthetic transactions, its own MLflow store):
 
-- features (Parquet streamed by pipelines.io.write_parquet_stream) dies after the first row group
+- features (Parquet streamed by pipelines.files.write_parquet_stream) dies after the first row group
   of its third file reached the temporary file, twice, then is re-run with `cvp features`;
 - clv (predictions, pickled models, model summary, metrics, plots) dies with its fourth output
   half written, then is re-run with `dvc repro`.
 
-The process kills itself from inside pipelines.io (tests/kill_mid_write.py counts the writes),
+The process kills itself from inside pipelines.files (tests/kill_mid_write.py counts the writes),
 so the kill always lands at the same point. An output is compared with the same output of an
 uninterrupted run in another copy: the stages are deterministic, so a present output that is
 complete is byte-identical to it.
@@ -33,7 +33,8 @@ import pytest
 import yaml
 from filelock import FileLock
 
-from pipelines import io, paths
+from pipelines import files
+from pipelines.catalog import CUTOFF_OFFSETS, Catalog
 from pipelines.generate import write_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,7 @@ LAUNCHER = Path(__file__).with_name("kill_mid_write.py")
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore")
 PROJECT_DIRS = ("features", "models", "pipelines")  # the stages' code deps in dvc.yaml
 ROWS, SEED = 20_000, 11
+paths = Catalog(".")  # the outputs relative to a project root, as dvc.yaml names them
 REGISTRATION = paths.registration_file(paths.CLV_MODEL_DIR).as_posix()
 
 
@@ -91,8 +93,8 @@ def output_hashes(project: Path, stage: str) -> dict[str, str]:
     hashes = {}
     for declared in declared_outputs(project, stage):
         path = project / declared
-        files = [Path(d) / name for d, _, names in os.walk(path) for name in names] if path.is_dir() else [path]
-        hashes |= {f.relative_to(project).as_posix(): io.file_sha256(f) for f in files if f.is_file()}
+        found = [Path(d) / name for d, _, names in os.walk(path) for name in names] if path.is_dir() else [path]
+        hashes |= {f.relative_to(project).as_posix(): files.file_sha256(f) for f in found if f.is_file()}
     return hashes
 
 
@@ -222,7 +224,7 @@ def test_a_write_removes_only_the_temporary_files_of_dead_writers(tmp_path):
         ]
         for name in stale + kept:
             (tmp_path / name).write_bytes(b"partial")
-        io.write_bytes(b"complete", tmp_path / "scores.parquet")
+        files.write_bytes(b"complete", tmp_path / "scores.parquet")
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*kept, "scores.parquet"])
         assert (tmp_path / "scores.parquet").read_bytes() == b"complete"
     finally:
@@ -268,7 +270,7 @@ def test_features_killed_mid_stream_leaves_no_partial_file_and_a_rerun_matches(i
 @pytest.mark.slow
 def test_clv_killed_mid_write_leaves_no_partial_file_and_dvc_repro_matches(inputs, clv_reference, tmp_path):
     reference = output_hashes(clv_reference, "clv")
-    predictions = {paths.clv_predictions_at(k).as_posix() for k in paths.CUTOFF_OFFSETS}
+    predictions = {paths.clv_predictions_at(k).as_posix() for k in CUTOFF_OFFSETS}
     pickle_path = (paths.CLV_MODEL_DIR / "purchase_model.pkl").as_posix()
     assert predictions | {pickle_path, REGISTRATION, "metrics/clv.json", "plots/clv/tracking.png"} <= set(reference)
     project = copy_project(inputs, tmp_path / "project")
@@ -289,6 +291,6 @@ def test_clv_killed_mid_write_leaves_no_partial_file_and_dvc_repro_matches(input
     assert set(after) == set(reference)
     assert {k: v for k, v in after.items() if k != REGISTRATION} == {k: v for k, v in reference.items() if k != REGISTRATION}
     # The registration names an MLflow run of its own store; the model and its version are the same.
-    registered = [{k: io.read_json(p / REGISTRATION)[k] for k in ("name", "version")} for p in (project, clv_reference)]
-    assert registered == [{"name": "cvp-clv", "version": "1"}] * 2
+    registered = [{k: files.read_json(p / REGISTRATION)[k] for k in ("name", "version")} for p in (project, clv_reference)]
+    assert registered == [{"name": "cvp-clv", "version": 1}] * 2
     assert temp_files(project, "clv") == []

@@ -1,17 +1,11 @@
-"""Binary classification metrics against scikit-learn and hand-computed values."""
+"""Binary classification metrics (scikit-learn's where it has them) against definitions computed
+by hand here, and the hand-written ones (bootstrap closures, tie-sharing lift) by hand."""
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import (
-    average_precision_score,
-    brier_score_loss,
-    log_loss,
-    precision_recall_curve,
-    roc_auc_score,
-    roc_curve,
-)
+from sklearn.metrics import log_loss, precision_recall_curve, roc_curve
 
 from models import metrics as m
 
@@ -28,19 +22,43 @@ def _random_case(seed: int, n: int = 500, tied: bool = False):
 CASES = [(seed, tied) for seed in (0, 1, 2) for tied in (False, True)]
 
 
-@pytest.mark.parametrize(("seed", "tied"), CASES)
-def test_ranking_metrics_equal_scikit_learn(seed, tied):
-    y, p = _random_case(seed, tied=tied)
-    assert m.roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
-    assert m.average_precision(y, p) == pytest.approx(average_precision_score(y, p), abs=1e-12)
+def pairwise_auc(y, s) -> float:
+    """P(score of a positive > score of a negative), ties one half: the AUC's definition."""
+    pos, neg = s[y == 1][:, None], s[y == 0][None, :]
+    return float(((pos > neg) + 0.5 * (pos == neg)).mean())
+
+
+def stepwise_average_precision(y, s) -> float:
+    """Sum over distinct scores, descending, of (recall gained) x (precision at that score)."""
+    total, recall_before = 0.0, 0.0
+    for t in np.unique(s)[::-1]:
+        chosen = s >= t
+        tp = (y[chosen] == 1).sum()
+        recall = tp / (y == 1).sum()
+        total += (recall - recall_before) * tp / chosen.sum()
+        recall_before = recall
+    return float(total)
 
 
 @pytest.mark.parametrize(("seed", "tied"), CASES)
-def test_probability_metrics_equal_scikit_learn(seed, tied):
+def test_ranking_metrics_follow_their_definitions(seed, tied):
     y, p = _random_case(seed, tied=tied)
-    p = np.clip(p, 0, 1)
-    assert m.brier(y, p) == pytest.approx(brier_score_loss(y, p), abs=1e-12)
-    assert m.log_loss(y, p) == pytest.approx(log_loss(y, p), abs=1e-12)
+    assert m.roc_auc(y, p) == pytest.approx(pairwise_auc(y, p), abs=1e-12)
+    assert m.average_precision(y, p) == pytest.approx(stepwise_average_precision(y, p), abs=1e-12)
+
+
+@pytest.mark.parametrize(("seed", "tied"), CASES)
+def test_probability_metrics_follow_their_definitions(seed, tied):
+    y, p = _random_case(seed, tied=tied)
+    assert m.brier(y, p) == pytest.approx(np.mean((p - y) ** 2), abs=1e-12)
+    q = np.clip(p, np.finfo(float).eps, 1 - np.finfo(float).eps)  # tied cases hold 0 and 1
+    assert m.log_loss(y, p) == pytest.approx(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)), abs=1e-12)
+
+
+def test_one_class_gives_nan_ranking_metrics_and_finite_probability_metrics():
+    assert np.isnan(m.average_precision([0, 0, 0], [0.1, 0.2, 0.3]))
+    assert m.log_loss([1, 1], [0.5, 0.5]) == pytest.approx(np.log(2))  # one class: still the mean loss
+    assert m.brier([0, 0], [0.5, 0.0]) == pytest.approx(0.125)
 
 
 def test_log_loss_clips_certain_wrong_predictions_like_scikit_learn():
@@ -149,7 +167,7 @@ def test_summary_reports_null_probability_metrics_without_a_probability():
     y, p = _random_case(8, n=100)
     summary = m.classification_summary(y, -p)
     assert summary["brier"] is None and summary["log_loss"] is None
-    assert summary["roc_auc"] == pytest.approx(1 - roc_auc_score(y, p))
+    assert summary["roc_auc"] == pytest.approx(1 - pairwise_auc(y, p))
     assert summary["n"] == 100 and summary["positive_rate"] == pytest.approx(y.mean())
 
 

@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 
 from features.errors import DataError
-from pipelines import cli, export, io, paths
+from pipelines import cli, export, files
 from pipelines import notebook as explore
+from pipelines.catalog import Catalog
 from pipelines.config import load_params
 from tests.test_export_fixture import exported_project, mlflow_store, project_env  # noqa: F401
 
@@ -49,9 +50,8 @@ def text_output(cell) -> str:
 
 def latest_export_run(project: Path) -> str:
     """Export the project again so that its run is the latest in the (shared) store; its run id."""
-    with project_env(project):
-        params = load_params("params.yaml")
-        export.run(params, params_path=Path("params.yaml"))
+    with project_env(project) as paths:
+        export.run(load_params(paths.params_file), paths)
         runs = mlflow.search_runs(
             filter_string="tags.`cvp.stage` = 'export'", order_by=["attributes.start_time DESC"], max_results=1,
             output_format="list",
@@ -99,7 +99,7 @@ def test_notebook_reads_the_project_from_the_environment(executed, exported_proj
 
 def test_notebook_segment_numbers_match_the_outputs(executed, exported_project):
     _, state, _, _ = executed
-    scores = pd.read_parquet(exported_project / paths.SCORES_PARQUET)
+    scores = pd.read_parquet(Catalog(exported_project).SCORES_PARQUET)
     assert state["rows"] == len(scores)
     assert state["quadrant_customers"] == scores["quadrant"].value_counts().sort_index().to_dict()
     sleeping = scores["lifecycle_state"].isin(["drowsy", "half_asleep", "dormant"]) & (scores["p_alive"] >= 0.5)
@@ -110,8 +110,16 @@ def test_notebook_finds_the_latest_pipeline_run_and_its_export(executed, exporte
     cells, state, run_id, _ = executed
     assert state["export_run_id"] == run_id
     assert "export" in state["stages"]
-    assert state["export_rows"] == io.read_json(exported_project / paths.metrics_file("export"))["rows"] == 300
+    assert state["export_rows"] == files.read_json(Catalog(exported_project).metrics_file("export"))["rows"] == 300
     assert "pipeline run " in text_output(cells["mlflow-runs"])
+
+
+def test_committed_notebook_reads_the_project_through_the_catalog():
+    """No relative paths (so no chdir into the project) and nothing from the retired pipelines.paths."""
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert "paths = Catalog(PROJECT)" in code and "chdir" not in code
+    assert not re.search(r"pipelines\.paths|from pipelines import [^\n]*\bpaths\b", code)
 
 
 def test_committed_notebook_draws_figures():
@@ -123,7 +131,7 @@ def test_committed_notebook_draws_figures():
 
 def test_html_page_holds_the_notebooks_tables_and_embedded_figures(executed, exported_project):
     cells, _, _, html = executed
-    scores = pd.read_parquet(exported_project / paths.SCORES_PARQUET)
+    scores = pd.read_parquet(Catalog(exported_project).SCORES_PARQUET)
     assert "<title>Exploring the customer scores</title>" in html
     assert ">Value-potential quadrants<" in html and ">Tiers against quadrants<" in html
     assert "300 customers scored at 2000-06-30 with cvp-clv/3;cvp-churn/2" in html

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines import io, paths
+from pipelines import files
+from pipelines.catalog import Catalog
 from tests.test_spark_features import requires_java, requires_pyspark
 
 # One worker runs the whole module (make test: --dist loadgroup), so `dvc repro` runs once.
@@ -26,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore")
 PROJECT_DIRS = ("features", "models", "pipelines", "notebooks")
 CDNOW_CUSTOMERS = 23_570
+paths = Catalog(".")  # the outputs relative to a project root
 
 
 def _copy_project(dest: Path) -> None:
@@ -61,7 +63,7 @@ def test_repro_runs_every_stage_and_accounts_for_every_customer(repro):
     project, _, result = repro
     for stage in ("ingest", "features", "clv", "churn", "segment", "export", "notebook"):
         assert f"Running stage '{stage}'" in result.stdout
-    ingest = io.read_json(project / paths.metrics_file("ingest"))
+    ingest = files.read_json(project / paths.metrics_file("ingest"))
     assert ingest["rows_in"] == ingest["rows_accepted"] + ingest["rows_rejected"] == 69_659
     scores = pd.read_parquet(project / paths.SCORES_PARQUET)
     assert len(scores) == scores["customer_id"].nunique() == CDNOW_CUSTOMERS
@@ -74,9 +76,9 @@ def test_repro_runs_every_stage_and_accounts_for_every_customer(repro):
 
 def test_headline_claims_hold_on_cdnow(repro):
     project, _, _ = repro
-    clv = io.read_json(project / paths.metrics_file("clv"))
+    clv = files.read_json(project / paths.metrics_file("clv"))
     assert set(clv["bgnbd"]) >= {"r", "alpha", "a", "b"} and set(clv["gamma_gamma"]) >= {"p", "q", "v"}
-    churn = io.read_json(project / paths.metrics_file("churn"))
+    churn = files.read_json(project / paths.metrics_file("churn"))
     assert churn["evaluation"] == "out_of_time"
     assert churn["comparison"]["classifier_beats_baseline_brier"]
     assert churn["comparison"]["classifier_auc_within_tolerance"]
@@ -88,7 +90,7 @@ FOUR_DECIMALS = 5e-5
 
 def test_clv_model_selection_and_parameters_match_the_readme(repro):
     project, _, _ = repro
-    clv = io.read_json(project / paths.metrics_file("clv"))
+    clv = files.read_json(project / paths.metrics_file("clv"))
     selection = clv["model_selection"]
     assert clv["model"] == selection["chosen"] == "mbgnbd"
     maes = {name: candidate["mae"] for name, candidate in selection["candidates"].items()}
@@ -107,7 +109,7 @@ def test_clv_model_selection_and_parameters_match_the_readme(repro):
 
 def test_churn_auc_and_baselines_match_the_readme(repro):
     project, _, _ = repro
-    churn = io.read_json(project / paths.metrics_file("churn"))
+    churn = files.read_json(project / paths.metrics_file("churn"))
     auc = {name: model["roc_auc"] for name, model in churn["models"].items()}
     assert auc["classifier_calibrated"] == pytest.approx(0.8391, abs=FOUR_DECIMALS)
     assert auc["baseline_expected_purchases"] == pytest.approx(0.8359, abs=FOUR_DECIMALS)
@@ -118,10 +120,10 @@ def test_churn_auc_and_baselines_match_the_readme(repro):
 
 def test_segment_counts_and_total_clv_match_the_readme(repro):
     project, _, _ = repro
-    segment = io.read_json(project / paths.metrics_file("segment"))
+    segment = files.read_json(project / paths.metrics_file("segment"))
     assert segment["counts"]["quadrant"] == {"I": 11_786, "II": 8_467, "III": 0, "IV": 3_317}
     assert segment["counts"]["tier"] == {"platinum": 704, "gold": 4_010, "iron": 14_142, "lead": 4_714}
-    headline = io.read_json(project / paths.metrics_file("export"))["headline"]
+    headline = files.read_json(project / paths.metrics_file("export"))["headline"]
     assert headline["customers_by_quadrant"] == segment["counts"]["quadrant"]
     assert headline["customers_by_tier"] == segment["counts"]["tier"]
     assert headline["total_clv"] == pytest.approx(64_554.75, abs=0.005)
@@ -133,14 +135,14 @@ def test_segment_counts_and_total_clv_match_the_readme(repro):
 
 def test_a_second_repro_changes_nothing(repro):
     project, env, _ = repro
-    before = {p: io.file_sha256(project / p) for p in (paths.SCORES_PARQUET, paths.features_at(0), paths.clv_predictions_at(0))}
+    before = {p: files.file_sha256(project / p) for p in (paths.SCORES_PARQUET, paths.features_at(0), paths.clv_predictions_at(0))}
     # ingest re-reads the source on every repro (always_changed); its outputs are byte-identical,
     # so nothing downstream runs again.
     second = _run(["dvc", "repro"], project, env)
     assert "Running stage 'ingest'" in second.stdout
     for stage in ("features", "clv", "churn", "segment", "export", "notebook"):
         assert f"Running stage '{stage}'" not in second.stdout, second.stdout
-    assert before == {p: io.file_sha256(project / p) for p in before}
+    assert before == {p: files.file_sha256(project / p) for p in before}
 
 
 # --------------------------------------------------------------------------- online scoring
@@ -178,7 +180,7 @@ def test_served_champion_answers_each_customer_with_their_export_row(repro, scor
     project, _, _ = repro
     features = pd.read_parquet(project / paths.features_at(0))
     exported = pd.read_parquet(project / paths.SCORES_PARQUET).set_index("customer_id")
-    reference = io.read_json(project / paths.SEGMENT_REFERENCE)
+    reference = files.read_json(project / paths.SEGMENT_REFERENCE)
     # The customers on every rank boundary (the likeliest to flip), one of each quadrant x tier
     # cell, and a few at random.
     boundary = [customer for _, _, customer in reference["boundaries"]]

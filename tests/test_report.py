@@ -7,13 +7,13 @@ import base64
 import re
 import struct
 from html.parser import HTMLParser
-from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
 
-from pipelines import export, io, paths, report, tracking
+from pipelines import export, files, report, tracking
+from pipelines.catalog import Catalog
 from pipelines.config import load_params
 from tests.test_export import CONTRACT, assemble, tiny_inputs
 from tests.test_export_fixture import (  # noqa: F401
@@ -99,7 +99,7 @@ def png_size(png: bytes) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def html(exported_project) -> str:
-    return (exported_project / report.MODELS_HTML).read_text()
+    return Catalog(exported_project).MODELS_HTML.read_text()
 
 
 def test_sections_have_stable_ids_and_headings(html):
@@ -130,7 +130,8 @@ def test_every_embedded_figure_decodes_as_a_png(html):
 
 def test_quadrant_and_tier_tables_match_the_segment_summary(html, exported_project):
     parsed = parse(html)
-    summary = pd.read_parquet(exported_project / paths.SEGMENT_SUMMARY)
+    paths = Catalog(exported_project)
+    summary = pd.read_parquet(paths.SEGMENT_SUMMARY)
     for group in ("quadrant", "tier"):
         expected = summary[summary["group_by"] == group]
         rows = body_rows(parsed, f"{group}-table")
@@ -138,7 +139,7 @@ def test_quadrant_and_tier_tables_match_the_segment_summary(html, exported_proje
         customers_column = 3 if group == "quadrant" else 1
         assert [int(r[customers_column].replace(",", "")) for r in rows] == expected["customers"].tolist()
     assert '<th class="num">customers</th>' in html and "<th>retention strategy</th>" in html  # numbers right-aligned
-    segment_metrics = io.read_json(exported_project / paths.metrics_file("segment"))
+    segment_metrics = files.read_json(paths.metrics_file("segment"))
     cuts = body_rows(parsed, "cuts-table")
     assert [r[0] for r in cuts] == ["current value", "growth potential"]
     assert cuts[1][2] == report.pct(segment_metrics["cuts"]["high_growth_potential_share"])
@@ -147,7 +148,7 @@ def test_quadrant_and_tier_tables_match_the_segment_summary(html, exported_proje
 
 
 def test_label_tables_count_the_exported_customers(html, exported_project):
-    scores = pd.read_parquet(exported_project / paths.SCORES_PARQUET)
+    scores = pd.read_parquet(Catalog(exported_project).SCORES_PARQUET)
     rows = body_rows(parse(html), "lifecycle_state-table")
     counts = scores["lifecycle_state"].value_counts()
     assert {r[0]: int(r[1]) for r in rows} == {s: int(counts.get(s, 0)) for s in ("new", "active", "drowsy", "half_asleep", "dormant")}
@@ -218,9 +219,9 @@ def test_partial_metrics_are_shown_with_gaps():
 
 def test_export_run_logs_report_figures_counts_and_hash(exported_project, mlflow_store):
     params = load_params(exported_project / "params.yaml")
-    with project_env(exported_project):
-        tracking.configure(params)
-        metrics = io.read_json(paths.metrics_file("export"))
+    with project_env(exported_project) as paths:
+        tracking.configure(params, paths.root)
+        metrics = files.read_json(paths.metrics_file("export"))
         run = mlflow.search_runs(
             filter_string=f"tags.`cvp.stage` = 'export' and tags.`cvp.scores_sha256` = '{metrics['scores_sha256']}'",
             output_format="list", max_results=1,
@@ -240,11 +241,11 @@ def test_export_run_logs_report_figures_counts_and_hash(exported_project, mlflow
 def test_segment_summary_is_not_logged_twice(tmp_path, mlflow_store, stage_outputs):
     copy_outputs(stage_outputs, tmp_path)
     params_path = write_params(tmp_path, mlflow_store, table="scores_once")
-    with project_env(tmp_path):
+    with project_env(tmp_path) as paths:
         params = load_params(params_path)
-        with tracking.stage_run("segment", params, params_path=Path("params.yaml")) as segment_run:
+        with tracking.stage_run("segment", params, paths) as segment_run:
             mlflow.log_table(pd.read_parquet(paths.SEGMENT_SUMMARY), artifact_file="summary.json")
-        export.run(params, params_path=Path("params.yaml"))
+        export.run(params, paths)
         parent = segment_run.data.tags["mlflow.parentRunId"]
         (run,) = mlflow.search_runs(
             filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.`cvp.stage` = 'export'", output_format="list"
@@ -253,12 +254,12 @@ def test_segment_summary_is_not_logged_twice(tmp_path, mlflow_store, stage_outpu
     assert "report" in artifacts and "segments" not in artifacts
 
 
-def test_unreadable_or_missing_sources_are_skipped_with_a_warning(tmp_path, monkeypatch, caplog):
-    monkeypatch.chdir(tmp_path)
-    io.write_text("{not json", paths.metrics_file("clv"))
-    io.write_json({"rows_accepted": 3, "rows_rejected": 1}, paths.metrics_file("ingest"))
-    with caplog.at_level("WARNING", logger="pipelines.report"):
-        sources = report.load_sources()
+def test_unreadable_or_missing_sources_are_skipped_with_a_warning(tmp_path, caplog):
+    paths = Catalog(tmp_path)
+    files.write_text("{not json", paths.metrics_file("clv"))
+    files.write_json({"rows_accepted": 3, "rows_rejected": 1}, paths.metrics_file("ingest"))
+    with caplog.at_level("WARNING", logger="pipelines.report_common"):
+        sources = report.load_sources(paths)
     assert set(sources.metrics) == {"ingest"} and sources.summary is None
     assert sources.plots == {"clv": {}, "churn": {}, "segment": {}}
     messages = " ".join(r.getMessage() for r in caplog.records)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipelines import paths, report
+from pipelines.catalog import Catalog
 from tests.test_export_fixture import exported_project, mlflow_store  # noqa: F401
 from tests.test_report import SECTION_IDS
 from tests.test_report_marketing import MARKETING_SECTIONS
@@ -60,9 +60,9 @@ def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.Completed
     )  # fmt: skip
 
 
-PAGES = {  # page -> (file, section ids, embedded figures in the hand-made project)
-    "marketing": (paths.REPORT_HTML, MARKETING_SECTIONS, 1),
-    "models": (report.MODELS_HTML, SECTION_IDS, 10),
+PAGES = {  # page -> (catalog key, section ids, embedded figures in the hand-made project)
+    "marketing": ("report_html", MARKETING_SECTIONS, 1),
+    "models": ("models_html", SECTION_IDS, 10),
 }
 
 
@@ -79,8 +79,8 @@ def probe_page(binary: str, html: str, tmp_path: Path) -> tuple[dict, str]:
 @pytest.mark.parametrize("page", sorted(PAGES))
 def test_page_renders_offline_at_1280_px_with_every_figure_decoded(exported_project, tmp_path, page):
     binary = chromium()
-    path, sections, figures = PAGES[page]
-    html = (exported_project / path).read_text()
+    key, sections, figures = PAGES[page]
+    html = Catalog(exported_project).path(key).read_text()
     probe, dom = probe_page(binary, html, tmp_path)
     assert len(probe["images"]) == html.count("<img ") == figures
     assert all(i["complete"] and i["width"] > 0 and i["height"] > 0 for i in probe["images"])
@@ -101,7 +101,7 @@ def test_page_renders_offline_at_1280_px_with_every_figure_decoded(exported_proj
 
 def test_banner_is_on_top_when_the_quarantine_is_not_empty(exported_project, tmp_path):
     binary = chromium()
-    html = (exported_project / paths.REPORT_HTML).read_text()  # the hand-made ingest rejected 10 rows
+    html = Catalog(exported_project).REPORT_HTML.read_text()  # the hand-made ingest rejected 10 rows
     probe, _ = probe_page(binary, html, tmp_path)
     assert probe["banner"] is not None and probe["banner"]["height"] > 0
     assert probe["banner"]["top"] < probe["firstSection"] < 1000  # seen without scrolling, above every section

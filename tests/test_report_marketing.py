@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from models.segments import QUADRANTS, TIERS
-from pipelines import io, paths, report
+from pipelines import files, report
+from pipelines.catalog import Catalog
 from pipelines.config import ConfigError, ReportParams, load_params, parse_params
 from pipelines.report_common import Money, reader_date
 from pipelines.report_marketing import (
@@ -35,7 +36,7 @@ JARGON = ("P(alive)", "p_alive", "Gini", "Spearman", "AUC", "SHAP", "Brier", "lo
 
 @pytest.fixture(scope="module")
 def page(exported_project) -> str:
-    return (exported_project / paths.REPORT_HTML).read_text()
+    return Catalog(exported_project).REPORT_HTML.read_text()
 
 
 def visible_text(html: str) -> str:
@@ -159,7 +160,7 @@ def test_page_speaks_plain_words(page):
 
 
 def test_page_dates_and_counts_agree_with_the_export(page, exported_project):
-    scores = pd.read_parquet(exported_project / paths.SCORES_PARQUET)
+    scores = pd.read_parquet(Catalog(exported_project).SCORES_PARQUET)
     assert "as of 30 Jun 2000" in page
     rows = body_rows(parse(page), "group-table")
     counts = scores["quadrant"].value_counts()
@@ -175,16 +176,17 @@ def test_banner_opens_the_page_when_rows_were_rejected(page):
 
 
 def test_lists_beside_the_page_match_the_export_counts(exported_project):
-    metrics = io.read_json(exported_project / paths.metrics_file("export"))["headline"]
+    paths = Catalog(exported_project)
+    metrics = files.read_json(paths.metrics_file("export"))["headline"]
     for kind, labels, counts in (("quadrant", QUADRANTS, metrics["customers_by_quadrant"]),
                                  ("tier", TIERS, metrics["customers_by_tier"])):  # fmt: skip
         for label in labels:
-            frame = pd.read_csv(exported_project / report.LISTS_DIR / f"{kind}_{label}.csv", dtype={"customer_id": str})
+            frame = pd.read_csv(paths.SEGMENT_LISTS / f"{kind}_{label}.csv", dtype={"customer_id": str})
             assert len(frame) == counts[label], (kind, label)
             assert list(frame.columns) == list(LIST_COLUMNS)
             assert (frame[kind] == label).all()
-    scores = pd.read_parquet(exported_project / paths.SCORES_PARQUET)
-    everyone = pd.concat(pd.read_csv(p, dtype={"customer_id": str}) for p in sorted((exported_project / report.LISTS_DIR).glob("quadrant_*.csv")))
+    scores = pd.read_parquet(paths.SCORES_PARQUET)
+    everyone = pd.concat(pd.read_csv(p, dtype={"customer_id": str}) for p in sorted(paths.SEGMENT_LISTS.glob("quadrant_*.csv")))
     assert sorted(everyone["customer_id"]) == sorted(scores["customer_id"])
 
 

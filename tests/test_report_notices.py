@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 
-from pipelines import io, paths, report, summary
+from pipelines import files, report, summary
 from tests.test_export import assemble, tiny_inputs
 from tests.test_export_fixture import exported_project, mlflow_store, project_env  # noqa: F401
 from tests.test_report import parse
@@ -66,18 +66,18 @@ def test_the_model_page_shows_the_notices_first():
 def test_the_run_summary_ends_with_the_notices(exported_project, tmp_path, capsys):  # noqa: F811
     root = tmp_path / "project"
     shutil.copytree(exported_project, root)
-    with project_env(root):
-        io.write_json({**io.read_json(paths.metrics_file("churn")), **BASELINE}, paths.metrics_file("churn"))
-        assert summary.main([]) == 0
+    with project_env(root) as paths:
+        files.write_json({**files.read_json(paths.metrics_file("churn")), **BASELINE}, paths.metrics_file("churn"))
+        assert summary.main([str(paths.params_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2] == ("  WARNING: ingest rejected 10 of 1,250 input rows (0.8%; top reasons: bad_timestamp 6, bad_amount 4); "
                          "they are left out of every score and kept in data/quarantine/rejected.parquet")  # fmt: skip
     assert lines[-1] == "  WARNING: " + report.churn_source_notice(BASELINE).text
     assert lines[-3].startswith("  total CLV ")
-    with project_env(root):
+    with project_env(root) as paths:
         paths.metrics_file("ingest").unlink()
-        io.write_json({**io.read_json(paths.metrics_file("churn")), **CLASSIFIER}, paths.metrics_file("churn"))
-        summary.main([])
+        files.write_json({**files.read_json(paths.metrics_file("churn")), **CLASSIFIER}, paths.metrics_file("churn"))
+        summary.main([str(paths.params_file)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1] == "  churn_probability from the classifier: classifier ROC-AUC 0.8391 is not below ..."
     assert not any("WARNING" in line for line in lines)

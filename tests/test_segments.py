@@ -1,6 +1,6 @@
 """Segmentation rules on hand-made customers: every expected label is worked out by hand."""
 
-import logging
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -9,7 +9,11 @@ from scipy.stats import spearmanr
 
 from features.errors import DataError
 from models import segments as seg
-from pipelines.segment import holdout_comparison
+from pipelines.config import parse_params
+from pipelines.domain import segment_rules
+
+#: The rules under the typed config's defaults (pipelines/config.py holds the only defaults).
+RULES = segment_rules(parse_params({"data": {"columns": {"customer_id": "id", "timestamp": "date", "amount": "amount"}}}))
 
 
 def ids(n):
@@ -129,7 +133,7 @@ def test_pyramid_shares_on_100_customers():
     n = 100
     values = pd.Series(np.arange(n, 0, -1, dtype=float))  # customer 0 is the most valuable
     rank = seg.value_rank(values, ids(n))
-    got = seg.assign_pyramid(rank, seg.SegmentRules().pyramid, values.index)
+    got = seg.assign_pyramid(rank, RULES.pyramid, values.index)
     assert got.value_counts().to_dict() == {"small": 80, "ordinary": 15, "major": 4, "vip": 1}
     assert got.iloc[0] == "vip" and got.iloc[1:5].eq("major").all() and got.iloc[5:20].eq("ordinary").all()
 
@@ -138,7 +142,7 @@ def test_pyramid_rounds_half_up_and_ties_go_by_customer_id():
     n = 250  # 1% = 2.5 -> 3 VIPs; 5% = 12.5 -> 13; 20% = 50
     values = pd.Series(np.ones(n))
     cid = pd.Series([f"c{i:03d}" for i in range(n)][::-1])  # ids in reverse order of rows
-    got = seg.assign_pyramid(seg.value_rank(values, cid), seg.SegmentRules().pyramid, values.index)
+    got = seg.assign_pyramid(seg.value_rank(values, cid), RULES.pyramid, values.index)
     assert got.value_counts().to_dict() == {"small": 200, "ordinary": 37, "major": 10, "vip": 3}
     vip_ids = sorted(cid[got == "vip"])
     assert vip_ids == ["c000", "c001", "c002"]
@@ -176,7 +180,7 @@ def test_tiers_by_value_rank_and_growth():
     )
     value = frame["current"] + frame["growth"]  # 60, 70, 65, 8, 6, 4, 3, 2, 0.5, -1
     rank = seg.value_rank(value, ids(10))
-    rule = seg.TierRule(top_share=0.3)
+    rule = replace(RULES.tier, top_share=0.3)
     got = seg.assign_tier(value, frame["current"], frame["growth"], frame["current"] > 0, rank, rule)
     # c000: top, 10 < 50 (shrinking) -> gold; c001: top, growing, profitable now -> platinum;
     # c002: top by forecast only (current value 0, not high) -> gold
@@ -196,8 +200,8 @@ def test_growing_ratio_moves_gold_to_platinum():
     value = pd.Series([100.0, 1.0])
     current, growth, high = pd.Series([60.0, 1.0]), pd.Series([40.0, 0.0]), pd.Series([True, False])
     rank = seg.value_rank(value, ids(2))
-    strict = seg.TierRule(top_share=0.5, lead_share=0.0, growing_ratio=1.0)
-    lenient = seg.TierRule(top_share=0.5, lead_share=0.0, growing_ratio=0.5)
+    strict = seg.TierRule(top_share=0.5, lead_share=0.0, lead_max_value=0.0, growing_ratio=1.0)
+    lenient = seg.TierRule(top_share=0.5, lead_share=0.0, lead_max_value=0.0, growing_ratio=0.5)
     assert seg.assign_tier(value, current, growth, high, rank, strict).tolist() == ["gold", "iron"]
     assert seg.assign_tier(value, current, growth, high, rank, lenient).tolist() == ["platinum", "iron"]
 
@@ -213,12 +217,12 @@ def test_each_lifecycle_state():
             "ipi_mean": [np.nan, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0],
         }
     )
-    got = seg.assign_lifecycle(frame["days_since_first"], frame["days_since_last"], frame["ipi_mean"], seg.LifecycleRule())
+    got = seg.assign_lifecycle(frame["days_since_first"], frame["days_since_last"], frame["ipi_mean"], RULES.lifecycle)
     assert got.tolist() == ["new", "active", "active", "drowsy", "half_asleep", "half_asleep", "dormant"]
 
 
 def test_one_time_buyers_use_the_configured_interval():
-    rule = seg.LifecycleRule(one_time_buyer_interval_days=20)
+    rule = replace(RULES.lifecycle, one_time_buyer_interval_days=20)
     got = seg.assign_lifecycle(
         pd.Series([300.0, 300.0, 300.0]), pd.Series([29.0, 35.0, 80.0]), pd.Series([np.nan] * 3), rule
     )
@@ -228,7 +232,7 @@ def test_one_time_buyers_use_the_configured_interval():
 
 def test_one_time_buyers_default_to_the_population_median_interval():
     ipi = pd.Series([10.0, 30.0, 60.0, np.nan])  # median of defined intervals = 30
-    got = seg.assign_lifecycle(pd.Series([500.0] * 4), pd.Series([10.0, 10.0, 10.0, 80.0]), ipi, seg.LifecycleRule())
+    got = seg.assign_lifecycle(pd.Series([500.0] * 4), pd.Series([10.0, 10.0, 10.0, 80.0]), ipi, RULES.lifecycle)
     assert seg.one_time_buyer_interval(ipi, None) == 30.0
     assert got.iloc[3] == "half_asleep"  # 80 / 30 = 2.67
 
@@ -325,7 +329,7 @@ def small_base(n=40, seed=3):
 
 def test_segment_customers_composes_the_rules():
     frame = small_base()
-    rules = seg.SegmentRules()
+    rules = RULES
     result = seg.segment_customers(frame, rules)
     out = result.customers
     assert len(out) == len(frame) and out["customer_id"].tolist() == frame["customer_id"].tolist()
@@ -345,7 +349,7 @@ def test_segment_customers_composes_the_rules():
 
 
 def test_summary_shares_sum_to_one_and_match_the_labels():
-    out = seg.segment_customers(small_base(), seg.SegmentRules()).customers
+    out = seg.segment_customers(small_base(), RULES).customers
     summary = seg.summarise_segments(out)
     assert summary[["group_by", "segment"]].values.tolist() == [["quadrant", q] for q in seg.QUADRANTS] + [
         ["tier", t] for t in seg.TIERS
@@ -362,7 +366,7 @@ def test_summary_shares_sum_to_one_and_match_the_labels():
 
 
 def test_label_counts_lists_every_label():
-    out = seg.segment_customers(small_base(), seg.SegmentRules()).customers
+    out = seg.segment_customers(small_base(), RULES).customers
     counts = seg.label_counts(out)
     assert set(counts["lifecycle_state"]) == set(seg.LIFECYCLE_STATES)
     assert all(sum(c.values()) == len(out) for c in counts.values())
@@ -390,42 +394,6 @@ def test_rank_forecasts_matches_scipy_and_the_oracle_bounds_capture():
     assert got["oracle"]["top_share_capture"] >= got["good"]["top_share_capture"]
 
 
-def _holdout(churn_informative: bool, n=400, seed=7):
-    rng = np.random.default_rng(seed)
-    buys = rng.random(n) < 0.4
-    spend = np.where(buys, rng.gamma(2.0, 30.0, n), 0.0)
-    informed = np.where(buys, rng.uniform(0.0, 0.4, n), rng.uniform(0.6, 1.0, n))
-    churn = informed if churn_informative else 1 - informed
-    return pd.DataFrame(
-        {
-            "customer_id": [f"{i:04d}" for i in range(n)],
-            "cutoff": pd.Timestamp("2020-01-01"),
-            "spend": spend,
-            "clv": rng.gamma(2.0, 5.0, n),
-            "p_no_purchase": np.full(n, 0.6),
-            "churn_probability": churn,
-        }
-    )
-
-
-def test_holdout_comparison_prefers_an_informative_classifier():
-    got = holdout_comparison(_holdout(churn_informative=True))
-    assert got["combined"]["spearman"] > got["clv"]["spearman"]
-    assert got["combined_at_least_as_good"] is True
-    assert got["customers"] == 400 and got["cutoff"] == "2020-01-01"
-
-
-def test_holdout_comparison_warns_when_combined_is_worse(caplog):
-    with caplog.at_level(logging.WARNING, logger="pipelines.segment"):
-        got = holdout_comparison(_holdout(churn_informative=False))
-    assert got["combined_at_least_as_good"] is False
-    assert "worse than CLV alone" in caplog.text
-
-
-def test_holdout_comparison_skipped_without_inputs():
-    assert "skipped" in holdout_comparison(None)
-
-
 # --------------------------------------------------------------------------- labelling one customer
 
 
@@ -442,7 +410,7 @@ def tied_base(n: int = 300, seed: int = 3) -> pd.DataFrame:
 @pytest.mark.parametrize("base", [small_base, tied_base], ids=["distinct", "tied"])
 def test_the_reference_labels_each_customer_alone_as_in_the_population(base):
     frame = base()
-    rules = seg.SegmentRules()
+    rules = RULES
     batch = seg.segment_customers(frame, rules)
     # The reference survives a JSON round trip (it is stored with the served model).
     import json
@@ -459,7 +427,7 @@ def test_the_reference_labels_each_customer_alone_as_in_the_population(base):
 
 def test_a_new_customer_is_placed_among_the_population():
     frame = small_base(200)  # 2 vips
-    rules = seg.SegmentRules()
+    rules = RULES
     batch = seg.segment_customers(frame, rules)
     best = frame.loc[[batch.customers["value"].idxmax()]].assign(customer_id="new-best")
     worst = frame.loc[[batch.customers["value"].idxmin()]].assign(customer_id="new-worst")

@@ -9,8 +9,10 @@ import pytest
 import yaml
 
 from features.errors import DataError
+from models import segment_eval
 from models import segments as seg
-from pipelines import paths, segment
+from pipelines import domain, segment
+from pipelines.catalog import Catalog
 from pipelines.config import parse_params
 
 AS_OF = pd.Timestamp("2021-06-30")
@@ -43,18 +45,18 @@ def _scores(rng, cutoff, n=N):
     return clv, churn
 
 
-def write_inputs(root, seed=0):
+def write_inputs(paths: Catalog, seed=0):
+    """The columns of the stage's inputs it reads, with their producers' dtypes; by catalog key."""
     rng = np.random.default_rng(seed)
     repeat = rng.random(N) < 0.6
     features = pd.DataFrame(
         {
             "customer_id": _ids(),
             "cutoff": AS_OF,
-            "frequency": np.where(repeat, rng.integers(1, 8, N), 0).astype(float),
             "spend_trailing": np.where(rng.random(N) < 0.55, 0.0, rng.gamma(2.0, 30.0, N)),
             "margin_trailing": np.nan,
-            "days_since_first": rng.integers(5, 540, N).astype(float),
-            "days_since_last": rng.integers(0, 400, N).astype(float),
+            "days_since_first": rng.integers(5, 540, N),
+            "days_since_last": rng.integers(0, 400, N),
             "ipi_mean": np.where(repeat, rng.uniform(7, 150, N), np.nan),
         }
     )
@@ -71,22 +73,22 @@ def write_inputs(root, seed=0):
         }
     )
     files = {
-        paths.features_at(0): features,
-        paths.clv_predictions_at(0): clv0,
-        paths.churn_predictions_at(0): churn0,
-        paths.labels_at(1): labels,
-        paths.clv_predictions_at(1): clv1,
-        paths.churn_predictions_at(1): churn1,
+        "features_t0": features,
+        "clv_predictions_t0": clv0,
+        "churn_predictions_t0": churn0,
+        "labels_t1": labels,
+        "clv_predictions_t1": clv1,
+        "churn_predictions_t1": churn1,
     }
-    for path, frame in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(root / path, index=False)
+    for key, frame in files.items():
+        paths.path(key).parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(paths.path(key), index=False)
     return files
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    """(catalog of a tmp project, params, the input frames by catalog key); the stage runs from elsewhere."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     monkeypatch.delenv("CVP_PIPELINE_RUN_ID", raising=False)
     raw = {
@@ -95,34 +97,35 @@ def project(tmp_path, monkeypatch):
         "segment": {"log_model": False},  # no CLV/churn model files here (served model: test_pipeline_e2e)
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    files = write_inputs(tmp_path)
-    return tmp_path, parse_params(raw), files
+    paths = Catalog(tmp_path, tmp_path / "params.yaml")
+    files = write_inputs(paths)
+    return paths, parse_params(raw), files
 
 
 def test_stage_writes_validated_deterministic_outputs_and_logs_to_mlflow(project):
-    root, params, files = project
-    segment.run(params, root / "params.yaml")
+    paths, params, files = project
+    segment.run(params, paths)
 
-    out = pd.read_parquet(root / paths.SEGMENTS)
-    assert list(out.columns) == list(segment.SEGMENT_COLUMNS)
+    out = pd.read_parquet(paths.SEGMENTS)
+    assert list(out.columns) == list(segment_eval.SEGMENT_COLUMNS)
     assert out["customer_id"].tolist() == _ids() and (out["as_of"] == AS_OF).all()
     # The written labels are the pure rules applied to the joined inputs.
     joined = (
-        files[paths.features_at(0)]
-        .merge(files[paths.clv_predictions_at(0)][["customer_id", "clv", "p_no_purchase"]], on="customer_id")
-        .merge(files[paths.churn_predictions_at(0)][["customer_id", "churn_probability"]], on="customer_id")
+        files["features_t0"]
+        .merge(files["clv_predictions_t0"][["customer_id", "clv", "p_no_purchase"]], on="customer_id")
+        .merge(files["churn_predictions_t0"][["customer_id", "churn_probability"]], on="customer_id")
     )
-    expected = seg.segment_customers(joined, segment.rules_from_params(params)).customers
+    expected = seg.segment_customers(joined, domain.segment_rules(params)).customers
     for column in ("quadrant", "tier", "pyramid_level", "abc_class", "lifecycle_state", "relationship_level"):
         assert out[column].tolist() == expected[column].tolist(), column
     np.testing.assert_allclose(out["growth_potential"], expected["growth_potential"])
 
-    summary = pd.read_parquet(root / paths.SEGMENT_SUMMARY)
+    summary = pd.read_parquet(paths.SEGMENT_SUMMARY)
     for _, part in summary.groupby("group_by"):
         assert part["customers"].sum() == N
         assert part["share_of_value"].sum() == pytest.approx(1.0)
 
-    metrics = json.loads((root / paths.metrics_file("segment")).read_text())
+    metrics = json.loads(paths.metrics_file("segment").read_text())
     assert metrics["customers"] == N and metrics["as_of"] == "2021-06-30"
     for column, counts in metrics["counts"].items():
         assert sum(counts.values()) == N, column
@@ -135,7 +138,7 @@ def test_stage_writes_validated_deterministic_outputs_and_logs_to_mlflow(project
     assert holdout["oracle"]["top_share_capture"] >= holdout["clv"]["top_share_capture"]
     assert 0 < metrics["concentration"]["gini"] < 1
 
-    plots = root / paths.plots_dir("segment")
+    plots = paths.plots_dir("segment")
     for name in ("quadrant_scatter.png", "lorenz.png", "value_by_quadrant.png", "lifecycle.png"):
         assert (plots / name).read_bytes()[:4] == b"\x89PNG", name
     lorenz = pd.read_csv(plots / "lorenz.csv")
@@ -150,49 +153,54 @@ def test_stage_writes_validated_deterministic_outputs_and_logs_to_mlflow(project
 
     # Same inputs -> byte-identical outputs.
     outputs = [paths.SEGMENTS, paths.SEGMENT_SUMMARY, paths.metrics_file("segment"), *sorted(plots.iterdir())]
-    first = {p: (root / p).read_bytes() for p in outputs}
-    segment.run(params, root / "params.yaml")
+    first = {p: p.read_bytes() for p in outputs}
+    segment.run(params, paths)
     for p, content in first.items():
-        assert (root / p).read_bytes() == content, p
+        assert p.read_bytes() == content, p
 
 
 def test_customer_missing_from_an_input_names_the_file(project):
-    root, params, files = project
-    churn = files[paths.churn_predictions_at(0)].iloc[1:]
-    churn.to_parquet(root / paths.churn_predictions_at(0), index=False)
+    paths, params, files = project
+    churn = files["churn_predictions_t0"].iloc[1:]
+    churn.to_parquet(paths.churn_predictions_at(0), index=False)
     with pytest.raises(DataError, match=r"data/churn/predictions_t0.parquet: 1 customer\(s\) missing \(e.g. 00000\)"):
-        segment.run(params, root / "params.yaml")
-    assert not (root / paths.SEGMENTS).exists()
+        segment.run(params, paths)
+    assert not paths.SEGMENTS.exists()
 
 
 def test_extra_customer_in_an_input_names_the_file_it_is_missing_from(project):
-    root, params, files = project
-    clv = files[paths.clv_predictions_at(0)]
+    paths, params, files = project
+    clv = files["clv_predictions_t0"]
     extra = pd.concat([clv, clv.iloc[[0]].assign(customer_id="99999")], ignore_index=True)
-    extra.to_parquet(root / paths.clv_predictions_at(0), index=False)
+    extra.to_parquet(paths.clv_predictions_at(0), index=False)
     with pytest.raises(DataError, match=r"data/features/features_t0.parquet: 1 customer\(s\) missing \(e.g. 99999\)"):
-        segment.run(params, root / "params.yaml")
+        segment.run(params, paths)
 
 
 def test_missing_input_file_and_bad_values_are_data_errors(project):
-    root, params, files = project
-    (root / paths.clv_predictions_at(0)).unlink()
+    paths, params, files = project
+    paths.clv_predictions_at(0).unlink()
     with pytest.raises(DataError, match=r"data/clv/predictions_t0.parquet: not found; run `cvp clv` first"):
-        segment.run(params, root / "params.yaml")
-    files[paths.clv_predictions_at(0)].to_parquet(root / paths.clv_predictions_at(0), index=False)
-    churn = files[paths.churn_predictions_at(0)].assign(churn_probability=1.5)
-    churn.to_parquet(root / paths.churn_predictions_at(0), index=False)
-    with pytest.raises(DataError, match=r"data/churn/predictions_t0.parquet: .*churn_probability"):
-        segment.run(params, root / "params.yaml")
+        segment.run(params, paths)
+    files["clv_predictions_t0"].to_parquet(paths.clv_predictions_at(0), index=False)
+    churn = files["churn_predictions_t0"].assign(churn_probability=1.5)
+    churn.to_parquet(paths.churn_predictions_at(0), index=False)
+    with pytest.raises(DataError, match=r"data/churn/predictions_t0.parquet: does not match the churn predictions .*contract: .*churn_probability"):
+        segment.run(params, paths)
+    # A column with another dtype than its producer writes (whole days as floats) breaks the contract too.
+    files["churn_predictions_t0"].to_parquet(paths.churn_predictions_at(0), index=False)
+    files["features_t0"].astype({"days_since_last": float}).to_parquet(paths.features_at(0), index=False)
+    with pytest.raises(DataError, match=r"data/features/features_t0.parquet: does not match the .* contract: .*days_since_last"):
+        segment.run(params, paths)
 
 
 def test_holdout_is_skipped_without_t1_files_or_rows(project):
-    root, params, files = project
-    assert len(segment.load_holdout_inputs()) == N
-    files[paths.clv_predictions_at(1)].iloc[0:0].to_parquet(root / paths.clv_predictions_at(1), index=False)
-    assert segment.load_holdout_inputs() is None
-    (root / paths.labels_at(1)).unlink()
-    assert segment.load_holdout_inputs() is None
+    paths, params, files = project
+    assert len(segment.holdout_inputs(params, paths)) == N
+    files["clv_predictions_t1"].iloc[0:0].to_parquet(paths.clv_predictions_at(1), index=False)
+    assert segment.holdout_inputs(params, paths) is None
+    paths.labels_at(1).unlink()
+    assert segment.holdout_inputs(params, paths) is None
 
 
 BASE = {"data": {"columns": {"customer_id": "customer_id", "timestamp": "date", "amount": "dollar_value"}}}
@@ -228,7 +236,7 @@ def test_rules_follow_the_params():
             "lifecycle": {"one_time_buyer_interval_days": 45},
         },
     }
-    rules = segment.rules_from_params(parse_params(raw))
+    rules = domain.segment_rules(parse_params(raw))
     assert rules.margin == 0.25 and rules.growth_potential == "clv"
     assert rules.cut == seg.CutRule("fixed", 10.0, 20.0)
     assert rules.pyramid == (("vip", 0.1), ("major", 0.1), ("ordinary", 0.3), ("small", 0.5))

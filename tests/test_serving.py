@@ -25,7 +25,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import io, paths
+from pipelines import files
+from pipelines.catalog import Catalog
 from tests.test_clv_stage import HORIZON, project, read  # noqa: F401  (project: module fixture)
 
 ALIAS = "champion"
@@ -92,7 +93,7 @@ def stop(proc: subprocess.Popen) -> None:
 def serving(model_dir: Path, root: Path, uri: str, logs: Path) -> Iterator[str]:
     """`mlflow models serve` of the version a stage registered (its registration.json under
     ``root / model_dir``), after giving it the champion alias; yields the base URL."""
-    reg = io.read_json(root / paths.registration_file(model_dir))
+    reg = files.read_json(Catalog.registration_file(root / model_dir))
     MlflowClient(tracking_uri=uri, registry_uri=uri).set_registered_model_alias(reg["name"], ALIAS, reg["version"])
     port = free_local_port()
     command = [
@@ -114,7 +115,7 @@ def serving(model_dir: Path, root: Path, uri: str, logs: Path) -> Iterator[str]:
 def server(project, tmp_path_factory):  # noqa: F811
     """Base URL of `mlflow models serve` on models:/cvp-clv@champion (the clv stage's version)."""
     root, _ = project
-    with serving(paths.CLV_MODEL_DIR, root, store_uri(root), tmp_path_factory.mktemp("model_server")) as base_url:
+    with serving(Catalog(root).CLV_MODEL_DIR, root, store_uri(root), tmp_path_factory.mktemp("model_server")) as base_url:
         yield base_url
 
 
@@ -157,7 +158,7 @@ def customers(project) -> pd.DataFrame:  # noqa: F811
 
 
 def batch_predictions(root: Path, ids: pd.Series) -> pd.DataFrame:
-    batch = read(root, paths.clv_predictions_at(0)).set_index("customer_id")
+    batch = read(root, Catalog(root).clv_predictions_at(0)).set_index("customer_id")
     return batch.loc[ids.tolist()].reset_index()
 
 

@@ -10,7 +10,6 @@ and which param changes it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -23,7 +22,8 @@ import pytest
 import yaml
 
 from features.errors import DataError
-from pipelines import export, io, paths, segment
+from pipelines import export, files, segment
+from pipelines.catalog import Catalog
 from pipelines.config import load_params
 from tests.test_export_fixture import (
     HORIZON_DAYS,
@@ -46,6 +46,7 @@ pytestmark = pytest.mark.xdist_group("small_data")
 ROWS_PER_CUSTOMER = 8
 SEED = 7
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- dvc repro
@@ -105,8 +106,9 @@ def test_repro_completes(repro):
 def test_every_customer_of_features_t0_is_exported_once(repro):
     project, result = repro
     assert result.returncode == 0, _failure(result)
-    features = pd.read_parquet(project / paths.features_at(0), columns=["customer_id"])
-    scores = pd.read_parquet(project / paths.SCORES_PARQUET)
+    paths = Catalog(project)
+    features = pd.read_parquet(paths.features_at(0), columns=["customer_id"])
+    scores = pd.read_parquet(paths.SCORES_PARQUET)
     assert len(scores) == scores["customer_id"].nunique() == len(features)
     assert sorted(scores["customer_id"]) == sorted(features["customer_id"])
 
@@ -114,7 +116,7 @@ def test_every_customer_of_features_t0_is_exported_once(repro):
 def test_exported_scores_are_finite_and_in_range(repro):
     project, result = repro
     assert result.returncode == 0, _failure(result)
-    scores = pd.read_parquet(project / paths.SCORES_PARQUET)
+    scores = pd.read_parquet(Catalog(project).SCORES_PARQUET)
     for column in ("clv", "p_alive", "churn_probability"):
         assert np.isfinite(scores[column]).all(), column
     assert (scores["clv"] >= 0).all()
@@ -124,7 +126,7 @@ def test_exported_scores_are_finite_and_in_range(repro):
 def test_churn_probability_is_not_one_constant(repro):
     project, result = repro
     assert result.returncode == 0, _failure(result)
-    churn = pd.read_parquet(project / paths.SCORES_PARQUET)["churn_probability"]
+    churn = pd.read_parquet(Catalog(project).SCORES_PARQUET)["churn_probability"]
     assert churn.nunique() > 1, f"every customer has churn probability {churn.iloc[0]}"
 
 
@@ -134,7 +136,7 @@ def test_churn_probability_is_not_one_constant(repro):
 def one_time_buyers(features: pd.DataFrame) -> pd.DataFrame:
     """Every customer bought on one day only (frequency 0, no purchase interval)."""
     out = features.copy()
-    out[["frequency", "recency"]] = 0
+    out["frequency"], out["recency"] = out["frequency"] * 0, 0.0  # the contract's dtypes: int64, float64
     out[["ipi_mean", "ipi_std", "days_since_last_ratio"]] = np.nan
     out["last_purchase"] = out["first_purchase"]
     out["days_since_last"] = out["days_since_first"]
@@ -152,17 +154,17 @@ def nobody_bought_last_horizon(features: pd.DataFrame) -> pd.DataFrame:
 
 def write_upstream(root: Path, features: pd.DataFrame, seed: int = 3) -> None:
     """features_t0, CLV and churn predictions, upstream metrics and plots (no t1 holdout files)."""
-    with contextlib.chdir(root):
-        clv = clv_predictions(features, seed)
-        io.write_parquet(features, paths.features_at(0))
-        io.write_parquet(clv, paths.clv_predictions_at(0))
-        io.write_parquet(churn_predictions(clv, seed), paths.churn_predictions_at(0))
-        n = len(features)
-        for stage, metrics in (("ingest", ingest_metrics()), ("clv", clv_metrics(n)), ("churn", churn_metrics(n))):
-            io.write_json(metrics, paths.metrics_file(stage))
-        for stage, names in (("clv", ("tracking", "calibration_holdout")), ("churn", ("roc", "calibration"))):
-            for name in names:
-                write_png(f"{stage} {name}", paths.plots_dir(stage) / f"{name}.png")
+    paths = Catalog(root)
+    clv = clv_predictions(features, seed)
+    files.write_parquet(features, paths.features_at(0))
+    files.write_parquet(clv, paths.clv_predictions_at(0))
+    files.write_parquet(churn_predictions(clv, seed), paths.churn_predictions_at(0))
+    n = len(features)
+    for stage, metrics in (("ingest", ingest_metrics()), ("clv", clv_metrics(n)), ("churn", churn_metrics(n))):
+        files.write_json(metrics, paths.metrics_file(stage))
+    for stage, names in (("clv", ("tracking", "calibration_holdout")), ("churn", ("roc", "calibration"))):
+        for name in names:
+            write_png(f"{stage} {name}", paths.plots_dir(stage) / f"{name}.png")
 
 
 @pytest.fixture
@@ -177,11 +179,13 @@ def tiny(tmp_path, mlflow_store):
         yield tmp_path, raw
 
 
-def run_segment_and_export(raw: dict) -> pd.DataFrame:
-    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    params = load_params("params.yaml")
-    segment.run(params, Path("params.yaml"))
-    export.run(params, Path("params.yaml"))
+def run_segment_and_export(root: Path, raw: dict) -> pd.DataFrame:
+    """The segment and export stages on the project at ``root`` with the params ``raw``."""
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    paths = Catalog(root, root / "params.yaml")
+    params = load_params(paths.params_file)
+    segment.run(params, paths)
+    export.run(params, paths)
     return pd.read_parquet(paths.SCORES_PARQUET)
 
 
@@ -194,10 +198,10 @@ def test_segment_and_export_complete_on_tiny_bases(tiny, n, change):
     features = features_frame(n, seed=3)
     features = change(features) if change else features
     write_upstream(root, features)
-    scores = run_segment_and_export(raw)
+    scores = run_segment_and_export(root, raw)
     assert scores["customer_id"].tolist() == features["customer_id"].tolist()
     assert np.isfinite(scores[["clv", "p_alive", "churn_probability", "current_value", "growth_potential"]]).all().all()
-    metrics = io.read_json(paths.metrics_file("segment"))
+    metrics = files.read_json(Catalog(root).metrics_file("segment"))
     assert metrics["customers"] == n and sum(metrics["counts"]["quadrant"].values()) == n
     if change is nobody_bought_last_horizon:
         assert (scores["current_value"] == 0).all()
@@ -210,11 +214,11 @@ def test_one_time_buyers_stop_with_the_param_to_set_then_complete_with_it(tiny):
     features = one_time_buyers(features_frame(30, seed=3))
     write_upstream(root, features)
     with pytest.raises(DataError) as stopped:
-        run_segment_and_export(raw)
+        run_segment_and_export(root, raw)
     message = str(stopped.value)
     assert "\n" not in message and "segment.lifecycle.one_time_buyer_interval_days" in message
     raw["segment"]["lifecycle"]["one_time_buyer_interval_days"] = 60
-    scores = run_segment_and_export(raw)
+    scores = run_segment_and_export(root, raw)
     assert len(scores) == 30
     # Interval 60 days: drowsy from 1.5 x 60 = 90 days without a purchase, dormant from 240.
     since_last = features.set_index("customer_id")["days_since_last"]
@@ -226,8 +230,49 @@ def test_no_customer_at_as_of_stops_segment_with_the_param_to_change(tiny):
     root, raw = tiny
     write_upstream(root, features_frame(5, seed=3).iloc[:0])
     with pytest.raises(DataError) as stopped:
-        run_segment_and_export(raw)
+        run_segment_and_export(root, raw)
     assert str(stopped.value) == (
-        "data/features/features_t0.parquet: no customers to segment (nobody bought on or before data.as_of); "
+        f"{root}/data/features/features_t0.parquet: no customers to segment (nobody bought on or before data.as_of); "
         "set data.as_of on or after the first purchase, or null for the last one"
     )
+
+
+# --------------------------------------------------------------------------- served models
+
+
+def _registered(paths: Catalog, key: str) -> str:
+    registration = files.read_json(paths.path(key))
+    return f"models:/{registration['name']}/{registration['version']}"
+
+
+def test_every_registered_model_serves_the_batch_scores_where_the_project_is_not_installed(repro, tmp_path):
+    """The three registered models (cvp-clv, cvp-churn, cvp-scores) load in an interpreter that
+    cannot import this project, from the code logged with them, without pandera, ibis,
+    matplotlib, shap, duckdb or the pipelines; each answers exactly what the batch wrote."""
+    from models.churn import prepare_features
+    from tests.portable import serve_outside_project
+
+    project, result = repro
+    assert result.returncode == 0, _failure(result)
+    paths = Catalog(project)
+    store = f"sqlite:///{project / 'tracking' / 'mlflow.db'}"
+    features, clv = pd.read_parquet(paths.features_at(0)), pd.read_parquet(paths.clv_predictions_at(0))
+    churn = pd.read_parquet(paths.churn_predictions_at(0))
+    batch_scores = pd.read_parquet(paths.SCORES_PARQUET)
+    clv_columns = ["p_alive", "expected_purchases", "p_no_purchase", "expected_avg_spend", "clv"]
+    cases = {
+        "clv_registration": (features[["customer_id", "frequency", "recency", "T", "monetary_value", "cutoff"]],
+                             lambda served: np.testing.assert_array_equal(served[clv_columns].to_numpy(float),
+                                                                          clv[clv_columns].to_numpy(float))),
+        "churn_registration": (prepare_features(features, clv).reset_index(drop=True),
+                               lambda served: np.testing.assert_array_equal(served["churn_probability"].to_numpy(),
+                                                                            churn["churn_probability"].to_numpy())),
+        "segment_registration": (features,
+                                 lambda served: pd.testing.assert_frame_equal(served, batch_scores, check_dtype=False,
+                                                                              check_exact=True)),
+    }  # fmt: skip
+    for key, (inputs, same_as_batch) in cases.items():
+        served, loaded = serve_outside_project(store, _registered(paths, key), inputs, tmp_path / key)
+        assert loaded["imported"] == [], (key, loaded["imported"])
+        assert all("code" in Path(p).parts and not p.startswith(str(ROOT)) for p in loaded["models_from"]), loaded
+        same_as_batch(served)

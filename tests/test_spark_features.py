@@ -7,7 +7,6 @@ are skipped with the reason. The settings tests (master, conf, install hint) nee
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import shutil
@@ -20,14 +19,16 @@ import pytest
 
 from features.errors import DataError
 from features.synthetic import SyntheticParams, generate_transactions
-from pipelines import engines, io, paths, spark
+from pipelines import engines, files, spark
 from pipelines import clv as clv_stage
 from pipelines import features as stage
+from pipelines.catalog import CUTOFF_OFFSETS, Catalog
 from pipelines.config import ConfigError, FeaturesParams, Params, load_params
 from tests.test_features import cdnow_master, transactions_frame
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS = [paths.features_at(k) for k in paths.CUTOFF_OFFSETS] + [paths.labels_at(k) for k in (1, 2)]
+RELATIVE = Catalog(".")  # the outputs' paths relative to a project root
+OUTPUTS = [RELATIVE.features_at(k) for k in CUTOFF_OFFSETS] + [RELATIVE.labels_at(k) for k in (1, 2)]
 
 
 def _java_missing() -> bool:
@@ -54,19 +55,15 @@ def params() -> Params:
 
 
 def build_features(
-    con, workdir: Path, tx: pd.DataFrame, params: Params, offsets: tuple[int, ...] = paths.CUTOFF_OFFSETS
+    con, workdir: Path, tx: pd.DataFrame, params: Params, offsets: tuple[int, ...] = CUTOFF_OFFSETS
 ) -> dict[str, pd.DataFrame]:
-    """Run the stage on ``con`` in ``workdir`` for the cutoffs t_k, k in ``offsets`` (features,
-    and labels for k >= 1); return the written files, read back, by name."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    with contextlib.chdir(workdir):
-        io.write_parquet(tx.sort_values(["customer_id", "timestamp", "source_row"]).reset_index(drop=True), paths.TRANSACTIONS)
-        table = stage.load_transactions(con, paths.TRANSACTIONS)
-        summary = stage.check_transactions(con, table, paths.TRANSACTIONS)
-        as_of = pd.Timestamp(summary["last_timestamp"]).date()
-        cutoffs = {k: c for k, c in stage.cutoff_dates(as_of, params.data.horizon_days).items() if k in offsets}
-        stage.build(con, table, cutoffs, stage.feature_spec(params, summary))
-        return {path.name: pd.read_parquet(path) for path in OUTPUTS if path.exists()}
+    """Run the stage on ``con`` for a project in ``workdir`` for the cutoffs t_k, k in ``offsets``
+    (features, and labels for k >= 1); return the written files, read back, by name."""
+    paths = Catalog(workdir)
+    files.write_parquet(tx.sort_values(["customer_id", "timestamp", "source_row"]).reset_index(drop=True), paths.TRANSACTIONS)
+    table, _, spec, cutoffs = stage.inputs(con, params, paths)
+    stage.build(con, table, {k: c for k, c in cutoffs.items() if k in offsets}, spec, paths)
+    return {path.name: pd.read_parquet(workdir / path) for path in OUTPUTS if (workdir / path).exists()}
 
 
 def assert_same_outputs(duckdb_files: dict[str, pd.DataFrame], spark_files: dict[str, pd.DataFrame]) -> None:
@@ -103,7 +100,7 @@ def test_spark_equals_duckdb_on_simulated_transactions(spark_con, params, tmp_pa
     assert_same_outputs(expected, got)
     t1 = got["features_t1.parquet"]
     # The CLV stage's compressed tables, asked of each engine, are the same rows.
-    features_t1 = tmp_path / "spark" / paths.features_at(1)
+    features_t1 = Catalog(tmp_path / "spark").features_at(1)
     with engines.connect(FeaturesParams()) as duck:
         on_duckdb = clv_stage.patterns_at(duck, features_t1, "f1")
     on_spark = clv_stage.patterns_at(spark_con, features_t1, "f1")
@@ -125,7 +122,7 @@ def test_spark_writes_byte_identical_files_to_duckdb_on_cdnow(spark_con, params,
     assert_same_outputs(expected, got)
     assert len(got) == len(OUTPUTS) and len(got["features_t0.parquet"]) == 23_570
     for path in OUTPUTS:
-        assert io.file_sha256(tmp_path / "spark" / path) == io.file_sha256(tmp_path / "duckdb" / path), path
+        assert files.file_sha256(tmp_path / "spark" / path) == files.file_sha256(tmp_path / "duckdb" / path), path
 
 
 def test_master_comes_from_params_unless_the_environment_overrides_it(monkeypatch):

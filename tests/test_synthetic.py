@@ -5,6 +5,7 @@ forms, seasonality, returns, and noise rows that ingest quarantines with the int
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -31,8 +32,9 @@ from features.synthetic import (
     plan,
     prob_no_repeat,
 )
-from pipelines import io
+from pipelines import files
 from pipelines.config import DataParams
+from pipelines.catalog import Catalog
 from pipelines.generate import write_synthetic
 from pipelines.ingest import ingest
 
@@ -168,7 +170,8 @@ def test_noise_rows_are_quarantined_with_their_reason():
     frame = generate_transactions(40_000, seed=9, params=SyntheticParams(noise_rate=0.05), include_truth=True)
     assert set(frame["noise_kind"].dropna()) == set(NOISE_KINDS) == set(REASONS)
     raw = frame[list(OUTPUT_COLUMNS)].assign(source_row=np.arange(len(frame), dtype="int64"))
-    rules = IngestRules(COLUMNS, timestamp_format=TIMESTAMP_FORMAT)
+    rules = IngestRules(COLUMNS, timestamp_format=TIMESTAMP_FORMAT, valid_from=dt.date(1970, 1, 1),
+                        valid_to=dt.date(2100, 1, 1), timezone=None, decimal=".")
     con = ibis.duckdb.connect()
     classified = con.to_pyarrow(classify(ibis.memtable(pa.Table.from_pandas(raw, preserve_index=False)), rules))
     reasons = classified.sort_by("source_row").column("reason").to_pylist()
@@ -177,22 +180,21 @@ def test_noise_rows_are_quarantined_with_their_reason():
     assert reasons == truth
 
 
-def test_write_synthetic_parquet_and_csv_are_read_by_ingest(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    summary = write_synthetic("data/raw/tx.parquet", 8_000, seed=4, noise_rate=0.02, chunk_rows=1_000)
-    assert io.file_sha256("data/raw/tx.parquet") == io.file_sha256(
-        write_synthetic("data/raw/again.parquet", 8_000, seed=4, noise_rate=0.02, chunk_rows=1_000).path)
+def test_write_synthetic_parquet_and_csv_are_read_by_ingest(tmp_path):
+    summary = write_synthetic(tmp_path / "data/raw/tx.parquet", 8_000, seed=4, noise_rate=0.02, chunk_rows=1_000)
+    assert files.file_sha256(tmp_path / "data/raw/tx.parquet") == files.file_sha256(
+        write_synthetic(tmp_path / "data/raw/again.parquet", 8_000, seed=4, noise_rate=0.02, chunk_rows=1_000).path)
     truth = generate_transactions(8_000, seed=4, params=dataclasses.replace(SyntheticParams(), noise_rate=0.02),
                                   include_truth=True)
     assert summary.rows == len(truth) and summary.customers == plan(8_000, 4, params=summary.params).n_customers
-    meta = io.read_json("data/raw/tx.parquet.json")
+    meta = files.read_json(tmp_path / "data/raw/tx.parquet.json")
     assert meta["rows"] == summary.rows and meta["params"]["r"] == summary.params.r
 
     expected = truth["noise_kind"].value_counts().reindex(list(REASONS), fill_value=0).to_dict()
     for path in ("data/raw/tx.parquet", "data/raw/tx.csv.gz"):
         if path.endswith(".gz"):
-            write_synthetic(path, 8_000, seed=4, noise_rate=0.02)
-        metrics = ingest(DataParams.model_validate({**summary.data_params(), "path": path}))
+            write_synthetic(tmp_path / path, 8_000, seed=4, noise_rate=0.02)
+        metrics = ingest(DataParams.model_validate({**summary.data_params(), "path": path}), Catalog(tmp_path))
         assert metrics["rows_in"] == summary.rows
         assert metrics["rejected_by_reason"] == expected
         assert metrics["n_customers"] == summary.customers

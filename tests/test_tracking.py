@@ -6,6 +6,7 @@ import mlflow
 import yaml
 
 from pipelines import tracking
+from pipelines.catalog import Catalog
 from pipelines.config import parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,12 +32,11 @@ def test_project_root_resolves_dvc_temp_workspaces_to_the_project(tmp_path):
 def test_stage_runs_share_one_parent_and_log_to_the_configured_store(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("seed: 1\n")
-    params = _params(tmp_path)
-    with tracking.stage_run("ingest", params, section={"a": {"b": 1}}) as first:
+    params, paths = _params(tmp_path), Catalog(tmp_path, tmp_path / "params.yaml")
+    with tracking.stage_run("ingest", params, paths, section={"a": {"b": 1}}) as first:
         tracking.log_metrics({"rows": {"in": 10, "bad": float("nan")}})
-    with tracking.stage_run("features", params) as second:
+    with tracking.stage_run("features", params, paths) as second:
         pass
     assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     client = mlflow.MlflowClient()

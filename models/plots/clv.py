@@ -1,22 +1,33 @@
-"""Figures of the CLV stage (matplotlib, Agg, no global pyplot state) and their atomic PNG writes."""
+"""Figures of the CLV stage: holdout calibration, tracking, frequency x recency heatmaps and the
+model-vs-baseline gains curve.
+
+Pure functions from the tables of :mod:`models.clv_eval` to matplotlib Figures (Agg, no global
+pyplot state); the stage saves them with pipelines.files.save_figure.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from pipelines import io
 
-
-def save_png(fig: Figure, target: Path) -> Path:
-    """Write a figure as PNG atomically; no software/time metadata, so reruns give identical bytes."""
-    with io.atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, metadata={"Software": None})
-    return target
+def figures(evaluation: dict, tracking_table: pd.DataFrame, matrices: tuple[pd.DataFrame, pd.DataFrame, float],
+            model: str, calibration_end: pd.Timestamp, time_unit: str, horizon_days: int) -> dict[str, Figure]:  # fmt: skip
+    """Every figure of the stage by file stem. ``evaluation``: :func:`models.clv_eval.evaluate`'s
+    result; ``matrices``: (expected purchases, P(alive), largest T) of
+    :func:`models.clv_eval.purchase_matrices`; ``time_unit``: "W" (weeks) or "D" (days)."""
+    expected, alive, t_max = matrices
+    unit = "weeks" if time_unit == "W" else "days"
+    title = f"Expected purchase days in the next {horizon_days} days ({model})"
+    return {
+        "calibration_holdout": calibration_holdout(evaluation["calibration"], model),
+        "tracking": tracking(tracking_table, calibration_end, model),
+        "frequency_recency": heatmap(expected, title, "expected purchase days", t_max, unit),
+        "p_alive_matrix": heatmap(alive, f"P(alive) ({model})", "P(alive)", t_max, unit),
+        "model_vs_baseline": model_vs_baseline(evaluation["gains"], evaluation["summary"]["ranking"]),
+    }
 
 
 def calibration_holdout(table: pd.DataFrame, model: str) -> Figure:

@@ -224,3 +224,21 @@ def frame_sha256(df: pd.DataFrame) -> str:
     digest = hashlib.sha256(hashed.tobytes())
     digest.update("|".join(map(str, df.columns)).encode())
     return digest.hexdigest()
+
+
+FIGURE_DPI = 110  # every PNG the pipeline writes (plots/, reports/)
+
+
+def png_bytes(fig: Any, dpi: int = FIGURE_DPI) -> bytes:
+    """A matplotlib Figure as PNG bytes, without the Software metadata (so identical figures give
+    identical bytes); the one PNG encoder (files and figures embedded in HTML pages)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def save_figure(fig: Any, target: Path | str, dpi: int = FIGURE_DPI) -> Path:
+    """Write a matplotlib Figure as PNG atomically (:func:`png_bytes`)."""
+    return write_bytes(png_bytes(fig, dpi), target)
