@@ -64,6 +64,8 @@ _LABELS_READERS = {1: ("clv", "churn", "segment"), 2: ("clv", "churn")}
 _CLV_MODELS, _CHURN_MODELS, _SEGMENT_MODELS = (f"models/artifacts/{stage}" for stage in ("clv", "churn", "segment"))
 
 ARTIFACTS: tuple[Artifact, ...] = (
+    # fingerprint: what ingest would read (files, sizes, mtimes, the run date's bound); ingest re-runs when it changes
+    Artifact("source_fingerprint", "data/interim/source_fingerprint.json", "fingerprint", ("ingest",)),
     # ingest
     Artifact("transactions", "data/interim/transactions.parquet", "ingest", ("features", "clv"), "transactions"),
     Artifact("rejected", "data/quarantine/rejected.parquet", "ingest"),  # columns follow the raw file
@@ -272,12 +274,39 @@ class Catalog:
         return files.read_json(path)
 
 
+_EXPS_MARKER = (".dvc", "tmp", "exps")
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project directory: the nearest ancestor holding dvc.yaml, outside DVC temp workspaces.
+
+    Standard library only (like tracking_dir), so the fingerprint stage and `python -m
+    pipelines.summary` find the project without importing pipelines.tracking's dependencies."""
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - len(_EXPS_MARKER) + 1):
+        if parts[i : i + len(_EXPS_MARKER)] == _EXPS_MARKER:
+            return Path(*parts[:i])
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").exists():
+            return candidate
+    return here
+
+
+def tracking_dir(params: Params, root: Path | str = ".") -> Path:
+    """The MLflow store's directory: mlflow.tracking_dir (relative to the project) or <project>/tracking."""
+    project = project_root(Path(root))
+    configured = params.mlflow.tracking_dir
+    if configured:
+        path = Path(configured)
+        return path if path.is_absolute() else project / path
+    return project / LAYOUT["TRACKING"]
+
+
 def project_catalog(params_file: Path | str = "params.yaml", start: Path | None = None) -> Catalog:
     """The catalog of the project holding ``start`` (default: the current directory), with the
     root relative to the current directory when it contains it, so messages read ``data/...``."""
     import os
-
-    from pipelines.tracking import project_root
 
     root = project_root(start)
     try:

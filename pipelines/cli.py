@@ -1,5 +1,6 @@
 """`cvp`: run any pipeline stage by hand (dvc.yaml calls the same commands).
 
+    cvp fingerprint   list what ingest would read (files, sizes, mtimes); ingest re-runs when it changes
     cvp ingest        validate raw transactions, quarantine bad rows
     cvp features      customer features at the scoring and training cutoffs, and labels
     cvp clv           BG/NBD-family + Gamma-Gamma CLV models
@@ -12,6 +13,7 @@
     cvp score         apply the registered scoring model to features_t0
     cvp notebook      execute notebooks/explore.ipynb into reports/explore.html
     cvp check-params  check params.yaml for the stages and for DVC (`make run` calls it first)
+    cvp flush-runs    send the queued MLflow runs of ingest, features and export to the store
 
 Errors: a problem the user can fix (params, data, usage) is one line `cvp: error: ...` on
 stderr, exit code 2; anything unexpected (a bug) is one line ending in `(run with --verbose
@@ -79,12 +81,15 @@ def setup_logging(verbose: bool = False) -> None:
 
 def run_stage(name: str, params_path: Path) -> None:
     """Parse params once, then run the stage module's ``run(params, paths)`` on the catalog of
-    the project holding the current directory."""
+    the project holding the current directory. Runs of stages without a model are queued for
+    the next process that sets MLflow up (pipelines.tracking), so this one never imports it."""
+    from pipelines import tracking
     from pipelines.catalog import project_catalog
 
     params = load_params(params_path)
     module = importlib.import_module(f"pipelines.{name}")
-    module.run(params, project_catalog(params_path))
+    with tracking.deferred_stage_records():
+        module.run(params, project_catalog(params_path))
 
 
 @app.callback()
@@ -99,6 +104,16 @@ def _register(name: str, help_text: str) -> None:
 
     command.__doc__ = help_text
     app.command(name=name, help=help_text)(command)
+
+
+@app.command(name="fingerprint")
+def fingerprint(params: Path = PARAMS_OPTION, verbose: bool = VERBOSE_OPTION) -> None:
+    """Record what ingest would read (source files, sizes, mtimes, the date bound); DVC runs it on every repro."""
+    from pipelines import fingerprint as stage
+    from pipelines.catalog import project_catalog
+
+    setup_logging(verbose)  # no MLflow run and no heavy import: it runs on every `dvc repro`
+    stage.run(load_params(params), project_catalog(params))
 
 
 for _name, _help in STAGES.items():
@@ -203,6 +218,18 @@ def check_params(params: Path = PARAMS_OPTION, verbose: bool = VERBOSE_OPTION) -
     setup_logging(verbose)
     check_params_file(params)
     log.info("%s: ok (stages and DVC can read it)", params)
+
+
+@app.command(name="flush-runs")
+def flush_runs(params: Path = PARAMS_OPTION, verbose: bool = VERBOSE_OPTION) -> None:
+    """Send the queued MLflow runs of ingest, features and export (the stages that log a model send them first)."""
+    from pipelines import tracking
+    from pipelines.catalog import project_catalog
+
+    setup_logging(verbose)
+    checked, root = load_params(params), project_catalog(params).root
+    if not tracking.flush(checked, root, strict=True):
+        log.info("no queued stage run in %s", tracking.queue_dir(checked, root))
 
 
 def one_line(text: str) -> str:

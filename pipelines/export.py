@@ -41,40 +41,22 @@ def build_scores(params: Params, paths: Catalog) -> pd.DataFrame:
     return assemble_scores(frames["features"], frames["clv"], frames["churn"], frames["segments"], version, labels)
 
 
-def _segment_summary_logged(mlflow_run) -> bool:
-    """True when the segment stage run of the same pipeline run logged the segment summary."""
-    import mlflow
-
-    parent = mlflow_run.data.tags.get("mlflow.parentRunId")
-    if not parent:
-        return False
-    siblings = mlflow.search_runs(
-        experiment_ids=[mlflow_run.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.`cvp.stage` = 'segment'",
-        output_format="list",
-    )
-    client = mlflow.MlflowClient()
-    return any("summary" in a.path for sibling in siblings for a in client.list_artifacts(sibling.info.run_id))
-
-
-def log_to_mlflow(mlflow_run, rendered: report.RenderedReport, metrics: dict, write: database.TableWrite,
+def log_to_mlflow(record: tracking.StageRecord, rendered: report.RenderedReport, metrics: dict, write: database.TableWrite,
                   seconds: float, paths: Catalog) -> None:
     """Figures, report, segment summary (unless the segment stage logged it), counts and the hash."""
-    import mlflow
-
-    tracking.log_metrics({"rows": metrics["rows"], "headline": metrics["headline"]})
-    mlflow.log_metrics({"table.replaced": write.replaced, "table.inserted": write.inserted, "table.total": write.total,
+    record.log_metrics({"rows": metrics["rows"], "headline": metrics["headline"]})
+    record.log_metrics({"table.replaced": write.replaced, "table.inserted": write.inserted, "table.total": write.total,
                         "table.seconds": write.seconds, "seconds": seconds})  # fmt: skip
-    mlflow.set_tags({"cvp.scores_sha256": metrics["scores_sha256"], "cvp.model_version": metrics["model_version"]})
-    mlflow.log_dict(metrics, "export.json")
+    record.set_tags({"cvp.scores_sha256": metrics["scores_sha256"], "cvp.model_version": metrics["model_version"]})
+    record.log_dict(metrics, "export.json")
     with tempfile.TemporaryDirectory() as tmp:
         for name, png in rendered.figures.items():
             (Path(tmp) / f"{name}.png").write_bytes(png)
-        mlflow.log_artifacts(tmp, "figures")
-    mlflow.log_artifact(str(paths.REPORT_HTML), "report")
-    mlflow.log_artifact(str(paths.MODELS_HTML), "report")
-    if paths.SEGMENT_SUMMARY.exists() and not _segment_summary_logged(mlflow_run):
-        mlflow.log_artifact(str(paths.SEGMENT_SUMMARY), "segments")
+        record.log_artifacts(tmp, "figures")
+    record.log_artifact(paths.REPORT_HTML, "report")
+    record.log_artifact(paths.MODELS_HTML, "report")
+    if paths.SEGMENT_SUMMARY.exists():
+        record.log_artifact(paths.SEGMENT_SUMMARY, "segments", unless_logged_by=("segment", "summary"))
 
 
 def run(params: Params, paths: Catalog) -> None:
@@ -84,7 +66,7 @@ def run(params: Params, paths: Catalog) -> None:
     scores = build_scores(params, paths)
     log.info("assembled %d customer scores at %s (%s)", len(scores), scores["as_of"].iloc[0].date(), scores["model_version"].iloc[0])
     url = database.masked_url(database.configured_url(export, paths))
-    with tracking.stage_run(STAGE, params, paths, section={**export.model_dump(), "database_url": url}) as mlflow_run:
+    with tracking.stage_record(STAGE, params, paths, section={**export.model_dump(), "database_url": url}) as record:
         rendered = report.render_report(
             scores, report.load_sources(paths), export.table, f"{params.data.horizon_days} days", report.page_settings(params)
         )
@@ -105,7 +87,7 @@ def run(params: Params, paths: Catalog) -> None:
         metrics = export_metrics(scores, {"url": url, "table": export.table}, digest)
         files.write_json(metrics, paths.metrics_file(STAGE))
         seconds = time.perf_counter() - started
-        log_to_mlflow(mlflow_run, rendered, metrics, write, seconds, paths)
+        log_to_mlflow(record, rendered, metrics, write, seconds, paths)
     log.info(
         "exported %d rows to %s, %s and %s (table %s) in %.1f s; reports %s and %s, lists in %s/",
         metrics["rows"], paths.SCORES_PARQUET, paths.SCORES_CSV, url, export.table,

@@ -60,7 +60,7 @@ def run(params: Params, paths: Catalog) -> None:
         tx, summary, spec, cutoffs = inputs(con, params, paths)
         log.info("cutoffs %s, %d input rows, %s", ", ".join(f"t{k}={c}" for k, c in cutoffs.items()), summary["n_rows"], spec)
         tags = {"input_sha256": files.file_sha256(paths.TRANSACTIONS)}
-        with tracking.stage_run(STAGE, params, paths, section=section, tags=tags):
+        with tracking.stage_record(STAGE, params, paths, section=section, tags=tags) as record:
             metrics = {
                 "as_of": cutoffs[0].isoformat(),
                 "horizon_days": data.horizon_days,
@@ -71,7 +71,7 @@ def run(params: Params, paths: Catalog) -> None:
                 "cutoffs": build(con, tx, cutoffs, spec, paths),
             }
             files.write_json(metrics, paths.metrics_file(STAGE))
-            tracking.log_metrics(metrics)
+            record.log_metrics(metrics)
     log.info("features done in %.1f s", time.perf_counter() - started)
 
 

@@ -73,8 +73,8 @@ def run(params: Params, paths: Catalog) -> None:
     """Ingest ``params.data`` into the project at ``paths``; metrics file and MLflow run."""
     metrics = ingest(params.data, paths)
     tags = {"input_sha256": metrics["input_sha256"]}
-    with tracking.stage_run(STAGE, params, paths, section=params.data.model_dump(mode="json"), tags=tags):
-        tracking.log_metrics(metrics)
+    with tracking.stage_record(STAGE, params, paths, section=params.data.model_dump(mode="json"), tags=tags) as record:
+        record.log_metrics(metrics)
     files.write_json(metrics, paths.metrics_file(STAGE))
 
 

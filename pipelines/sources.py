@@ -20,10 +20,8 @@ Large files are scanned by DuckDB and never loaded into pandas.
 from __future__ import annotations
 
 import codecs
-import glob
 import gzip
 import hashlib
-import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,15 +37,17 @@ from features.errors import DataError
 from features.ingest import RESERVED_COLUMNS, SOURCE_FILE, SOURCE_ROW, missing_mapped_columns
 from pipelines.config import ColumnsParams
 from pipelines.files import file_sha256
+from pipelines.source_files import (  # noqa: F401  (re-exported: the source's names and files live there)
+    LIFETIMES_FILES,
+    LIFETIMES_PREFIX,
+    lifetimes_dataset,
+    lifetimes_file,
+    resolve_files,
+)
+from pipelines.source_files import file_label as _label
 
 log = logging.getLogger(__name__)
 
-LIFETIMES_PREFIX = "lifetimes:"
-# name -> (file in lifetimes/datasets, column names when the file has no header)
-LIFETIMES_FILES: dict[str, tuple[str, tuple[str, ...] | None]] = {
-    "CDNOW_master": ("CDNOW_master.txt", None),
-    "CDNOW_sample": ("CDNOW_sample.txt", ("customer_id", "customer_index", "date", "quantity", "amount")),
-}
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 # Python codec name -> the name DuckDB's CSV reader decodes itself; other codecs are transcoded.
 DUCKDB_ENCODINGS = {"utf-8": "utf-8", "utf-8-sig": "utf-8", "utf-16": "utf-16", "iso8859-1": "latin-1"}
@@ -112,20 +112,6 @@ def open_source(
     return source
 
 
-def resolve_files(path: str, root: Path) -> tuple[Path, ...]:
-    """Files named by a path or glob (relative to ``root``), sorted; DataError if none exist."""
-    pattern = str(root / path)
-    if glob.has_magic(path):
-        files = tuple(sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file()))
-        if not files:
-            raise DataError(f"data.path '{path}' matches no file (looked under {root}); fix the glob or add the data")
-        return files
-    file = Path(pattern)
-    if not file.is_file():
-        raise DataError(f"{path}: file not found (looked under {root}); fix data.path in params.yaml")
-    return (file,)
-
-
 def input_sha256(files: tuple[Path, ...], root: Path) -> str:
     """SHA-256 of the raw input bytes: the file's hash, or for several files the hash of the
     ``"<sha256>  <path>"`` lines (sha256sum format, sorted path order)."""
@@ -135,23 +121,10 @@ def input_sha256(files: tuple[Path, ...], root: Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def lifetimes_file(name: str) -> Path:
-    """Path of a data file bundled with lifetimes, found without importing the package."""
-    spec = importlib.util.find_spec("lifetimes")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"{LIFETIMES_PREFIX}{name}: the lifetimes package is not installed; install it or point data.path at a file")
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / name
-
-
 # --- lifetimes files (small: pandas, then a DuckDB table) -----------------------------------------
 
 def _open_lifetimes(path: str, con: ibis.BaseBackend) -> RawSource:
-    name = path[len(LIFETIMES_PREFIX):]
-    if name not in LIFETIMES_FILES:
-        known = ", ".join(LIFETIMES_PREFIX + k for k in LIFETIMES_FILES)
-        raise DataError(f"data.path '{path}' is not a bundled data set; use one of {known}, or a file path")
-    file_name, names = LIFETIMES_FILES[name]
-    file = lifetimes_file(file_name)
+    file, names = lifetimes_dataset(path)
     try:
         frame = pd.read_csv(
             file, sep=r"\s+", dtype=str, keep_default_na=False,
@@ -337,13 +310,6 @@ def _check_reserved(label: str, available) -> None:
     clash = [c for c in available if c in RESERVED_COLUMNS or str(c).startswith("__cvp_")]
     if clash:
         raise DataError(f"{label}: column '{clash[0]}' is a name the pipeline adds; rename it in the source")
-
-
-def _label(file: Path, root: Path) -> str:
-    try:
-        return file.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return file.as_posix()
 
 
 def sql_text(value: str) -> str:

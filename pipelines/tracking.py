@@ -9,21 +9,38 @@ Stage runs are nested under one parent "pipeline" run, found by a key made of th
 and the params file, so one ``dvc repro`` groups its stages; ``CVP_PIPELINE_RUN_ID`` pins the
 parent explicitly for the child processes of `cvp retrain`; in-process callers (backtests) pass
 it as the catalog's ``pipeline_run_id`` instead.
+
+Stages that register no model (ingest, features, export) log through :func:`stage_record`: the
+run (params, metrics, tags, artifacts, parent key, times) is recorded in the process, and under
+the `cvp` stage commands (:func:`deferred_stage_records`) written to a queue,
+``<tracking dir>/pending/<id>/``, instead of importing MLflow (about 4 s of imports and store
+set-up per process). The next process that sets MLflow up for the project (:func:`configure`:
+the clv, churn and segment stages, the notebook, retrain, backtest, score) or `cvp flush-runs`
+sends the queued runs first, oldest first, with their original stage names, tags, parent run,
+start and end times. A record leaves the queue only once MLflow has all of it; a failed flush
+says so in one line and leaves it there. In-process callers (tests, backtests) send at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import getpass
 import hashlib
+import json
 import logging
+import math
 import os
+import shutil
 import subprocess
+import sys
+import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from features.errors import DataError
-from pipelines import files
 from pipelines.catalog import Catalog
 from pipelines.config import Params
 
@@ -68,30 +85,49 @@ def _user_uri(variable: str, derived: set[str]) -> str | None:
     return None if not value or value in derived else value
 
 
-def configure(params: Params, root: Path | str = ".") -> str:
-    """Point MLflow at the store of the project at ``root`` and its experiment; return the experiment id."""
-    import mlflow
-
+def store_uris(params: Params, root: Path | str = ".") -> tuple[str, str, str | None]:
+    """(tracking URI, registry URI, artifact location of a new experiment) of the project at
+    ``root``: the user's MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, else its sqlite store."""
     uri = _user_uri("MLFLOW_TRACKING_URI", _DERIVED_TRACKING)
-    root = tracking_dir(params, root)
+    store = tracking_dir(params, root)
     if not uri:
-        root.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{root / 'mlflow.db'}"
+        uri = f"sqlite:///{store / 'mlflow.db'}"
         _DERIVED_TRACKING.add(uri)
     registry = _user_uri("MLFLOW_REGISTRY_URI", _DERIVED_REGISTRY)
     if not registry:
         registry = uri
         _DERIVED_REGISTRY.add(registry)
+    artifacts = (store / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    return uri, registry, artifacts
+
+
+def configure(params: Params, root: Path | str = ".") -> str:
+    """Point MLflow at the store of the project at ``root`` and its experiment; return the experiment id.
+    The project's queued stage runs are sent first (:func:`flush`), so the store is complete."""
+    experiment_id = _point_mlflow(params, root)
+    flush(params, root)
+    return experiment_id
+
+
+def _point_mlflow(params: Params, root: Path | str) -> str:
+    """Set MLflow's tracking and registry URIs and its experiment (created if missing); its id."""
+    import mlflow
+
+    uri, registry, artifacts = store_uris(params, root)
+    if uri == f"sqlite:///{tracking_dir(params, root) / 'mlflow.db'}":
+        tracking_dir(params, root).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry)
-    experiment = mlflow.get_experiment_by_name(params.mlflow.experiment)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        artifacts = (root / "artifacts").as_uri() if uri.startswith("sqlite:") else None
-        experiment_id = mlflow.create_experiment(params.mlflow.experiment, artifact_location=artifacts)
+    experiment_id = _experiment_id(mlflow.MlflowClient(), params.mlflow.experiment, artifacts)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def git_commit(root: Path | str = ".") -> str:
@@ -110,37 +146,45 @@ def git_commit(root: Path | str = ".") -> str:
         return "unknown"
 
 
-def _pipeline_key(params_path: Path, root: Path) -> str:
-    digest = hashlib.sha256(git_commit(root).encode())
+def _pipeline_key(params_path: Path, commit: str) -> str:
+    """The parent run's key: the git commit (``commit``) and the params file's bytes."""
+    digest = hashlib.sha256(commit.encode())
     if params_path.exists():
         digest.update(params_path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def _parent_run_id(experiment_id: str, paths: Catalog) -> str:
-    import mlflow
-
+def _parent_ref(paths: Catalog, commit: str) -> dict[str, str]:
+    """The parent run: {"run_id"} when pinned, else {"key", "git_commit"} to find or create it."""
     pinned = paths.pipeline_run_id or os.environ.get(PARENT_ENV)
     if pinned:
-        return pinned
-    key = _pipeline_key(paths.params_file, paths.root)
-    found = mlflow.search_runs(
-        experiment_ids=[experiment_id],
+        return {"run_id": pinned}
+    return {"key": _pipeline_key(paths.params_file, commit), "git_commit": commit}
+
+
+def _pipeline_run_id(client: Any, experiment_id: str, parent: dict[str, str], start_ms: int | None = None) -> str:
+    """The pinned parent, or the latest "pipeline" run with the parent's key (created if none)."""
+    if parent.get("run_id"):
+        return parent["run_id"]
+    key = parent["key"]
+    found = client.search_runs(
+        [experiment_id],
         filter_string=f"tags.`cvp.pipeline_key` = '{key}' and tags.`cvp.kind` = 'pipeline'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
-        output_format="list",
     )
     if found:
         return found[0].info.run_id
-    client = mlflow.MlflowClient()
-    run = client.create_run(
-        experiment_id,
-        run_name="pipeline",
-        tags={"cvp.pipeline_key": key, "cvp.kind": "pipeline", "git_commit": git_commit(paths.root)},
-    )
-    client.set_terminated(run.info.run_id)
+    tags = {"cvp.pipeline_key": key, "cvp.kind": "pipeline", "git_commit": parent["git_commit"]}
+    run = client.create_run(experiment_id, start_time=start_ms, run_name="pipeline", tags=tags)
+    client.set_terminated(run.info.run_id, end_time=start_ms)
     return run.info.run_id
+
+
+def _parent_run_id(experiment_id: str, paths: Catalog, commit: str) -> str:
+    import mlflow
+
+    return _pipeline_run_id(mlflow.MlflowClient(), experiment_id, _parent_ref(paths, commit))
 
 
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
@@ -169,8 +213,9 @@ def stage_run(
     import mlflow
 
     experiment_id = configure(params, paths.root)
-    parent = _parent_run_id(experiment_id, paths)
-    all_tags = {"cvp.stage": stage, "cvp.kind": "stage", "git_commit": git_commit(paths.root), **(tags or {})}
+    commit = git_commit(paths.root)
+    parent = _parent_run_id(experiment_id, paths, commit)
+    all_tags = {"cvp.stage": stage, "cvp.kind": "stage", "git_commit": commit, **(tags or {})}
     with mlflow.start_run(run_id=parent, log_system_metrics=False):
         with mlflow.start_run(run_name=stage, nested=True, tags=all_tags) as run:
             if section:
@@ -181,8 +226,6 @@ def stage_run(
 
 def finite_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numeric leaves of a nested mapping, keyed as MLflow metrics ('@' -> '_at_')."""
-    import math
-
     return {
         k.replace("@", "_at_"): float(v)
         for k, v in flatten(prefix, metrics).items()
@@ -212,12 +255,339 @@ def log_metrics_to(run_id: str, metrics: dict[str, Any]) -> None:
         mlflow.MlflowClient().log_batch(run_id, metrics=batch)
 
 
+# --------------------------------------------------------------------------- queued stage runs
+
+QUEUE_DIR = "pending"  # under the tracking directory
+RECORD_FILE = "record.json"
+RECORD_FORMAT = 1
+FLUSH_LOCK_TIMEOUT_S = 120  # another process sending the same queue (a parallel experiment)
+_PARTIAL = ".partial-"  # a record still being written: .partial-<pid>-<ns>
+_SENT = ".sent-"  # a sent record being removed
+_PROCESS = uuid.uuid4().hex  # tells the records of this process from those of another
+_mode = {"defer": False}
+
+
+@contextlib.contextmanager
+def deferred_stage_records() -> Iterator[None]:
+    """In the block, :func:`stage_record` queues its run for a later :func:`flush` instead of
+    sending it when the stage ends: the `cvp` stage commands do, so their process never imports MLflow."""
+    before, _mode["defer"] = _mode["defer"], True
+    try:
+        yield
+    finally:
+        _mode["defer"] = before
+
+
+def queue_dir(params: Params, root: Path | str = ".") -> Path:
+    """Where the project's stage runs wait for MLflow: ``<tracking dir>/pending``."""
+    return tracking_dir(params, root) / QUEUE_DIR
+
+
+def queued_runs(params: Params, root: Path | str = ".") -> list[Path]:
+    """The project's queued stage runs, oldest first (a directory listing: no MLflow import)."""
+    queue = queue_dir(params, root)
+    if not queue.is_dir():
+        return []
+    return sorted(d for d in queue.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StageRecord:
+    """The MLflow run of one stage as plain data plus copies of its artifacts, until it is sent.
+
+    The calls mirror MLflow's fluent API. Artifacts are copied when logged: the stage may remove
+    or replace the files before the run is sent."""
+
+    def __init__(self, staging: Path, data: dict[str, Any]) -> None:
+        self.staging, self.data = staging, data
+        self.run_id: str | None = None  # the MLflow run id once sent in this process
+
+    def log_metrics(self, metrics: dict[str, Any], prefix: str = "") -> None:
+        """Every finite numeric leaf of a nested mapping, as :func:`log_metrics`; timestamped now."""
+        now = _now_ms()
+        self.data["metrics"].extend([key, value, now] for key, value in finite_metrics(metrics, prefix).items())
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self.data["tags"].update({key: str(value) for key, value in tags.items()})
+
+    def log_dict(self, dictionary: dict[str, Any], artifact_file: str) -> None:
+        """``dictionary`` as the JSON artifact ``artifact_file`` (as ``mlflow.log_dict``)."""
+        self.data["dicts"].append({"artifact_file": artifact_file, "dictionary": dictionary})
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None,
+                     unless_logged_by: tuple[str, str] | None = None) -> None:  # fmt: skip
+        """The file ``path`` under ``artifact_path``. With ``unless_logged_by=(stage, text)`` it is
+        skipped when the run of ``stage`` in the same pipeline run has an artifact whose path holds ``text``."""
+        self._copy(Path(path), artifact_path, unless_logged_by)
+
+    def log_artifacts(self, directory: Path | str, artifact_path: str | None = None) -> None:
+        """Every file under ``directory``, under ``artifact_path``."""
+        self._copy(Path(directory), artifact_path, None)
+
+    def _copy(self, source: Path, artifact_path: str | None, unless: tuple[str, str] | None) -> None:
+        target = self.staging / "artifacts" / str(len(self.data["artifacts"]))
+        if source.is_dir():
+            shutil.copytree(source, target)
+        else:
+            target.mkdir(parents=True)
+            target = Path(shutil.copy2(source, target / source.name))
+        self.data["artifacts"].append({
+            "path": target.relative_to(self.staging).as_posix(), "dir": source.is_dir(),
+            "artifact_path": artifact_path, "unless_logged_by": list(unless) if unless else None,
+        })  # fmt: skip
+
+
+@contextlib.contextmanager
+def stage_record(
+    stage: str,
+    params: Params,
+    paths: Catalog,
+    section: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[StageRecord]:
+    """The MLflow run of a stage that registers no model: what :func:`stage_run` logs (``section``
+    as params, the stage, kind, commit and ``tags`` as tags, nested under the pipeline's parent
+    run), kept by a :class:`StageRecord` and sent when the block ends, or queued for the next
+    :func:`flush` under :func:`deferred_stage_records`. A block that raises gives a FAILED run."""
+    queue = queue_dir(params, paths.root)
+    queue.mkdir(parents=True, exist_ok=True)
+    staging = queue / f"{_PARTIAL}{os.getpid()}-{time.time_ns()}"
+    staging.mkdir()
+    record = StageRecord(staging, _new_record(stage, params, paths, section, tags))
+    try:
+        yield record
+    except BaseException:
+        try:
+            _finish(record, params, paths, "FAILED")
+        except Exception as exc:  # the stage's own error is the one to raise
+            log.warning("stage %s: its FAILED MLflow run was not recorded (%s)", stage, exc)
+        raise
+    _finish(record, params, paths, "FINISHED")
+
+
+def _new_record(stage: str, params: Params, paths: Catalog, section: dict[str, Any] | None,
+                tags: dict[str, str] | None) -> dict[str, Any]:  # fmt: skip
+    """A stage run as JSON-ready data: where it goes (store, experiment, parent) and what it holds."""
+    uri, registry, artifacts = store_uris(params, paths.root)
+    commit = git_commit(paths.root)
+    return {
+        "format": RECORD_FORMAT, "stage": stage, "status": "RUNNING", "start_ms": _now_ms(), "end_ms": None,
+        "tracking_uri": uri, "registry_uri": registry, "experiment": params.mlflow.experiment,
+        "artifact_location": artifacts, "parent": _parent_ref(paths, commit), "context": _process_context(),
+        "tags": {"cvp.stage": stage, "cvp.kind": "stage", "git_commit": commit, **{k: str(v) for k, v in (tags or {}).items()}},
+        "params": {key: str(value)[:500] for key, value in flatten("", section or {}).items()},
+        "metrics": [], "dicts": [], "artifacts": [], "run_id": None,
+    }  # fmt: skip
+
+
+def _finish(record: StageRecord, params: Params, paths: Catalog, status: str) -> None:
+    """Close the record and move it into the queue; send it now unless deferred."""
+    from pipelines import files
+
+    data = record.data
+    data.update(status=status, end_ms=_now_ms())
+    files.write_text(json.dumps(data, default=str), record.staging / RECORD_FILE)
+    ready = record.staging.with_name(f"{time.time_ns():020d}-{os.getpid()}")
+    record.staging.rename(ready)
+    if _mode["defer"]:
+        log.info("stage %s: MLflow run queued in %s (sent by the next stage that logs to MLflow, or `cvp flush-runs`)",
+                 data["stage"], ready.parent)  # fmt: skip
+        return
+    _point_mlflow(params, paths.root)
+    record.run_id = flush(params, paths.root, strict=status == "FINISHED").get(ready.name)
+    if record.run_id:
+        log.info("MLflow run %s (stage %s) in %s", record.run_id, data["stage"], data["tracking_uri"])
+
+
+def flush(params: Params, root: Path | str = ".", strict: bool = False) -> dict[str, str]:
+    """Send the project's queued stage runs to MLflow, oldest first; return {record name: run id}.
+
+    Stops at the first failure, so later runs keep their order: raises DataError (one line)
+    when ``strict``, else logs it as one WARNING; unsent records stay queued for the next flush."""
+    if not queued_runs(params, root):
+        return {}
+    import filelock
+
+    queue, sent = queue_dir(params, root), {}
+    try:
+        with filelock.FileLock(queue / ".flush.lock", timeout=FLUSH_LOCK_TIMEOUT_S):
+            _drop_leftovers(queue)
+            cache: dict[Any, Any] = {}
+            for ready in queued_runs(params, root):  # listed again: another process may have sent some
+                sent[ready.name] = _send(ready, cache)
+                done = ready.with_name(f"{_SENT}{ready.name}")
+                ready.rename(done)
+                shutil.rmtree(done, ignore_errors=True)
+    except Exception as exc:
+        left = len(queued_runs(params, root))
+        first = " ".join(str(exc).split())[:300] or type(exc).__name__
+        message = (f"{left} queued MLflow stage run(s) not sent ({type(exc).__name__}: {first}); they stay in "
+                   f"{queue} and the next flush sends them (`cvp flush-runs`)")  # fmt: skip
+        if strict:
+            raise DataError(message) from exc
+        log.warning(message)
+    if sent:
+        log.info("sent %d queued stage run(s) to MLflow", len(sent))
+    return sent
+
+
+def _drop_leftovers(queue: Path) -> None:
+    """Remove sent records left by an interrupted removal, and the partial records of stages
+    that were killed (their process is gone): a killed stage has no run to send."""
+    for entry in queue.iterdir():
+        if entry.name.startswith(_SENT):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(_PARTIAL) and not _pid_alive(int(entry.name[len(_PARTIAL):].split("-")[0])):
+            log.info("dropped %s: the stage writing it was killed before it finished", entry)
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _send(ready: Path, cache: dict[Any, Any]) -> str:
+    """Send one queued run; return its run id. A run that an interrupted flush created but did
+    not finish is deleted and sent again, so a run is never sent twice."""
+    from mlflow.entities import Metric, Param
+
+    from pipelines import files
+
+    data = json.loads((ready / RECORD_FILE).read_text())
+    if data.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{ready / RECORD_FILE}: record format {data.get('format')}, expected {RECORD_FORMAT}")
+    client, experiment_id = _destination(data, cache)
+    if data["run_id"] and _already_sent(client, data):
+        return data["run_id"]
+    parent_key = (data["tracking_uri"], experiment_id, json.dumps(data["parent"], sort_keys=True))
+    if parent_key not in cache:
+        cache[parent_key] = _pipeline_run_id(client, experiment_id, data["parent"], data["start_ms"])
+    parent = cache[parent_key]
+    tags = _context_tags(data["context"], {**data["tags"], "mlflow.parentRunId": parent, "mlflow.runName": data["stage"]})
+    run_id = data["run_id"] = client.create_run(experiment_id, start_time=data["start_ms"], tags=tags, run_name=data["stage"]).info.run_id
+    files.write_text(json.dumps(data, default=str), ready / RECORD_FILE)  # a retry finds (and replaces) it
+    client.log_batch(run_id, metrics=[Metric(k, v, ts, 0) for k, v, ts in data["metrics"]],
+                     params=[Param(k, v) for k, v in data["params"].items()])  # fmt: skip
+    for entry in data["dicts"]:
+        client.log_dict(run_id, entry["dictionary"], entry["artifact_file"])
+    for entry in data["artifacts"]:
+        unless = entry["unless_logged_by"]
+        if unless and _sibling_logged(client, experiment_id, parent, *unless):
+            continue
+        (client.log_artifacts if entry["dir"] else client.log_artifact)(run_id, str(ready / entry["path"]), entry["artifact_path"])
+    _end_parent(client, parent, data)
+    client.set_terminated(run_id, data["status"], end_time=data["end_ms"])  # last: a finished run is a sent one
+    return run_id
+
+
+def _destination(data: dict[str, Any], cache: dict[Any, Any]) -> tuple[Any, str]:
+    """The client of the record's store and its experiment id (created as configure() would)."""
+    import mlflow
+
+    key = (data["tracking_uri"], data["registry_uri"], data["experiment"])
+    if key not in cache:
+        client = mlflow.MlflowClient(tracking_uri=data["tracking_uri"], registry_uri=data["registry_uri"])
+        cache[key] = client, _experiment_id(client, data["experiment"], data["artifact_location"])
+    return cache[key]
+
+
+def _already_sent(client: Any, data: dict[str, Any]) -> bool:
+    """True when the record's run is complete in MLflow; an incomplete one is deleted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        info = client.get_run(data["run_id"]).info
+    except MlflowException:
+        return False  # gone (e.g. a new store): send it again
+    if info.status == data["status"] and info.end_time == data["end_ms"]:
+        return True
+    client.delete_run(data["run_id"])
+    return False
+
+
+def _end_parent(client: Any, parent: str, data: dict[str, Any]) -> None:
+    """The parent ends with the stage, as when the stage resumed it: its status and end time,
+    unless something later already ended it."""
+    end_time = client.get_run(parent).info.end_time
+    if end_time is None or end_time <= data["end_ms"]:
+        client.set_terminated(parent, data["status"], end_time=data["end_ms"])
+
+
+def _sibling_logged(client: Any, experiment_id: str, parent: str, stage: str, text: str) -> bool:
+    """True when a ``stage`` run under ``parent`` has an artifact whose path contains ``text``."""
+    siblings = client.search_runs(
+        [experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.`cvp.stage` = '{stage}'"
+    )
+    return any(text in a.path for sibling in siblings for a in client.list_artifacts(sibling.info.run_id))
+
+
+def _process_context() -> dict[str, Any]:
+    """What MLflow's run-context tags are made of, as the recording process sees it."""
+    main = sys.argv[0] if sys.argv and sys.argv[0] else None
+    try:
+        user = getpass.getuser()
+    except (ImportError, KeyError, OSError):
+        user = "unknown"
+    return {
+        "process": _PROCESS, "main": main, "main_path": os.path.abspath(main) if main and os.path.isfile(main) else main,
+        "user_env": os.environ.get("MLFLOW_TRACKING_USERNAME") or None, "user": user,
+        "run_context": os.environ.get("MLFLOW_RUN_CONTEXT"),
+    }  # fmt: skip
+
+
+def _context_tags(context: dict[str, Any], tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` with the context tags ``mlflow.start_run`` adds: MLflow's own when this process
+    recorded the run; else those of the recording process (user, main file, MLFLOW_RUN_CONTEXT,
+    the main file's git commit, branch and remote as MLflow finds them)."""
+    from mlflow.tracking.context import registry
+
+    if context["process"] == _PROCESS:
+        return registry.resolve_tags(tags)
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    resolved = {
+        "mlflow.user": context["user_env"] or read_mlflow_creds().username or context["user"],
+        "mlflow.source.name": context["main"] or "<console>",
+        "mlflow.source.type": "LOCAL",
+    }
+    if context["main_path"]:
+        resolved.update(_git_tags(context["main_path"]))
+    if context["run_context"]:
+        resolved.update(json.loads(context["run_context"]))
+    return {**resolved, **tags}
+
+
+@functools.lru_cache(maxsize=8)
+def _git_tags(main_path: str) -> dict[str, str]:
+    """MLflow's git tags of the repository holding ``main_path`` (none outside git)."""
+    from mlflow.utils import git_utils
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_GIT_REPO_URL
+
+    commit = git_utils.get_git_commit(main_path)
+    if commit is None:
+        return {}
+    found = {MLFLOW_GIT_COMMIT: commit, MLFLOW_GIT_BRANCH: git_utils.get_git_branch(main_path),
+             MLFLOW_GIT_REPO_URL: git_utils.get_git_repo_url(main_path)}  # fmt: skip
+    return {key: value for key, value in found.items() if value is not None}
+
+
 # --------------------------------------------------------------------------- registrations
 
 
 def write_registration(model_dir: Path, name: str, version: Any, run_id: str | None) -> None:
     """registration.json {"name", "version" (an int), "run_id"} of a registered model; with no
     version (registration off or failed) a stale file is removed, so nobody loads an old model."""
+    from pipelines import files
+
     target = Catalog.registration_file(model_dir)
     if version is None:
         target.unlink(missing_ok=True)
@@ -228,6 +598,8 @@ def write_registration(model_dir: Path, name: str, version: Any, run_id: str | N
 
 def read_registration(model_dir: Path, stage: str) -> dict | None:
     """The registered model {"name", "version", "run_id"} of a stage, or None (with a warning)."""
+    from pipelines import files
+
     path = Catalog.registration_file(model_dir)
     if not path.exists():
         log.warning("%s not found: the %s model is reported as unregistered", path, stage)

@@ -33,6 +33,9 @@ def sample_params(tmp_path: Path) -> dict:
         "order_id": None, "quantity": "quantity", "cost": None,
     }  # fmt: skip
     raw["data"]["horizon_days"] = 91
+    # Fewer, larger boosting steps (as tests/test_churn_stage.py): the backtest's table is checked
+    # against the stages' own metrics, whatever the classifier's settings.
+    raw["churn"]["lightgbm"].update({"n_estimators": 60, "learning_rate": 0.1})
     raw["mlflow"]["tracking_dir"] = str(tmp_path / "tracking")
     return raw
 

@@ -5,8 +5,6 @@ one-line stops on one-sided labels."""
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -29,6 +27,7 @@ from models.churn import (
 )
 from pipelines import churn, files
 from pipelines.config import load_params
+from tests import inprocess
 from tests.test_churn_stage import inputs_dir, project, write_params  # noqa: F401  (fixtures)
 
 FAST = {"n_estimators": 40, "learning_rate": 0.1, "num_leaves": 4}
@@ -220,9 +219,11 @@ def test_one_sided_labels_at_t1_stop_with_one_line(project, retained):  # noqa: 
 
 
 def test_the_cli_prints_the_one_line_and_exits_2(project):  # noqa: F811
+    """`cvp churn`'s entry point in this process (tests/inprocess.py; tests/test_cli.py runs the
+    installed command for the same one-line contract)."""
     write_params(project.root)
     _relabel(project, 1, 1)
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "churn"], capture_output=True, text=True, cwd=project.root)
+    done = inprocess.cvp(project.root, "churn")
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("cvp: error:")]

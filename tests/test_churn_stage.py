@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipelines.catalog import Catalog
 from pipelines.contracts import CHURN_PREDICTIONS_SCHEMA
 from pipelines.config import FeaturesParams, load_params
 from pipelines.domain import churn_classifier_factory
+from tests.test_export_fixture import once_per_session
 
 ROOT = Path(__file__).resolve().parents[1]
 AS_OF = dt.date(2021, 2, 24)
@@ -100,9 +102,15 @@ def write_params(root: Path, **churn_overrides) -> Path:
 
 @pytest.fixture(scope="module")
 def inputs_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("churn_inputs")
-    write_inputs(root, simulate_transactions(N_CUSTOMERS, seed=0))
-    return root
+    """The simulated inputs, written once per session (tests/test_churn_source.py uses them too);
+    each test copies them."""
+
+    def build() -> Path:
+        root = tmp_path_factory.mktemp("churn_inputs")
+        write_inputs(root, simulate_transactions(N_CUSTOMERS, seed=0))
+        return root
+
+    return once_per_session(tmp_path_factory, "churn_inputs", build)
 
 
 @pytest.fixture
@@ -202,7 +210,6 @@ def _outputs(params, paths: Catalog) -> tuple[bytes, bytes]:
 
 def _outputs_in_a_new_process(workdir: Path, hash_seed: str) -> tuple[bytes, bytes]:
     """`_outputs` run by a fresh interpreter on the project at workdir (its own imports, hash seed and thread pools)."""
-    import os
     import subprocess
     import sys
 
@@ -219,12 +226,14 @@ def _outputs_in_a_new_process(workdir: Path, hash_seed: str) -> tuple[bytes, byt
 
 
 def test_same_inputs_give_byte_identical_predictions_in_two_processes(project):
-    write_params(project.root)
+    """This process (after whatever the suite ran in it) and a fresh one with another hash seed."""
+    params = load_params(write_params(project.root))
     second = project.root / "second"
     shutil.copytree(project.root / "data", second / "data")
     write_params(second)
-    first_out = _outputs_in_a_new_process(project.root, hash_seed="1")
-    second_out = _outputs_in_a_new_process(second, hash_seed="2")
+    first_out = _outputs(params, project)
+    other_seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    second_out = _outputs_in_a_new_process(second, hash_seed=other_seed)
     assert first_out == second_out
     t0 = pd.read_parquet(project.root / "t0.parquet")
     assert len(t0) == len(pd.read_parquet(project.features_at(0))) and t0["churn_probability"].nunique() > 10

@@ -1,5 +1,9 @@
 """The installed `cvp` command: every failure is one line `cvp: error: ...` on stderr, no traceback
-unless --verbose; exit 2 for what the user can fix, 1 for anything unexpected."""
+unless --verbose; exit 2 for what the user can fix, 1 for anything unexpected.
+
+The unexpected-error and contract-violation cases need a failing command: a test-only `cvp boom`
+is added to the same command group and run through the same entry point (pipelines.cli.main) in
+this process (tests/inprocess.py), the rest through the installed `cvp`."""
 
 from __future__ import annotations
 
@@ -13,9 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import inprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 CVP = str(Path(sys.executable).parent / "cvp")
-COMMANDS = "ingest, features, clv, churn, segment, export, retrain, backtest, generate, score, notebook, check-params"
+COMMANDS = "fingerprint, ingest, features, clv, churn, segment, export, retrain, backtest, generate, score, notebook, check-params, flush-runs"
 TOP_USAGE = "(usage: cvp [OPTIONS] COMMAND [ARGS]...; `cvp --help` for more)"
 
 
@@ -24,14 +30,19 @@ def cvp(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.
     return subprocess.run([CVP, *args], cwd=cwd, env=environ, capture_output=True, text=True, timeout=120)
 
 
-def python(code: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """A fresh interpreter running ``code`` with ``args`` as sys.argv[1:] (a test-only command)."""
-    environ = {k: v for k, v in os.environ.items() if k != "CVP_VERBOSE"} | (env or {})
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=environ, capture_output=True,
-                          text=True, timeout=120)
+def run_boom(code: str, *args: str, cwd: Path) -> inprocess.Done:
+    """`cvp boom <args>` with the test-only command ``code`` defines (compiled from a string, so a
+    traceback shows no source lines, as for a script), run by pipelines.cli.main in this process."""
+    from pipelines import cli
+
+    exec(compile(code, "<boom>", "exec"), {})
+    try:
+        return inprocess.cvp(cwd, *args)
+    finally:
+        cli.app.registered_commands[:] = [c for c in cli.app.registered_commands if c.name != "boom"]
 
 
-def assert_one_line(done: subprocess.CompletedProcess, code: int, line: str) -> None:
+def assert_one_line(done: subprocess.CompletedProcess | inprocess.Done, code: int, line: str) -> None:
     assert done.returncode == code, done.stderr
     assert done.stderr == line + "\n", done.stderr
     assert done.stdout == ""
@@ -102,31 +113,27 @@ def test_config_and_data_errors_are_one_line_exit_2_and_verbose_adds_the_traceba
 
 
 BOOM = """
-import sys
-import typer
 from pipelines import cli
 
 @cli.app.command(name="boom")
 def boom(verbose: bool = cli.VERBOSE_OPTION) -> None:
     cli.setup_logging(verbose)
     {body}
-
-cli.main()
 """
 
 
 def test_an_unexpected_error_is_one_line_exit_1_and_the_traceback_only_with_verbose(tmp_path):
     code = BOOM.format(body="raise KeyError('frequency')")
-    quiet = python(code, "boom", cwd=tmp_path)
+    quiet = run_boom(code, "boom", cwd=tmp_path)
     assert_one_line(quiet, 1, "cvp: error: unexpected KeyError: 'frequency' (run with --verbose for the traceback)")
-    loud = python(code, "boom", "-v", cwd=tmp_path)
+    loud = run_boom(code, "boom", "-v", cwd=tmp_path)
     assert loud.returncode == 1
     assert "Traceback (most recent call last)" in loud.stderr and ", in boom\nKeyError: 'frequency'" in loud.stderr
     assert loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
 
 
 def test_a_multi_line_unexpected_message_keeps_its_first_line(tmp_path):
-    done = python(BOOM.format(body="raise RuntimeError('first line\\nsecond line')"), "boom", cwd=tmp_path)
+    done = run_boom(BOOM.format(body="raise RuntimeError('first line\\nsecond line')"), "boom", cwd=tmp_path)
     assert_one_line(done, 1, "cvp: error: unexpected RuntimeError: first line (run with --verbose for the traceback)")
 
 
@@ -145,8 +152,6 @@ SCHEMA = pa.DataFrameSchema(
 def boom(lazy: bool = False) -> None:
     frame = pd.DataFrame({"customer_id": ["0001", "0002", "0003"], "p_alive": [0.5, np.nan, {value}]})
     SCHEMA.validate(frame, lazy=lazy)
-
-cli.main()
 """
 TAIL = "; the stage produced values its contract refuses (run with --verbose for the traceback)"
 
@@ -166,12 +171,12 @@ TAIL = "; the stage produced values its contract refuses (run with --verbose for
     ],
 )
 def test_a_contract_violation_is_one_line_naming_the_contract_column_and_rows(tmp_path, value, args, line):
-    assert_one_line(python(CONTRACT.replace("{value}", value), *args, cwd=tmp_path), 2, line)
+    assert_one_line(run_boom(CONTRACT.replace("{value}", value), *args, cwd=tmp_path), 2, line)
 
 
 def test_a_failed_range_check_names_the_check_and_the_customer(tmp_path):
     code = CONTRACT.replace("{value}", "1.5").replace("np.nan", "0.25")
-    assert_one_line(python(code, "boom", cwd=tmp_path), 2,
+    assert_one_line(run_boom(code, "boom", cwd=tmp_path), 2,
                     "cvp: error: contract 'clv predictions': column 'p_alive' fails check in_range(0, 1) "
                     f"(1 row(s), e.g. customer 0003: 1.5){TAIL}")
 

@@ -63,17 +63,43 @@ def execute(con, expr) -> pd.DataFrame:
     return con.to_pyarrow(expr).to_pandas()
 
 
+RAW = "raw"  # the name the raw rows are registered under for a compiled query
+_COMPILED: dict[tuple[str, str], list[tuple[ibis.Expr, str]]] = {}
+
+
+def compiled(con, schema: ibis.Schema, rules: IngestRules) -> list[tuple[ibis.Expr, str]]:
+    """(expression, its DuckDB SQL) of the classified, accepted and rejected rows over a table
+    named RAW with ``schema``, compiled once per (rules, schema): compiling takes longer than
+    running the query on a few rows (as tests/test_features.py's ``compiled``)."""
+    key = (repr(rules), repr(schema))
+    if key not in _COMPILED:
+        classified = classify(ibis.table(schema, name=RAW), rules)
+        raw_columns = [c for c in schema.names if c != "source_row"]
+        exprs = [classified, accepted_transactions(classified), rejected_rows(classified, raw_columns)]
+        _COMPILED[key] = [(expr, con.compile(expr.as_table())) for expr in exprs]
+    return _COMPILED[key]
+
+
+def execute_compiled(con, expr: ibis.Expr, sql: str, raw: pa.Table) -> pd.DataFrame:
+    """What ``execute(con, expr)`` gives with ``raw`` as the RAW table: the same query and
+    ibis's own conversion of DuckDB's result to the expression's schema."""
+    from ibis.backends.duckdb.converter import DuckDBPyArrowData
+
+    con.con.register(RAW, raw)
+    try:
+        table = con.con.sql(sql).to_arrow_table()
+    finally:
+        con.con.unregister(RAW)
+    return expr.__pyarrow_result__(table, data_mapper=DuckDBPyArrowData).to_pandas()
+
+
 def run(con, frame: pd.DataFrame | pa.Table, rules: IngestRules = RULES) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(classified rows by source_row, accepted contract frame, rejected frame)."""
     if isinstance(frame, pd.DataFrame):
         frame = pa.Table.from_pandas(frame, preserve_index=False)
-    classified = classify(ibis.memtable(frame), rules)
-    raw_columns = [c for c in frame.column_names if c != "source_row"]
-    return (
-        execute(con, classified).sort_values("source_row").reset_index(drop=True),
-        execute(con, accepted_transactions(classified)),
-        execute(con, rejected_rows(classified, raw_columns)),
-    )
+    raw = ibis.memtable(frame)
+    classified, accepted, rejected = (execute_compiled(con, expr, sql, frame) for expr, sql in compiled(con, raw.schema(), rules))
+    return classified.sort_values("source_row").reset_index(drop=True), accepted, rejected
 
 
 def reasons_of(con, rows: list[dict], rules: IngestRules = RULES) -> list[str | None]:

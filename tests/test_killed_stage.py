@@ -4,7 +4,8 @@ again gives the outputs of an uninterrupted run, byte for byte.
 On a small copy of the project (20,000 synthetic transactions, its own MLflow store):
 
 - features (Parquet streamed by pipelines.files.write_parquet_stream) dies after the first row group
-  of its third file reached the temporary file, twice, then is re-run with `cvp features`;
+  of its third file reached the temporary file, twice, then is re-run with `cvp features` (in this
+  process: tests/inprocess.py);
 - clv (predictions, pickled models, model summary, metrics, plots) dies with its fourth output
   half written, then is re-run with `dvc repro`.
 
@@ -36,6 +37,7 @@ from filelock import FileLock
 from pipelines import files
 from pipelines.catalog import CUTOFF_OFFSETS, Catalog
 from pipelines.generate import write_synthetic
+from tests import inprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = Path(__file__).with_name("kill_mid_write.py")
@@ -64,9 +66,10 @@ def run(args: list[str], project: Path) -> subprocess.CompletedProcess:
 
 
 def run_stages(project: Path, *stages: str) -> None:
-    """``cvp <stage>`` for each stage, uninterrupted, in one process (one start-up instead of several)."""
-    code = "import sys\nfrom pipelines.cli import main\nfor stage in sys.argv[1:]:\n    sys.argv = ['cvp', stage]\n    main()"
-    run([sys.executable, "-P", "-c", code, *stages], project)  # -P: the installed project, as `cvp` imports it
+    """``cvp <stage>`` for each stage, uninterrupted, in this process (no start-up at all)."""
+    for stage in stages:
+        done = inprocess.cvp(project, stage, env=inprocess.store_env(project))
+        assert done.returncode == 0, f"cvp {stage} failed:\n{done.stderr[-3000:]}"
 
 
 def run_killed(project: Path, kill_point: str, stage: str) -> subprocess.Popen:
@@ -189,10 +192,23 @@ def inputs(tmp_path_factory) -> Path:
     return shared_project(tmp_path_factory, "killed_stage_inputs", build_inputs)
 
 
+@pytest.fixture
+def seeded(seed_mlflow_store):
+    """``seeded(project)``: the project with a new, empty MLflow store for its `cvp` processes
+    (a copy of the migrated template: creating one takes seconds)."""
+
+    def seed(project: Path) -> Path:
+        seed_mlflow_store(project / "tracking" / "mlflow.db")
+        return project
+
+    return seed
+
+
 @pytest.fixture(scope="module")
-def clv_reference(tmp_path_factory, inputs) -> Path:
+def clv_reference(tmp_path_factory, inputs, seed_mlflow_store) -> Path:
     def build(root: Path) -> None:
         copy_project(inputs, root)
+        seed_mlflow_store(root / "tracking" / "mlflow.db")
         run(["cvp", "clv"], root)
 
     return shared_project(tmp_path_factory, "killed_stage_clv", build)
@@ -235,12 +251,12 @@ def test_a_write_removes_only_the_temporary_files_of_dead_writers(tmp_path):
 # --------------------------------------------------------------------------- killed stages
 
 
-def test_features_killed_mid_stream_leaves_no_partial_file_and_a_rerun_matches(inputs, tmp_path):
+def test_features_killed_mid_stream_leaves_no_partial_file_and_a_rerun_matches(inputs, tmp_path, seeded):
     reference = output_hashes(inputs, "features")
     f0, f1 = paths.features_at(0).as_posix(), paths.features_at(1).as_posix()
     assert set(reference) == {*(paths.features_at(k).as_posix() for k in (0, 1, 2)),
                               *(paths.labels_at(k).as_posix() for k in (1, 2)), "metrics/features.json"}  # fmt: skip
-    project = copy_project(inputs, tmp_path / "project")
+    project = seeded(copy_project(inputs, tmp_path / "project"))
     for declared in declared_outputs(project, "features"):
         if (project / declared).is_dir():
             shutil.rmtree(project / declared)
@@ -261,19 +277,19 @@ def test_features_killed_mid_stream_leaves_no_partial_file_and_a_rerun_matches(i
     assert assert_no_partial_output(project, "features", reference) == {f0, f1}
     assert [writer_pid(t) for t in temp_files(project, "features")] == [second.pid]
 
-    run(["cvp", "features"], project)
+    run_stages(project, "features")
     # Same files (no stale temporary file in data/features, so DVC's hash is the same), same bytes.
     assert output_hashes(project, "features") == reference
     assert temp_files(project, "features") == []
 
 
 @pytest.mark.slow
-def test_clv_killed_mid_write_leaves_no_partial_file_and_dvc_repro_matches(inputs, clv_reference, tmp_path):
+def test_clv_killed_mid_write_leaves_no_partial_file_and_dvc_repro_matches(inputs, clv_reference, tmp_path, seeded):
     reference = output_hashes(clv_reference, "clv")
     predictions = {paths.clv_predictions_at(k).as_posix() for k in CUTOFF_OFFSETS}
     pickle_path = (paths.CLV_MODEL_DIR / "purchase_model.pkl").as_posix()
     assert predictions | {pickle_path, REGISTRATION, "metrics/clv.json", "plots/clv/tracking.png"} <= set(reference)
-    project = copy_project(inputs, tmp_path / "project")
+    project = seeded(copy_project(inputs, tmp_path / "project"))
     assert output_hashes(project, "clv") == {}
 
     # Written in order predictions_t0..t2, purchase_model.pkl, ...: the fourth dies half written.

@@ -1,9 +1,10 @@
 """Small customer bases: every stage completes, or stops with one line naming what is too small
 and which param changes it.
 
-- `dvc repro` in a copy of the project on seeded `cvp generate` bases of 100, 300 and 1,000
-  customers (~8 rows each over two years): exit 0, finite scores in range for every customer of
-  features_t0, a churn probability that is not one constant.
+- Every dvc.yaml stage command, in order (tests/inprocess.py: `cvp <stage>` in this process, as
+  `dvc repro` would run them), in a copy of the project on seeded `cvp generate` bases of 100, 300
+  and 1,000 customers (~8 rows each over two years): exit 0, finite scores in range for every
+  customer of features_t0, a churn probability that is not one constant.
 - The segment and export stages in process on tiny hand-made inputs: 1, 2 and 5 customers, a
   base where nobody bought in the last horizon, every customer a one-time buyer, no customer.
 """
@@ -11,9 +12,6 @@ and which param changes it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +23,8 @@ from features.errors import DataError
 from pipelines import export, files, segment
 from pipelines.catalog import Catalog
 from pipelines.config import load_params
+from tests.inprocess import Done, cvp, stage_commands
+from tests.inprocess import repro as repro_in_process
 from tests.test_export_fixture import (
     HORIZON_DAYS,
     churn_metrics,
@@ -45,42 +45,28 @@ pytestmark = pytest.mark.xdist_group("small_data")
 
 ROWS_PER_CUSTOMER = 8
 SEED = 7
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# --------------------------------------------------------------------------- dvc repro
+# --------------------------------------------------------------------------- every stage
 
 
-def _env(project: Path) -> dict[str, str]:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'tracking' / 'mlflow.db'}"
-    for name in ("MLFLOW_REGISTRY_URI", "CVP_PIPELINE_RUN_ID", "CVP_VERBOSE"):
-        env.pop(name, None)
-    return env
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
-
-
-def small_project(root: Path, customers: int) -> tuple[Path, subprocess.CompletedProcess]:
-    """A project copy reading a seeded synthetic base of ``customers``; returns it and `dvc repro`."""
+def small_project(root: Path, customers: int) -> tuple[Path, Done]:
+    """A project copy reading a seeded synthetic base of ``customers``; returns it and the run of
+    its dvc.yaml stage commands (in this process: the stages' work, not a `cvp` start-up each)."""
     project = root / f"c{customers}"
     project.mkdir()
     _copy_project(project)
     (project / "tracking").mkdir()
-    env = _env(project)
-    made = _run([str(BIN / "cvp"), "generate", "--rows", str(customers * ROWS_PER_CUSTOMER), "--customers",
-                 str(customers), "--out", "data/raw/tx.csv", "--seed", str(SEED)], project, env)
+    made = cvp(project, "generate", "--rows", str(customers * ROWS_PER_CUSTOMER), "--customers", str(customers),
+               "--out", "data/raw/tx.csv", "--seed", str(SEED))  # fmt: skip
     assert made.returncode == 0, made.stderr
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"].update(json.loads((project / "data/raw/tx.csv.json").read_text())["data"])
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    checked = _run([str(BIN / "cvp"), "check-params"], project, env)
+    checked = cvp(project, "check-params")
     assert checked.returncode == 0, checked.stderr
-    assert _run(["dvc", "init", "--no-scm", "-q"], project, env).returncode == 0
-    return project, _run(["dvc", "repro"], project, env)
+    return project, repro_in_process(project)
 
 
 @pytest.fixture(
@@ -92,15 +78,15 @@ def repro(request, tmp_path_factory):
     return small_project(tmp_path_factory.mktemp("small"), request.param)
 
 
-def _failure(result: subprocess.CompletedProcess) -> str:
+def _failure(result: Done) -> str:
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "error" in line.lower()]
     return "\n".join(errors[-5:]) or result.stderr[-3000:]
 
 
 def test_repro_completes(repro):
-    _, result = repro
+    project, result = repro
     assert result.returncode == 0, _failure(result)
-    assert "Traceback" not in result.stderr
+    assert result.ran == list(stage_commands(project)) and "Traceback" not in result.stderr
 
 
 def test_every_customer_of_features_t0_is_exported_once(repro):

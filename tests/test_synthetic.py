@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import os
-import subprocess
-import sys
 
 import ibis
 import numpy as np
@@ -37,6 +34,7 @@ from pipelines.config import DataParams
 from pipelines.catalog import Catalog
 from pipelines.generate import write_synthetic
 from pipelines.ingest import ingest
+from tests import inprocess
 
 
 @pytest.fixture(scope="module")
@@ -201,16 +199,12 @@ def test_write_synthetic_parquet_and_csv_are_read_by_ingest(tmp_path):
 
 
 def test_cli_generate(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "generate", "--rows", "3000", "--out", "tx.csv", "--seed", "8",
-         "--noise-rate", "0"],
-        cwd=tmp_path, env=os.environ, capture_output=True, text=True, timeout=300,
-    )
+    """`cvp generate`'s entry point, in this process (tests/inprocess.py)."""
+    done = inprocess.cvp(tmp_path, "generate", "--rows", "3000", "--out", "tx.csv", "--seed", "8", "--noise-rate", "0")
     assert done.returncode == 0, done.stderr
     written = pd.read_csv(tmp_path / "tx.csv", dtype=str, keep_default_na=False)
     expected = generate_transactions(3000, seed=8, params=SyntheticParams(noise_rate=0.0))
     pd.testing.assert_frame_equal(written, expected.astype(object), check_dtype=False)
-    bad = subprocess.run([sys.executable, "-m", "pipelines.cli", "generate", "--rows", "10", "--out", "tx.json"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    bad = inprocess.cvp(tmp_path, "generate", "--rows", "10", "--out", "tx.json")
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "cvp: error: tx.json: unknown output type; use a .parquet, .csv or .csv.gz file name")
