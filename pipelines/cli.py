@@ -83,13 +83,14 @@ def run_stage(name: str, params_path: Path) -> None:
     """Parse params once, then run the stage module's ``run(params, paths)`` on the catalog of
     the project holding the current directory. Runs of stages without a model are queued for
     the next process that sets MLflow up (pipelines.tracking), so this one never imports it."""
-    from pipelines import tracking
+    from pipelines import profile, tracking
     from pipelines.catalog import project_catalog
 
-    params = load_params(params_path)
-    module = importlib.import_module(f"pipelines.{name}")
-    with tracking.deferred_stage_records():
-        module.run(params, project_catalog(params_path))
+    with profile.profiled(f"cvp {name}"):
+        params = load_params(params_path)
+        module = importlib.import_module(f"pipelines.{name}")
+        with tracking.deferred_stage_records():
+            module.run(params, project_catalog(params_path))
 
 
 @app.callback()
