@@ -30,6 +30,7 @@ from sklearn.exceptions import NotFittedError
 
 from features.errors import DataError
 from models import _lifetimes, btyd
+from models.clv_columns import PREDICTION_COLUMNS, PREDICTION_DTYPES  # noqa: F401 (re-exported)
 from models.clv_formulas import bg_family_p_no_purchase, pareto_nbd_p_no_purchase
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,6 @@ MODELS = tuple(_lifetimes.PURCHASE_PARAMS)
 HISTORY_COLUMNS = ["frequency", "recency", "T"]
 SPEND_COLUMNS = ["frequency", "monetary_value"]
 FEATURE_COLUMNS = ["customer_id", "cutoff", *HISTORY_COLUMNS, "monetary_value"]
-#: Columns and dtypes of the CLV predictions files (data/clv/predictions_t{k}.parquet): the
-#: contract in pipelines/contracts.py checks these, declared here next to the code that writes them.
-PREDICTION_DTYPES = {
-    "customer_id": "str", "cutoff": "datetime64[us]", "model": "str", "p_alive": "float64",
-    "expected_purchases": "float64", "p_no_purchase": "float64", "expected_avg_spend": "float64",
-    "clv": "float64",
-}  # fmt: skip
-PREDICTION_COLUMNS = list(PREDICTION_DTYPES)
 DAYS_PER_YEAR = 365.0
 # A fitted parameter outside this range (in the fitting time unit) is a degenerate optimum.
 _PARAM_RANGE = (1e-8, 1e8)

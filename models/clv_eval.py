@@ -19,11 +19,10 @@ import pandas as pd
 from scipy import stats
 
 from models.clv import FitError
+from models.clv_columns import CANDIDATE_ORDER
 
 log = logging.getLogger(__name__)
 
-#: Candidate purchase models, in tie-break order (the most established model first).
-CANDIDATE_ORDER: tuple[str, ...] = ("bgnbd", "paretonbd", "mbgnbd")
 #: Calibration-period frequencies at or above this share the last bin ("7+").
 TOP_FREQUENCY_BIN = 7
 #: Share of customers whose captured holdout spend is reported (the 80/20 view).

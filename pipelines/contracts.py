@@ -18,8 +18,7 @@ from features.customer import LABELS_SCHEMA, features_schema
 from features.errors import DataError, contract_problem
 from features.ingest import TRANSACTIONS_SCHEMA
 from models import segments as seg
-from models.clv import PREDICTION_DTYPES
-from models.clv_eval import CANDIDATE_ORDER
+from models.clv_columns import CANDIDATE_ORDER, PREDICTION_DTYPES
 from models.scores import SCORE_COLUMNS, ScoreColumn, value_checks
 
 if TYPE_CHECKING:

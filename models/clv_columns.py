@@ -1,0 +1,17 @@
+"""Columns and dtypes of the CLV predictions files (data/clv/predictions_t{k}.parquet), and the
+names of the candidate purchase models (their ``model`` column).
+
+Kept apart from models/clv.py (which imports scikit-learn and SciPy) so that the data contracts
+(pipelines/contracts.py), read by every stage, import no model library.
+"""
+
+from __future__ import annotations
+
+PREDICTION_DTYPES = {
+    "customer_id": "str", "cutoff": "datetime64[us]", "model": "str", "p_alive": "float64",
+    "expected_purchases": "float64", "p_no_purchase": "float64", "expected_avg_spend": "float64",
+    "clv": "float64",
+}  # fmt: skip
+PREDICTION_COLUMNS = list(PREDICTION_DTYPES)
+#: Candidate purchase models, in tie-break order (the most established model first).
+CANDIDATE_ORDER: tuple[str, ...] = ("bgnbd", "paretonbd", "mbgnbd")
