@@ -13,6 +13,8 @@ $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@# An empty MLflow store, migrated once here: a project's first run copies it (seconds saved).
+	$(BIN)/python -c "from pipelines.tracking import prepare_store_template; prepare_store_template()"
 	@touch $@
 
 SPARK_STAMP := $(VENV)/.installed-spark

@@ -116,11 +116,66 @@ def _point_mlflow(params: Params, root: Path | str) -> str:
     uri, registry, artifacts = store_uris(params, root)
     if uri == f"sqlite:///{tracking_dir(params, root) / 'mlflow.db'}":
         tracking_dir(params, root).mkdir(parents=True, exist_ok=True)
+    for store in {uri, registry}:
+        seed_sqlite_store(store)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(registry)
     experiment_id = _experiment_id(mlflow.MlflowClient(), params.mlflow.experiment, artifacts)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def store_template() -> Path:
+    """Where `make env` puts an empty MLflow sqlite store, migrated by this environment's MLflow."""
+    import importlib.metadata
+
+    return Path(sys.prefix) / "share" / "cvp" / f"mlflow-store-{importlib.metadata.version('mlflow')}.db"
+
+
+def prepare_store_template() -> Path:
+    """Create :func:`store_template` unless it exists: MLflow creates a store in a scratch file
+    (its ~30 schema migrations, several seconds), which is then moved into place."""
+    import tempfile
+
+    target = store_template()
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        db = Path(scratch) / "mlflow.db"
+        import mlflow
+
+        mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+        os.replace(db, target)
+    log.info("MLflow store template: %s", target)
+    return target
+
+
+def seed_sqlite_store(uri: str) -> bool:
+    """Start a new sqlite store (``uri`` names a file that does not exist yet) as a copy of the
+    environment's template (:func:`prepare_store_template`): the same tables at the same schema
+    revision and the Default experiment, without running the migrations in this process. Returns
+    whether it did; without a template, MLflow creates the store itself."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix) or "?" in uri:
+        return False
+    db, template = Path(uri[len(prefix):]), store_template()
+    if db.exists() or not template.exists() or not db.parent.is_dir():
+        return False
+    partial = db.with_name(f".{db.name}.{os.getpid()}.partial")
+    shutil.copyfile(template, partial)
+    try:
+        os.link(partial, db)  # fails when another process created the store meanwhile: keep theirs
+    except FileExistsError:
+        return False
+    except OSError:  # no hard links on this file system
+        if db.exists():
+            return False
+        os.replace(partial, db)
+    finally:
+        partial.unlink(missing_ok=True)
+    log.debug("new MLflow store %s from the template %s", db, template)
+    return True
 
 
 def _experiment_id(client: Any, name: str, artifact_location: str | None) -> str:

@@ -260,3 +260,41 @@ def test_cvp_flush_runs_sends_the_queue_or_says_in_one_line_why_not(project, tmp
     assert tracking.queued_runs(params, paths.root) == []
     (run,) = stage_runs(mlflow.MlflowClient(f"sqlite:///{blocked / 'mlflow.db'}"), params, **{"cvp.kind": "stage"})
     assert run.data.tags["cvp.stage"] == "ingest"
+
+
+# --------------------------------------------------------------------------- store template
+
+
+def test_a_new_sqlite_store_starts_from_the_template_and_works(tmp_path, monkeypatch):
+    import mlflow
+
+    template = tmp_path / "share" / "template.db"
+    monkeypatch.setattr(tracking, "store_template", lambda: template)
+    assert tracking.prepare_store_template() == template and template.exists()
+    built = template.stat().st_mtime_ns
+    assert tracking.prepare_store_template() == template and template.stat().st_mtime_ns == built  # once
+
+    db = tmp_path / "project" / "tracking" / "mlflow.db"
+    db.parent.mkdir(parents=True)
+    assert tracking.seed_sqlite_store(f"sqlite:///{db}")
+    assert db.read_bytes() == template.read_bytes()
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiment = client.create_experiment("x", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment)
+    client.log_metric(run.info.run_id, "m", 1.5)
+    assert client.get_run(run.info.run_id).data.metrics == {"m": 1.5}
+    assert [e.name for e in client.search_experiments()] == ["x", "Default"]
+
+
+def test_an_existing_store_a_missing_template_or_another_backend_are_left_alone(tmp_path, monkeypatch):
+    template = tmp_path / "template.db"
+    monkeypatch.setattr(tracking, "store_template", lambda: template)
+    db = tmp_path / "mlflow.db"
+    assert not tracking.seed_sqlite_store(f"sqlite:///{db}")  # no template: MLflow creates the store
+    assert not db.exists()
+    template.write_bytes(b"template")
+    db.write_bytes(b"mine")
+    assert not tracking.seed_sqlite_store(f"sqlite:///{db}") and db.read_bytes() == b"mine"
+    assert not tracking.seed_sqlite_store("postgresql://u@h/db")
+    assert not tracking.seed_sqlite_store(f"sqlite:///{tmp_path / 'no_such_dir' / 'mlflow.db'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "template.db"]  # no partial file left
