@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 # Read when OpenMP starts (LightGBM's import), so before any test module is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -61,39 +60,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _TEMPLATE: dict[str, Path] = {}
 
 
-def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's temporary directory, shared by the xdist workers."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
-def _build_template(target: Path, migrate) -> None:
-    """An MLflow sqlite database with every table at the latest schema revision, and no experiment."""
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(f"sqlite:///{target}")
-    try:
-        migrate(engine)
-    finally:
-        engine.dispose()
-
-
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The migrated, empty MLflow database of this session (built once, across workers)."""
+def template_db(tmp_path_factory: pytest.TempPathFactory | None = None) -> Path:
+    """The migrated, empty MLflow database of this environment (pipelines.tracking: `make env`
+    builds it; built here, once, when missing)."""
     if "db" not in _TEMPLATE:
-        import mlflow
-        from mlflow.store.db import utils
+        from pipelines import tracking
 
-        migrate = getattr(utils._initialize_tables, "__wrapped__", utils._initialize_tables)
-        shared = _shared_dir(tmp_path_factory)
-        target = shared / f"mlflow-template-{mlflow.__version__}.db"
-        with FileLock(str(target) + ".lock"):
-            if not target.exists():
-                partial = target.with_suffix(".partial")
-                partial.unlink(missing_ok=True)
-                _build_template(partial, migrate)
-                partial.rename(target)
-        _TEMPLATE["db"] = target
+        _TEMPLATE["db"] = tracking.prepare_store_template()
     return _TEMPLATE["db"]
 
 
