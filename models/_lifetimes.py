@@ -87,8 +87,9 @@ def fit_purchase(model: str, frequency, recency, T, weights, penalizer: float, i
                  time_budget_s: float = PARETO_NBD_TIME_BUDGET_S) -> dict[str, float]:
     """Fit a BG/NBD-family model on rows with `weights` customers each; parameters in the unit of T.
 
-    BG/NBD and MBG/NBD: lifetimes' fitters (closed-form likelihoods, no hypergeometric terms, a
-    few milliseconds per evaluation), BFGS capped at ``max_iterations`` iterations.
+    BG/NBD and MBG/NBD: lifetimes' likelihoods and search (closed forms, no hypergeometric terms, a
+    few milliseconds per evaluation), BFGS capped at ``max_iterations`` iterations, without the
+    Hessian lifetimes computes after it (:func:`_search`).
     Pareto/NBD: our bounded search (models/btyd.py), within ``max_iterations`` iterations and
     ``time_budget_s`` seconds. Raises one of FIT_FAILURES when a fit fails
     (btyd.FitBudgetExceeded when it runs over its budget).
@@ -98,10 +99,39 @@ def fit_purchase(model: str, frequency, recency, T, weights, penalizer: float, i
         values, _, _ = btyd.fit_pareto_nbd(frequency, recency, T, weights, penalizer, start,
                                            max_iterations=max_iterations, time_budget_s=time_budget_s)
         return dict(zip(PURCHASE_PARAMS[model], (float(v) for v in values)))
-    fitter = _fit_class(model)(penalizer_coef=penalizer)
+    from lifetimes.utils import _check_inputs, _scale_time
+
+    # BetaGeoFitter.fit (ModifiedBetaGeoFitter's calls it), step by step, up to its search.
+    frequency, recency, T = np.asarray(frequency).astype(int), np.asarray(recency), np.asarray(T)
+    _check_inputs(frequency, recency, T)
+    scale = _scale_time(T)
+    args = (frequency, recency * scale, T * scale, np.asarray(weights), penalizer)
+    log_params = _search(_fit_class(model), args, initial_params, 4, int(max_iterations))
+    params = np.exp(log_params)
+    params[1] /= scale  # alpha, as lifetimes reports it
+    return dict(zip(PURCHASE_PARAMS[model], (float(v) for v in params)))
+
+
+def _search(fitter_class, args: tuple, initial_params, n_params: int, max_iterations: int | None) -> np.ndarray:
+    """lifetimes' ``BaseFitter._fit`` search, the same call with the same arguments (so the same
+    optimum, bit for bit), without what follows it there: the autograd Hessian (about 45% of a
+    BG/NBD fit's time), the standard errors built from it and a copy of the data, none of which
+    the models keep. Returns the log-parameters; ConvergenceError (lifetimes' message) when the
+    search fails, as lifetimes raises it."""
+    import lifetimes.fitters
+    from autograd import value_and_grad
+
+    options = {"disp": False} if max_iterations is None else {"disp": False, "maxiter": max_iterations}
+    start = 0.1 * np.ones(n_params) if initial_params is None else initial_params
     with _quiet_lifetimes_call():
-        fitter.fit(frequency, recency, T, weights=weights, initial_params=initial_params, maxiter=int(max_iterations))
-    return {name: float(fitter.params_[name]) for name in PURCHASE_PARAMS[model]}
+        output = lifetimes.fitters.minimize(value_and_grad(fitter_class._negative_log_likelihood), jac=True,
+                                            method=None, tol=1e-7, x0=start, args=args, options=options,
+                                            bounds=None)  # fmt: skip
+        if not output.success:
+            print(output)
+            raise _lifetimes().ConvergenceError(
+                "\nThe model did not converge. Try adding a larger penalizer to see if that helps convergence.\n")
+    return output.x
 
 
 def purchase_log_likelihood(model: str, params: dict[str, float], frequency, recency, T, weights) -> float:
@@ -117,7 +147,11 @@ def purchase_log_likelihood(model: str, params: dict[str, float], frequency, rec
 
 def fit_spend(frequency, monetary_value, weights, penalizer: float) -> dict[str, float]:
     """Fit Gamma-Gamma on repeat customers with positive mean spend (rows with `weights` customers)."""
-    fitter = _lifetimes().GammaGammaFitter(penalizer_coef=penalizer)
-    with _quiet_lifetimes_call():
-        fitter.fit(frequency, monetary_value, weights=weights)
-    return {name: float(fitter.params_[name]) for name in SPEND_PARAMS}
+    from lifetimes.utils import _check_inputs
+
+    # GammaGammaFitter.fit, step by step, up to its search (no q constraint, lifetimes' default).
+    _check_inputs(frequency, monetary_value=monetary_value)
+    args = (np.asarray(frequency).astype(float), np.asarray(monetary_value).astype(float), np.asarray(weights),
+            penalizer)  # fmt: skip
+    log_params = _search(_lifetimes().GammaGammaFitter, args, None, 3, None)
+    return dict(zip(SPEND_PARAMS, (float(v) for v in np.exp(log_params))))

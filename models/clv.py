@@ -51,10 +51,25 @@ class FitError(DataError):
 # ----------------------------------------------------------------------------------- compression
 
 
+def _strictly_increasing(keys: pd.DataFrame) -> bool:
+    """Whether the rows are sorted and distinct already (e.g. compressed rows passed to a fit):
+    each row lexicographically below the next; False at any NaN."""
+    below, equal = np.zeros(len(keys) - 1, dtype=bool), np.ones(len(keys) - 1, dtype=bool)
+    for column in keys.columns:
+        values = keys[column].to_numpy()
+        below |= equal & (values[:-1] < values[1:])
+        equal &= values[:-1] == values[1:]
+    return bool(below.all())
+
+
 def _unique_rows(frame: pd.DataFrame, columns: Sequence[str], weights=None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Sorted unique rows of `columns` with their `count`, and each input row's position in them."""
+    """Sorted unique rows of `columns` with their `count`, and each input row's position in them.
+    Rows that are sorted and distinct already are their own unique rows (no grouping)."""
     columns = list(columns)
     keys = frame[columns].reset_index(drop=True)
+    if len(keys) > 1 and _strictly_increasing(keys):
+        counts = np.ones(len(keys), dtype=np.int64) if weights is None else np.asarray(weights, dtype=float) * 1.0
+        return keys.assign(count=counts), np.arange(len(keys))
     grouped = keys.groupby(columns, sort=True, dropna=False)
     codes = grouped.ngroup().to_numpy()
     unique = grouped.size().reset_index(name="count")

@@ -147,8 +147,13 @@ def gains_curve(scores: Mapping[str, Sequence[float]], actual, n_points: int = 2
     actual = _as_float(actual)
     shares = np.arange(1, n_points + 1) / n_points
     out = {"customer_share": shares}
+    total = actual.sum()
     for name, score in {**scores, "oracle": actual}.items():
-        out[name] = [top_share_capture(score, actual, s) for s in shares]
+        if actual.size == 0 or total == 0:
+            out[name] = [math.nan] * n_points
+            continue
+        ranked = actual[_rank_order(score)]  # one sort per score; each point is top_share_capture's sum
+        out[name] = [float(ranked[: math.ceil(s * actual.size)].sum() / total) for s in shares]
     return pd.DataFrame(out)
 
 
@@ -193,6 +198,23 @@ def repeat_purchase_days(transactions: pd.DataFrame, first_purchase: pd.Series, 
     return days.loc[keep, "day"].sort_values().reset_index(drop=True)
 
 
+def repeat_day_counts(transactions, customers, end):
+    """:func:`repeat_purchase_days` as a portable ibis expression, counted by day: columns day
+    (timestamp), count (repeat purchase days of the ``customers`` on that day), sorted by day.
+
+    ``transactions``: ibis table customer_id, timestamp, amount; ``customers``: ibis table
+    customer_id, first_purchase (one row per customer). Runs on the features engine, so only one
+    row per calendar day reaches Python instead of every transaction."""
+    import ibis
+
+    days = transactions.filter(transactions.amount >= 0)
+    days = days.select(customer_id=days.customer_id, day=days.timestamp.truncate("D")).distinct()
+    joined = days.join(customers, "customer_id")
+    end = ibis.literal(pd.Timestamp(end).to_pydatetime())
+    joined = joined.filter((joined.day > joined.first_purchase) & (joined.day <= end))
+    return joined.group_by("day").aggregate(count=joined.count()).order_by("day")
+
+
 def tracking_curve(
     birth_days: pd.Series,
     repeat_days: pd.Series,
@@ -200,12 +222,15 @@ def tracking_curve(
     days_per_unit: float,
     end,
     step_days: int = 7,
+    repeat_counts=None,
 ) -> pd.DataFrame:
     """Cumulative repeat purchases over calendar time, actual vs model, sampled every ``step_days``.
 
     Model: sum over customers of E[X(age)], the unconditional expected repeat purchases of a
     customer ``age`` = (day - birth day) old (``expected_unconditional`` takes model units).
     Day 0 is the earliest birth day; samples are taken at days step, 2*step, ... and ``end``.
+    ``repeat_counts``: how many repeat purchase days each of ``repeat_days`` stands for (None: one
+    each; :func:`repeat_day_counts` gives days with their counts).
     Columns: date, week, actual_cumulative, expected_cumulative, actual_incremental,
     expected_incremental (incremental = change since the previous sample).
     """
@@ -216,9 +241,11 @@ def tracking_curve(
     lags = np.arange(n_days, dtype=float)
     per_customer = np.asarray(expected_unconditional(lags / days_per_unit), dtype=float)
     expected_daily = np.convolve(birth_count.astype(float), per_customer)[:n_days]
-    repeat_offsets = (pd.to_datetime(repeat_days) - start).dt.days.to_numpy()
-    repeat_offsets = repeat_offsets[(repeat_offsets >= 0) & (repeat_offsets < n_days)]
-    actual_daily = np.cumsum(np.bincount(repeat_offsets, minlength=n_days))
+    repeat_offsets = (pd.to_datetime(pd.Series(repeat_days)) - start).dt.days.to_numpy()
+    inside = (repeat_offsets >= 0) & (repeat_offsets < n_days)
+    weights = None if repeat_counts is None else np.asarray(repeat_counts, dtype=float)[inside]
+    # whole counts: float64 sums of them are exact, so counted days give the same curve as listed days
+    actual_daily = np.cumsum(np.bincount(repeat_offsets[inside], weights=weights, minlength=n_days))
     samples = np.unique(np.append(np.arange(step_days, n_days, step_days), n_days - 1))
     table = pd.DataFrame(
         {
@@ -313,12 +340,20 @@ def holdout_summary(
 
 
 def holdout_frame(features: pd.DataFrame, predictions: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
-    """One row per t_1 customer: features, the model's t_1 predictions and the actual holdout."""
+    """One row per t_1 customer: features, the model's t_1 predictions and the actual holdout.
+    Frames holding the same customers in the same order (the stage's: each sorted by customer_id,
+    checked here) are put side by side, the same table as the merges without their hashing."""
     predicted = predictions[["customer_id", "expected_purchases", "expected_avg_spend", "clv"]]
     actual = labels.rename(columns={"n_purchase_days": "actual_purchases", "spend": "actual_spend"})
     frame = features[["customer_id", "frequency", "ipi_mean", "avg_spend"]]
-    frame = frame.merge(predicted, on="customer_id", validate="one_to_one")
     actual = actual[["customer_id", "actual_purchases", "actual_spend"]]
+    ids = frame["customer_id"]
+    if ids.is_unique and all(ids.reset_index(drop=True).equals(f["customer_id"].reset_index(drop=True))
+                             for f in (predicted, actual)):  # fmt: skip
+        parts = [f.reset_index(drop=True) for f in (frame, predicted.drop(columns="customer_id"),
+                                                    actual.drop(columns="customer_id"))]  # fmt: skip
+        return pd.concat(parts, axis=1)
+    frame = frame.merge(predicted, on="customer_id", validate="one_to_one")
     return frame.merge(actual, on="customer_id", validate="one_to_one")
 
 
@@ -341,14 +376,19 @@ def evaluate(frame: pd.DataFrame, horizon_days: float, margin: float) -> dict:
     }
 
 
-def tracking_table(features: pd.DataFrame, transactions: pd.DataFrame, purchase_model, end,
-                   days_per_unit: float) -> pd.DataFrame:  # fmt: skip
+def tracking_table(features: pd.DataFrame, transactions: pd.DataFrame | None, purchase_model, end,
+                   days_per_unit: float, repeat_counts: pd.DataFrame | None = None) -> pd.DataFrame:  # fmt: skip
     """Weekly cumulative repeat purchases of the ``features`` customers (customer_id, first_purchase)
-    up to ``end``, actual (from ``transactions``) vs ``purchase_model`` (fitted at their cutoff)."""
-    first = features.set_index("customer_id")["first_purchase"]
-    repeats = repeat_purchase_days(transactions, first, end)
+    up to ``end``, actual vs ``purchase_model`` (fitted at their cutoff). Actual: from
+    ``transactions`` (customer_id, timestamp, amount), or from ``repeat_counts`` (day, count: what
+    :func:`repeat_day_counts` gives, the same numbers without the transactions in memory)."""
     expected = purchase_model.expected_purchases_unconditional
-    return tracking_curve(features["first_purchase"], repeats, expected, days_per_unit, end)
+    if repeat_counts is None:
+        first = features.set_index("customer_id")["first_purchase"]
+        repeats = repeat_purchase_days(transactions, first, end)
+        return tracking_curve(features["first_purchase"], repeats, expected, days_per_unit, end)
+    return tracking_curve(features["first_purchase"], repeat_counts["day"], expected, days_per_unit, end,
+                          repeat_counts=repeat_counts["count"].to_numpy())  # fmt: skip
 
 
 def plot_tables(evaluation: dict, tracking: pd.DataFrame, selection: dict) -> dict[str, pd.DataFrame]:

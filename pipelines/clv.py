@@ -6,6 +6,7 @@ it and Gamma-Gamma are refitted at each cutoff t_k on data up to t_k and predict
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 from pathlib import Path
@@ -27,16 +28,19 @@ log = logging.getLogger(__name__)
 
 STAGE = "clv"
 PYFUNC_NAME = "clv_model"
-FEATURE_COLUMNS = ("customer_id", "cutoff", "first_purchase", "frequency", "recency", "T", "monetary_value",
-                   "avg_spend", "ipi_mean")  # fmt: skip
+#: The features each cutoff's file is read for: what the predictions need (all cutoffs), plus the
+#: holdout baseline's and the tracking curve's inputs at t_1.
+PREDICTION_COLUMNS = ("customer_id", "cutoff", "frequency", "recency", "T", "monetary_value")
+FEATURE_COLUMNS = {0: PREDICTION_COLUMNS, 1: (*PREDICTION_COLUMNS, "first_purchase", "avg_spend", "ipi_mean"),
+                   2: PREDICTION_COLUMNS}  # fmt: skip
 
 
 def read_inputs(params: Params, paths: Catalog, sources: dict[int, str]):
-    """Features at t_0, t_1, t_2 (t_2 may be empty), labels at t_1 and transactions, contract-checked."""
-    features = {k: paths.read(f"features_t{k}", params, FEATURE_COLUMNS) for k in CUTOFF_OFFSETS}
+    """Features at t_0, t_1, t_2 (t_2 may be empty) and labels at t_1, contract-checked."""
+    features = {k: paths.read(f"features_t{k}", params, FEATURE_COLUMNS[k]) for k in CUTOFF_OFFSETS}
     labels = paths.read("labels_t1", params, ("customer_id", "n_purchase_days", "spend"))
     clv_select.check_inputs(features, labels, sources, str(paths.labels_at(1)))
-    return features, labels, paths.read("transactions", params, ("customer_id", "timestamp", "amount"))
+    return features, labels
 
 
 def patterns_at(con, path: Path, table_name: str) -> Patterns:
@@ -48,11 +52,18 @@ def patterns_at(con, path: Path, table_name: str) -> Patterns:
     return out
 
 
-def fit_patterns(params: Params, paths: Catalog) -> dict[int, Patterns]:
-    """Per cutoff, the compressed tables, computed by the features engine (DuckDB, or Spark with
-    features.engine: pyspark) from the features files: only distinct rows reach Python."""
+def engine_tables(params: Params, paths: Catalog, t0) -> tuple[dict[int, Patterns], pd.DataFrame]:
+    """Per cutoff, the compressed tables, and the repeat purchase days of the t_1 customers up to
+    t_0 counted by day (the tracking curve's actuals), computed by the features engine (DuckDB, or
+    Spark with features.engine: pyspark) from the files: only distinct rows and one row per day
+    reach Python, never the transactions."""
     with engines.connect(params.features) as con:
-        return {k: patterns_at(con, paths.features_at(k), f"clv_features_t{k}") for k in CUTOFF_OFFSETS}
+        patterns = {k: patterns_at(con, paths.features_at(k), f"clv_features_t{k}") for k in CUTOFF_OFFSETS}
+        customers = con.read_parquet(paths.features_at(1), table_name="clv_customers_t1")
+        customers = customers.select("customer_id", "first_purchase")
+        transactions = engines.read_transactions(con, paths.path("transactions"))
+        repeats = con.to_pandas(clv_eval.repeat_day_counts(transactions, customers, t0))
+    return patterns, repeats
 
 
 def log_model(settings: ClvSettings, model_files: dict[str, Path], f0: pd.DataFrame, pred_t0: pd.DataFrame,
@@ -74,23 +85,23 @@ def log_model(settings: ClvSettings, model_files: dict[str, Path], f0: pd.DataFr
 
 
 def run(params: Params, paths: Catalog) -> None:
+    """Fit, predict and write the stage's outputs; MLflow (set-up, the stage run, the pyfunc) works on
+    a thread of its own meanwhile (tracking.in_background), and the stage ends when it is done."""
     data, cfg, settings = params.data, params.clv, clv_settings(params)
     fitting = ClvFitting.from_config(cfg.model_dump(), params.seed)
     sources = {k: str(paths.features_at(k)) for k in CUTOFF_OFFSETS}
-    features, labels, transactions = read_inputs(params, paths, sources)
+    features, labels = read_inputs(params, paths, sources)
     f0, f1 = features[0], features[1]
     t0, t1 = single_date(f0, sources[0]), single_date(f1, sources[1])
     section = {"seed": params.seed, "horizon_days": data.horizon_days, "time_unit": data.time_unit, **cfg.model_dump()}
     tags = {f"cvp.input.features_t{k}": files.file_sha256(paths.features_at(k))[:16] for k in CUTOFF_OFFSETS}
 
-    with tracking.stage_run(STAGE, params, paths, section=section, tags=tags):
-        import mlflow
-
-        patterns = fit_patterns(params, paths)
+    with tracking.in_background(functools.partial(tracking.stage_run, STAGE, params, paths, section, tags)) as later:
+        patterns, repeats = engine_tables(params, paths, t0)
         fits = clv_select.fit_cutoffs(features, labels, patterns, fitting, settings, sources)
         holdout = clv_eval.holdout_frame(f1, fits.predictions[1], labels)
         evaluation = clv_eval.evaluate(holdout, data.horizon_days, cfg.margin)
-        curve = clv_eval.tracking_table(f1, transactions, fits.chosen.model, t0, data.days_per_unit)
+        curve = clv_eval.tracking_table(f1, None, fits.chosen.model, t0, data.days_per_unit, repeat_counts=repeats)
 
         for k in CUTOFF_OFFSETS:
             paths.write(f"clv_predictions_t{k}", fits.predictions[k], params)
@@ -111,11 +122,17 @@ def run(params: Params, paths: Catalog) -> None:
         figures = clv_plots.figures(evaluation, curve, matrices, fits.name, t1, data.time_unit, data.horizon_days)
         for stem, figure in figures.items():
             files.save_figure(figure, out / f"{stem}.png")
-
-        tracking.log_metrics(metrics)
-        mlflow.set_tag("cvp.clv.model", fits.name)
-        mlflow.log_artifacts(str(out), artifact_path="plots")
-        mlflow.log_artifact(str(paths.path("clv_model_summary")))
-        log_model(settings, model_files, f0, fits.predictions[0], params)
+        later(log_run, settings, model_files, f0.head(5), fits, metrics, out, paths, params)
     log.info("clv: %s, %d customers scored at %s, total CLV %.2f", fits.name, len(fits.predictions[0]),
              metrics["as_of"], metrics["predictions"]["t0"]["total_clv"])  # fmt: skip
+
+
+def log_run(settings, model_files, f0_head, fits, metrics, out, paths, params) -> None:
+    """Everything the stage logs to its MLflow run (on the MLflow thread)."""
+    import mlflow
+
+    tracking.log_metrics(metrics)
+    mlflow.set_tag("cvp.clv.model", fits.name)
+    mlflow.log_artifacts(str(out), artifact_path="plots")
+    mlflow.log_artifact(str(paths.path("clv_model_summary")))
+    log_model(settings, model_files, f0_head, fits.predictions[0], params)

@@ -279,6 +279,38 @@ def stage_run(
             yield run
 
 
+@contextlib.contextmanager
+def in_background(open_run: Any) -> Iterator[Any]:
+    """Enter ``open_run()`` (a stage's MLflow run, e.g. :func:`stage_run`: MLflow's imports, the store
+    set-up, the queued runs sent) on a worker thread at once, and yield ``later(fn, *args)``, which
+    queues a call for that thread: the stage computes meanwhile instead of waiting for MLflow. At the
+    block's end the queued calls run, then the run closes there (FAILED, with the block's error, if
+    anything raised); the block is left once MLflow is done. One thread makes every call, as
+    MLflow's active run belongs to a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    worker, stack = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvp-mlflow"), contextlib.ExitStack()
+    opened = worker.submit(lambda: stack.enter_context(open_run()))
+    queued = []
+
+    def later(fn: Any, *args: Any) -> None:
+        queued.append(worker.submit(lambda: opened.exception() is None and fn(*args)))
+
+    try:
+        yield later
+        opened.result()
+        for call in queued:
+            call.result()
+    except BaseException as exc:
+        if opened.exception() is None:
+            worker.submit(stack.__exit__, type(exc), exc, exc.__traceback__).result()
+        raise
+    else:
+        worker.submit(stack.close).result()
+    finally:
+        worker.shutdown()
+
+
 def finite_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The finite numeric leaves of a nested mapping, keyed as MLflow metrics ('@' -> '_at_')."""
     return {

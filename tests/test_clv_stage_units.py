@@ -38,10 +38,48 @@ def _sources(paths: Catalog) -> dict[int, str]:
 
 def test_inputs_load_when_they_follow_the_contract(tmp_path):
     paths = _write_tiny_project(tmp_path)
-    features, labels, transactions = stage.read_inputs(PARAMS, paths, _sources(paths))
-    assert len(features[2]) == 4 and list(features[0].columns) == list(stage.FEATURE_COLUMNS)
+    features, labels = stage.read_inputs(PARAMS, paths, _sources(paths))
+    assert len(features[2]) == 4 and all(list(features[k].columns) == list(stage.FEATURE_COLUMNS[k]) for k in features)
+    # only what the stage uses: the prediction inputs everywhere, the baseline and tracking inputs at t_1
+    assert list(features[0].columns) == list(stage.PREDICTION_COLUMNS) == list(features[2].columns)
+    assert set(features[1].columns) - set(features[0].columns) == {"first_purchase", "avg_spend", "ipi_mean"}
     assert list(labels.columns) == ["customer_id", "n_purchase_days", "spend"]
-    assert list(transactions.columns) == ["customer_id", "timestamp", "amount"]
+
+
+def test_engine_tables_equal_the_in_memory_patterns_and_repeat_days(tmp_path):
+    """The compressed tables and the tracking curve's day counts from the engine are what the
+    in-memory functions give on the same files (the curve: the same table, to the bit)."""
+    from models import clv_eval
+    from models.clv_select import patterns_of
+
+    paths = _write_tiny_project(tmp_path)
+    features = tiny_features()
+    d = CUTOFF - pd.Timedelta(days=30)
+    first = features.set_index("customer_id")["first_purchase"]
+    stamps = [first["a"], first["a"] + pd.Timedelta(hours=3), first["a"] + pd.Timedelta(days=2, hours=5), d, d,
+              first["b"] + pd.Timedelta(days=1), first["b"] + pd.Timedelta(days=1, hours=1), d, CUTOFF,
+              CUTOFF + pd.Timedelta(days=1)]  # fmt: skip
+    tx = pd.DataFrame({
+        "customer_id": ["a", "a", "a", "a", "b", "b", "b", "c", "c", "z"],
+        "timestamp": pd.Series(stamps, dtype="datetime64[us]"),
+        "amount": [5.0, 1.0, 0.0, 2.0, -3.0, 4.0, 4.0, 9.0, 2.0, 2.0],
+    })  # fmt: skip
+    files.write_parquet(tx, paths.TRANSACTIONS)
+    patterns, repeats = stage.engine_tables(PARAMS, paths, CUTOFF)
+    for k in CUTOFF_OFFSETS:
+        expected = patterns_of(features)
+        pd.testing.assert_frame_equal(patterns[k].rfm, expected.rfm, check_dtype=False)
+        pd.testing.assert_frame_equal(patterns[k].spend, expected.spend, check_dtype=False)
+    listed = clv_eval.repeat_purchase_days(tx, first, CUTOFF)
+    assert repeats["count"].sum() == len(listed) == 5 and repeats["count"].max() == 2  # a and c on day d
+    assert repeats["day"].is_monotonic_increasing
+
+    class Linear:
+        def expected_purchases_unconditional(self, t):
+            return pd.Series(t, dtype=float).to_numpy()
+
+    curve = clv_eval.tracking_table(features, None, Linear(), CUTOFF, 7, repeat_counts=repeats)
+    pd.testing.assert_frame_equal(curve, clv_eval.tracking_table(features, tx, Linear(), CUTOFF, 7), check_exact=True)
 
 
 def test_missing_input_names_the_file_and_the_fix(tmp_path):
@@ -99,3 +137,48 @@ def test_predictions_are_cast_and_sorted_to_the_dtypes_the_contract_checks():
     empty = as_predictions()
     assert empty.empty and {c: str(t) for c, t in empty.dtypes.items()} == PREDICTION_DTYPES
     contracts.CLV_PREDICTIONS_SCHEMA.validate(empty)
+
+
+def test_mlflow_work_runs_on_one_background_thread_and_closes_the_run():
+    """tracking.in_background: the run opens on a worker thread while the block goes on, queued
+    calls run there in order, and the run closes there (with the block's error when it raised)."""
+    import contextlib
+    import threading
+
+    from pipelines import tracking
+
+    events = []
+
+    @contextlib.contextmanager
+    def fake_run():
+        events.append(("open", threading.current_thread().name))
+        try:
+            yield
+        except ValueError as exc:
+            events.append(("failed", str(exc)))
+            raise
+        events.append(("closed", threading.current_thread().name))
+
+    with tracking.in_background(fake_run) as later:
+        later(lambda value: events.append(("logged", value, threading.current_thread().name)), 1)
+        later(lambda: events.append(("logged", 2, threading.current_thread().name)))
+    worker = events[0][1]
+    assert worker != threading.current_thread().name and worker.startswith("cvp-mlflow")
+    assert events == [("open", worker), ("logged", 1, worker), ("logged", 2, worker), ("closed", worker)]
+
+    events.clear()
+    with pytest.raises(ValueError, match="stage broke"):
+        with tracking.in_background(fake_run) as later:
+            raise ValueError("stage broke")
+    assert [e[0] for e in events] == ["open", "failed"] and events[1][1] == "stage broke"
+
+    @contextlib.contextmanager
+    def broken_store():
+        raise RuntimeError("store down")
+        yield
+
+    events.clear()
+    with pytest.raises(RuntimeError, match="store down"):
+        with tracking.in_background(broken_store) as later:
+            later(events.append, "never")  # no run: the queued call is skipped
+    assert events == []
