@@ -320,9 +320,10 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
     ``n_estimators`` is the number of trees, or with ``fit(..., eval_set=(X, y))`` (the
     out-of-time customers) their cap: the first LightGBM fit records its log loss on the eval
     set after each tree (``learning_curve_``) and keeps the fewest trees within
-    ``tree_tolerance`` of the curve's minimum (:func:`choose_n_trees`; None keeps the cap); the
-    calibration choice and the refit then use that many (``n_trees_``). Without an eval set
-    ``n_trees_`` is ``n_estimators``. ``max_fit_customers`` caps the customers of each LightGBM
+    ``tree_tolerance`` of the curve's minimum (:func:`choose_n_trees`); the calibration choice
+    and the refit then use that many (``n_trees_``). Without an eval set, or with
+    ``tree_tolerance`` None, ``n_trees_`` is ``n_estimators`` and no curve is recorded (scoring
+    the eval set after every tree nearly doubles the cost of that fit). ``max_fit_customers`` caps the customers of each LightGBM
     fit (a seeded sample stratified by label; None: no cap): the trees are shallow and the
     learning rate small, so beyond some hundred thousand customers more rows cost time and
     change little.
@@ -431,7 +432,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         labels = y.to_numpy()
         fit_pos = capped_rows(y.index.get_indexer(fit_ids), labels, self.max_fit_customers, self.random_state)
         self.n_trees_, self.learning_curve_ = self.n_estimators, None
-        if eval_set is None:
+        if eval_set is None or self.tree_tolerance is None:  # no choice to make: no curve (it costs ~a fit)
             self.booster_ = self._lightgbm(len(fit_pos)).fit(Xt.iloc[fit_pos], y.iloc[fit_pos].to_numpy())
         else:
             X_eval = self._transform(eval_set[0])

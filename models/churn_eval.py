@@ -234,7 +234,8 @@ def final_builder(build: Builder, ev: Evaluation, t1: Snapshot) -> Builder:
 
 def trees_summary(model: ChurnClassifier) -> dict:
     """The trees block of metrics/churn.json: the cap, the tolerance, the number chosen and the
-    out-of-time learning curve around it (log loss on the test customers; null in a grouped split)."""
+    out-of-time learning curve around it (log loss on the test customers; only when
+    lightgbm.tree_tolerance is set and the evaluation is out of time)."""
     curve = model.learning_curve_
     summary = {"cap": model.n_estimators, "tolerance": model.tree_tolerance, "chosen": model.n_trees_,
                "chosen_by": "cap" if curve is None or model.tree_tolerance is None else "out_of_time_learning_curve"}  # fmt: skip

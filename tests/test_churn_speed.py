@@ -45,13 +45,18 @@ def test_an_eval_set_records_the_curve_without_changing_the_model():
     X, y = _synthetic(600, 0)
     X_next, y_next = _synthetic(500, 1)
     plain = ChurnClassifier(**FAST, calibration="none", random_state=0).fit(X, y)
-    tracked = ChurnClassifier(**FAST, calibration="none", random_state=0).fit(X, y, eval_set=(X_next, y_next))
+    untracked = ChurnClassifier(**FAST, calibration="none", random_state=0).fit(X, y, eval_set=(X_next, y_next))
+    assert untracked.learning_curve_ is None and untracked.n_trees_ == FAST["n_estimators"]  # tolerance null: no curve
+    tracked = ChurnClassifier(**FAST, calibration="none", tree_tolerance=0.0, random_state=0)
+    tracked.fit(X, y, eval_set=(X_next, y_next))
     assert plain.learning_curve_ is None and plain.n_trees_ == FAST["n_estimators"]
-    assert tracked.learning_curve_.shape == (FAST["n_estimators"],) and tracked.n_trees_ == FAST["n_estimators"]
-    np.testing.assert_array_equal(plain.predict_churn_probability(X_next), tracked.predict_churn_probability(X_next))
+    assert tracked.learning_curve_.shape == (FAST["n_estimators"],)
+    assert tracked.n_trees_ == int(np.argmin(tracked.learning_curve_)) + 1
+    np.testing.assert_array_equal(plain.booster_.predict(X_next, raw_score=True), tracked.booster_.predict(X_next, raw_score=True))
     # the curve is the eval customers' log loss after each tree
-    last = tracked.predict_proba_raw(X_next)
-    assert tracked.learning_curve_[-1] == pytest.approx(metrics.log_loss(y_next, last), rel=1e-9)
+    for n in (1, 10, FAST["n_estimators"]):
+        margin = tracked.booster_.predict(X_next, raw_score=True, num_iteration=n)
+        assert tracked.learning_curve_[n - 1] == pytest.approx(metrics.log_loss(y_next, 1 / (1 + np.exp(-margin))), rel=1e-9)
 
 
 def test_a_tolerance_keeps_the_first_trees_and_equals_a_fit_with_that_many():
