@@ -21,6 +21,7 @@ from features.errors import DataError
 from models import metrics as m
 from models.churn import (
     CLASSIFIER_SOURCE,
+    MIN_CALIBRATION_CLASS,
     CalibratedBaseline,
     ChurnClassifier,
     Scored,
@@ -41,7 +42,8 @@ from models.churn import (
 log = logging.getLogger(__name__)
 
 BOOTSTRAP_RESAMPLES = 200  # paired resamples of the test customers for the comparison intervals
-SHAP_SAMPLE = 5000  # customers whose SHAP values are computed (a seeded sample when more)
+SHAP_SAMPLE = 5000  # customers whose SHAP values are computed (a seeded sample when more); churn.shap_sample
+BOOTSTRAP_SAMPLE = 50000  # test customers the bootstrap resamples (a seeded sample when more); churn.bootstrap_sample
 
 Builder = Callable[[], ChurnClassifier]  # a factory of unfitted, identically configured classifiers
 
@@ -139,21 +141,23 @@ class Evaluation:
 
 
 def score_split(
-    build: Builder, X_train: pd.DataFrame, y_train: pd.Series, X_test: pd.DataFrame
+    build: Builder, X_train: pd.DataFrame, y_train: pd.Series, X_test: pd.DataFrame, y_test: pd.Series | None = None
 ) -> tuple[ChurnClassifier, dict[str, Scored]]:
-    """Fit a classifier (and the recency map) on the training customers; score the test customers."""
-    model = build().fit(X_train, y_train)
-    raw = model.predict_proba_raw(X_test)
-    calibrated = model.predict_churn_probability(X_test)
+    """Fit a classifier (and the recency map) on the training customers; score the test customers.
+    With ``y_test`` (out of time) the test customers' learning curve chooses the number of trees."""
+    model = build().fit(X_train, y_train, eval_set=None if y_test is None else (X_test, y_test))
+    raw, calibrated = model.predict_raw_and_calibrated(X_test)
     recency_map = fit_recency_map(X_train["days_since_last"].to_numpy(), y_train.to_numpy())
     scored = {"classifier_raw": Scored(raw, raw), "classifier_calibrated": Scored(calibrated, calibrated)}
     return model, scored | baseline_predictions(X_test, recency_map)
 
 
 def evaluate_out_of_time(build: Builder, t2: Snapshot, t1: Snapshot, reason: str) -> Evaluation:
-    """Train at t2 (labels (t2, t1]), test on every customer at t1 (labels (t1, t0])."""
+    """Train at t2 (labels (t2, t1]), test on every customer at t1 (labels (t1, t0]); the t1
+    learning curve chooses the number of trees (up to lightgbm.n_estimators) for this model and
+    the final one."""
     log.info("out-of-time evaluation: train t2 (%d customers), test t1 (%d customers)", len(t2.X), len(t1.X))
-    model, scored = score_split(build, t2.X, t2.y, t1.X)
+    model, scored = score_split(build, t2.X, t2.y, t1.X, t1.y)
     probability = pd.Series(scored["classifier_calibrated"].probability, index=t1.X.index)
     return Evaluation("out_of_time", reason, t2.cutoff, t1.cutoff, t2.y, t1.y, scored, model, probability, t2.X, t1.X)
 
@@ -207,6 +211,42 @@ def evaluate(build: Builder, t1: Snapshot, t2: Snapshot | None, reason: str, tes
         result = evaluate_grouped_split(build, t1, test_fraction, seed, reason)
     result.results = evaluate_scores(result.y_test.to_numpy(), result.scored)
     return result
+
+
+def final_builder(build: Builder, ev: Evaluation, t1: Snapshot) -> Builder:
+    """Builder of the final model (trained at t1): the evaluation model's number of trees and,
+    when churn.calibration is auto, its calibration method, so the final fit repeats neither
+    choice (with calibration none it is one LightGBM fit on every t1 customer). A calibrator
+    chosen by the evaluation gives way to none when t1 has too few churned or retained
+    customers to hold out a calibration set."""
+    settings: dict = {"n_estimators": ev.model.n_trees_}
+    if build().calibration == "auto":
+        method = ev.model.calibration_method_
+        if method != "none" and min(class_counts(t1.y)) < MIN_CALIBRATION_CLASS:
+            method = "none"
+        settings["calibration"] = method
+
+    def build_final() -> ChurnClassifier:
+        return build().set_params(**settings)
+
+    return build_final
+
+
+def trees_summary(model: ChurnClassifier) -> dict:
+    """The trees block of metrics/churn.json: the cap, the tolerance, the number chosen and the
+    out-of-time learning curve around it (log loss on the test customers; only when
+    lightgbm.tree_tolerance is set and the evaluation is out of time)."""
+    curve = model.learning_curve_
+    summary = {"cap": model.n_estimators, "tolerance": model.tree_tolerance, "chosen": model.n_trees_,
+               "chosen_by": "cap" if curve is None or model.tree_tolerance is None else "out_of_time_learning_curve"}  # fmt: skip
+    if curve is not None:
+        summary |= {
+            "log_loss_at_chosen": float(curve[model.n_trees_ - 1]),
+            "log_loss_at_cap": float(curve[-1]),
+            "best_log_loss": float(curve.min()),
+            "best_at": int(curve.argmin()) + 1,
+        }
+    return summary
 
 
 # --------------------------------------------------------------------------- churn source
@@ -298,7 +338,7 @@ def importance_table(model: ChurnClassifier, X: pd.DataFrame, seed: int,
     """(feature, gain, mean_abs_shap) sorted by gain, and the SHAP values behind it.
 
     TreeSHAP costs O(trees x leaves x depth^2) per customer, so it runs on a seeded sample of
-    at most ``sample`` customers (all of them when fewer).
+    at most ``sample`` customers (all of them when fewer; churn.shap_sample).
     """
     rows = X.index
     if len(rows) > sample:
@@ -368,9 +408,11 @@ def stage_metrics(
     auc_tolerance: float,
     top_features: int,
     seed: int,
+    bootstrap_sample: int | None = BOOTSTRAP_SAMPLE,
 ) -> dict:
     """Everything metrics/churn.json reports (small, JSON-safe); ``scores_t0`` are the classifier's.
-    ``calibration`` is the configured setting (churn.calibration), ``seed`` seeds the bootstrap."""
+    ``calibration`` is the configured setting (churn.calibration), ``seed`` seeds the bootstrap,
+    which resamples at most ``bootstrap_sample`` test customers (churn.bootstrap_sample)."""
     models = {}
     for name, summary in ev.results.items():
         entry = dict(summary)
@@ -379,7 +421,9 @@ def stage_metrics(
             entry["reliability"] = m.reliability_curve(ev.y_test, probability).to_dict(orient="records")
         models[name] = entry
     comparison = compare_with_baselines(ev.results, auc_tolerance=auc_tolerance)
-    comparison["bootstrap"] = comparison_intervals(ev.y_test.to_numpy(), ev.scored, comparison, BOOTSTRAP_RESAMPLES, seed)
+    comparison["bootstrap"] = comparison_intervals(
+        ev.y_test.to_numpy(), ev.scored, comparison, BOOTSTRAP_RESAMPLES, seed, bootstrap_sample
+    )
     top = importance.head(top_features)
     return {
         **source_summary(exported),
@@ -397,8 +441,10 @@ def stage_metrics(
         "calibration": {
             "setting": calibration,
             "evaluation_model": {"method": ev.model.calibration_method_, "selection": ev.model.calibration_scores_},
-            "final_model": {"method": final.calibration_method_, "selection": final.calibration_scores_},
+            "final_model": {"method": final.calibration_method_, "selection": final.calibration_scores_,
+                            "chosen_by": "evaluation" if calibration == "auto" else "setting"},  # fmt: skip
         },
+        "trees": trees_summary(ev.model),
         "final_model": {
             "train_cutoff": _date(t1.cutoff),
             "score_cutoff": _date(t0.cutoff),
@@ -407,6 +453,7 @@ def stage_metrics(
             "n_scored": len(scores_t0),
             "n_features": len(final.feature_names_in_),
             "min_child_samples": final.min_child_samples_,
+            "n_trees": final.n_trees_,
             "mean_churn_probability": float(scores_t0.mean()),
         },
         "evaluation_model": {"n_fit": ev.model.n_fit_, "min_child_samples": ev.model.min_child_samples_},

@@ -101,15 +101,16 @@ def run(params: Params, paths: Catalog) -> None:
     t1, t0 = load_snapshot(paths, params, 1), load_snapshot(paths, params, 0)
     ev = evaluate(params, paths, t1)
     log.info("fitting the final model on t1 (%d customers) to score t0 (%d customers)", len(t1.X), len(t0.X))
-    build = churn_classifier_factory(params)
+    build = ce.final_builder(churn_classifier_factory(params), ev, t1)
     final = build().fit(t1.X, t1.y)
     scores_t0 = final.predict_churn_probability(t0.X)
-    importance, shap = ce.importance_table(final, t0.X, params.seed)
+    importance, shap = ce.importance_table(final, t0.X, params.seed, cfg.shap_sample)
     clv_t0 = str(paths.clv_predictions_at(0))
     exported = ce.choose_exported(build, ev, final, scores_t0, t1, t0, cfg.auc_tolerance, clv_t0)
     summary = ce.stage_metrics(
         ev, final, t1, t0, scores_t0, importance, exported, horizon_days=params.data.horizon_days,
         calibration=cfg.calibration, auc_tolerance=cfg.auc_tolerance, top_features=cfg.top_features, seed=params.seed,
+        bootstrap_sample=cfg.bootstrap_sample,
     )  # fmt: skip
     ce.warn_on_failed_claims(summary["comparison"])
 

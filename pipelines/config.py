@@ -134,6 +134,8 @@ class LightGBMParams(_Section):
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
     n_jobs: int = Field(2, gt=0)
+    tree_tolerance: float | None = Field(None, ge=0)  # trees: fewest within this log loss of the out-of-time minimum; null = the cap
+    max_fit_customers: int | None = Field(200000, gt=0)  # customers of one LightGBM fit (seeded stratified sample); null = all
 
 
 class ChurnParams(_Section):
@@ -145,6 +147,8 @@ class ChurnParams(_Section):
     min_class_customers: int = Field(5, ge=2)
     auc_tolerance: float = Field(0.005, ge=0, lt=1)
     top_features: int = Field(10, gt=0)
+    shap_sample: int = Field(5000, gt=0)  # customers whose SHAP values are computed (seeded sample)
+    bootstrap_sample: int | None = Field(50000, gt=0)  # test customers the bootstrap resamples; null = all
     model_name: str = "cvp-churn"
     register_model: bool = True
 
