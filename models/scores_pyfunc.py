@@ -28,9 +28,10 @@ SPEND_ARTIFACT = "spend_model"
 CHURN_ARTIFACT = "churn_classifier"
 REFERENCE_ARTIFACT = "segment_reference"
 ARTIFACTS = (PURCHASE_ARTIFACT, SPEND_ARTIFACT, CHURN_ARTIFACT, REFERENCE_ARTIFACT)
-#: The distributions the chain imports (here, models/clv.py and its lifetimes door, models/churn.py,
-#: models/scores.py, models/segments.py), pinned at logging time; tests/test_scores_pyfunc.py checks it.
-REQUIREMENTS = ("mlflow", "pandas", "numpy", "scipy", "mpmath", "scikit-learn", "lightgbm", "lifetimes")
+#: The distributions the chain imports (here, models/clv.py and its lifetimes door, whose fitter uses
+#: autograd, models/churn.py, models/scores.py, models/segments.py), pinned at logging time;
+#: tests/test_scores_pyfunc.py checks it.
+REQUIREMENTS = ("mlflow", "pandas", "numpy", "scipy", "mpmath", "scikit-learn", "lightgbm", "lifetimes", "autograd")
 #: Columns of a features row the chain reads besides the churn classifier's own inputs.
 REQUIRED_COLUMNS = (
     "customer_id", "cutoff", "frequency", "recency", "T", "monetary_value",
