@@ -9,10 +9,10 @@ models/artifacts/churn/ and an MLflow run with the registered pyfunc model.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 
-import mlflow
 import pandas as pd
 
 from models import churn_eval as ce
@@ -77,47 +77,58 @@ def write_plots(paths: Catalog, params: Params, ev: ce.Evaluation, importance, s
         files.save_figure(fig, out / name)
 
 
-def log_to_mlflow(params: Params, paths: Catalog, summary: dict, model, X0: pd.DataFrame) -> None:
-    """Stage run (params, metrics, plots, model files, the pyfunc, registered if asked); registration.json."""
+def log_model(params: Params, paths: Catalog, model, X0: pd.DataFrame) -> None:
+    """The exported model as a pyfunc (registered when churn.register_model); registration.json."""
+    import mlflow
+
     cfg = params.churn
-    section = {"churn": cfg.model_dump(), "seed": params.seed, "horizon_days": params.data.horizon_days}
-    with tracking.stage_run(STAGE, params, paths, section=section, tags=ce.run_tags(summary)) as run:
-        tracking.log_metrics({k: summary[k] for k in LOGGED_METRICS})
-        mlflow.log_artifacts(str(paths.plots_dir(STAGE)), artifact_path="plots")
-        mlflow.log_artifact(str(paths.metrics_file(STAGE)))
-        for key in ("churn_features", "churn_booster"):
-            mlflow.log_artifact(str(paths.path(key)), artifact_path="model_files")
-        example, output = serving_example(model, X0)
-        info = tracking.log_pyfunc(
-            "model", ChurnPyfuncModel(), REQUIREMENTS, cfg.model_name if cfg.register_model else None,
-            artifacts={ChurnPyfuncModel.ARTIFACT: str(paths.path("churn_model"))}, example=example, output=output,
-        )  # fmt: skip
-    tracking.write_registration(paths.CHURN_MODEL_DIR, cfg.model_name, info.registered_model_version, run.info.run_id)
+    example, output = serving_example(model, X0)
+    info = tracking.log_pyfunc(
+        "model", ChurnPyfuncModel(), REQUIREMENTS, cfg.model_name if cfg.register_model else None,
+        artifacts={ChurnPyfuncModel.ARTIFACT: str(paths.path("churn_model"))}, example=example, output=output,
+    )  # fmt: skip
+    for key in ("churn_features", "churn_booster"):
+        mlflow.log_artifact(str(paths.path(key)), artifact_path="model_files")
+    tracking.write_registration(paths.CHURN_MODEL_DIR, cfg.model_name, info.registered_model_version, info.run_id)
+
+
+def log_results(params: Params, paths: Catalog, summary: dict) -> None:
+    """The stage's tags, metrics, metrics file and plots in its MLflow run."""
+    import mlflow
+
+    mlflow.set_tags(ce.run_tags(summary))
+    tracking.log_metrics({k: summary[k] for k in LOGGED_METRICS})
+    mlflow.log_artifact(str(paths.metrics_file(STAGE)))
+    mlflow.log_artifacts(str(paths.plots_dir(STAGE)), artifact_path="plots")
 
 
 def run(params: Params, paths: Catalog) -> None:
-    """Evaluate, fit the final model at t1, score t0; write predictions, metrics, plots, model, MLflow run."""
+    """Evaluate, fit the final model at t1, score t0; write predictions, metrics, plots, model. MLflow
+    (set-up, the stage run, the pyfunc) works on a thread of its own meanwhile (tracking.in_background)."""
     cfg = params.churn
-    t1, t0 = load_snapshot(paths, params, 1), load_snapshot(paths, params, 0)
-    ev = evaluate(params, paths, t1)
-    log.info("fitting the final model on t1 (%d customers) to score t0 (%d customers)", len(t1.X), len(t0.X))
-    build = ce.final_builder(churn_classifier_factory(params), ev, t1)
-    final = build().fit(t1.X, t1.y)
-    scores_t0 = final.predict_churn_probability(t0.X)
-    importance, shap = ce.importance_table(final, t0.X, params.seed, cfg.shap_sample)
-    clv_t0 = str(paths.clv_predictions_at(0))
-    exported = ce.choose_exported(build, ev, final, scores_t0, t1, t0, cfg.auc_tolerance, clv_t0)
-    summary = ce.stage_metrics(
-        ev, final, t1, t0, scores_t0, importance, exported, horizon_days=params.data.horizon_days,
-        calibration=cfg.calibration, auc_tolerance=cfg.auc_tolerance, top_features=cfg.top_features, seed=params.seed,
-        bootstrap_sample=cfg.bootstrap_sample,
-    )  # fmt: skip
-    ce.warn_on_failed_claims(summary["comparison"])
+    section = {"churn": cfg.model_dump(), "seed": params.seed, "horizon_days": params.data.horizon_days}
+    with tracking.in_background(functools.partial(tracking.stage_run, STAGE, params, paths, section)) as later:
+        t1, t0 = load_snapshot(paths, params, 1), load_snapshot(paths, params, 0)
+        ev = evaluate(params, paths, t1)
+        log.info("fitting the final model on t1 (%d customers) to score t0 (%d customers)", len(t1.X), len(t0.X))
+        build = ce.final_builder(churn_classifier_factory(params), ev, t1)
+        final = build().fit(t1.X, t1.y)
+        scores_t0 = final.predict_churn_probability(t0.X)
+        clv_t0 = str(paths.clv_predictions_at(0))
+        exported = ce.choose_exported(build, ev, final, scores_t0, t1, t0, cfg.auc_tolerance, clv_t0)
+        write_model_files(paths, exported, final, t1.cutoff)
+        later(log_model, params, paths, exported.model, t0.X)
+        importance, shap = ce.importance_table(final, t0.X, params.seed, cfg.shap_sample)
+        summary = ce.stage_metrics(
+            ev, final, t1, t0, scores_t0, importance, exported, horizon_days=params.data.horizon_days,
+            calibration=cfg.calibration, auc_tolerance=cfg.auc_tolerance, top_features=cfg.top_features,
+            seed=params.seed, bootstrap_sample=cfg.bootstrap_sample,
+        )  # fmt: skip
+        ce.warn_on_failed_claims(summary["comparison"])
 
-    paths.write("churn_predictions_t0", ce.predictions_frame(pd.Series(exported.t0, t0.X.index), t0.cutoff), params)
-    paths.write("churn_predictions_t1", ce.predictions_frame(exported.t1, t1.cutoff), params)
-    write_model_files(paths, exported, final, t1.cutoff)
-    files.write_json(summary, paths.metrics_file(STAGE))
-    write_plots(paths, params, ev, importance, shap, t0.X)
-    log_to_mlflow(params, paths, summary, exported.model, t0.X)
+        paths.write("churn_predictions_t0", ce.predictions_frame(pd.Series(exported.t0, t0.X.index), t0.cutoff), params)
+        paths.write("churn_predictions_t1", ce.predictions_frame(exported.t1, t1.cutoff), params)
+        files.write_json(summary, paths.metrics_file(STAGE))
+        write_plots(paths, params, ev, importance, shap, t0.X)
+        later(log_results, params, paths, summary)
     log.info("%s", ce.outcome(summary))
