@@ -280,6 +280,26 @@ def stage_run(
 
 
 @contextlib.contextmanager
+def _outside_a_notebook() -> Iterator[None]:
+    """While the block runs, ``import IPython`` fails if the process has not imported IPython yet.
+
+    MLflow asks whether it runs in a notebook by importing IPython. From a worker thread that
+    import is visible half-done in ``sys.modules`` to the main thread, where matplotlib reads
+    ``IPython.version_info`` when it makes a figure (AttributeError, "partially initialized
+    module"). A process that has not imported IPython is not a notebook, so the answer is known
+    without the import. A process that has (a notebook, an IPython shell) is left as it is."""
+    if "IPython" in sys.modules:
+        yield
+        return
+    sys.modules["IPython"] = None  # type: ignore[assignment]  # import system: "not importable"
+    try:
+        yield
+    finally:
+        if sys.modules.get("IPython", 0) is None:
+            del sys.modules["IPython"]
+
+
+@contextlib.contextmanager
 def in_background(open_run: Any) -> Iterator[Any]:
     """Enter ``open_run()`` (a stage's MLflow run, e.g. :func:`stage_run`: MLflow's imports, the store
     set-up, the queued runs sent) on a worker thread at once, and yield ``later(fn, *args)``, which
@@ -287,6 +307,14 @@ def in_background(open_run: Any) -> Iterator[Any]:
     block's end the queued calls run, then the run closes there (FAILED, with the block's error, if
     anything raised); the block is left once MLflow is done. One thread makes every call, as
     MLflow's active run belongs to a thread."""
+    with _outside_a_notebook():
+        with _on_a_worker(open_run) as later:
+            yield later
+
+
+@contextlib.contextmanager
+def _on_a_worker(open_run: Any) -> Iterator[Any]:
+    """:func:`in_background`'s worker thread and queue."""
     from concurrent.futures import ThreadPoolExecutor
 
     worker, stack = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvp-mlflow"), contextlib.ExitStack()

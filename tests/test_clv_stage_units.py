@@ -182,3 +182,46 @@ def test_mlflow_work_runs_on_one_background_thread_and_closes_the_run():
         with tracking.in_background(broken_store) as later:
             later(events.append, "never")  # no run: the queued call is skipped
     assert events == []
+
+
+def test_the_mlflow_thread_never_shows_the_main_thread_a_half_imported_ipython():
+    """MLflow's notebook check imports IPython; on the worker thread that import was visible
+    half-done to matplotlib on the main thread ("partially initialized module 'IPython'"). Inside
+    in_background a process without IPython is treated as one (import fails cleanly, the main
+    thread sees no IPython at all), and afterwards IPython imports normally again."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import contextlib, sys, threading
+        from pipelines import tracking
+
+        seen = []
+        started, release = threading.Event(), threading.Event()
+
+        @contextlib.contextmanager
+        def notebook_probing_run():
+            started.set()
+            try:
+                from IPython import get_ipython  # what MLflow does when a run starts
+                seen.append("imported")
+            except ImportError:
+                seen.append("not a notebook")
+            release.wait(10)
+            yield
+
+        with tracking.in_background(notebook_probing_run):
+            started.wait(10)
+            module = sys.modules.get("IPython")
+            seen.append("main sees " + ("nothing" if module is None else repr(getattr(module, "version_info", None))))
+            release.set()
+        import IPython
+        seen.append("after: " + str(IPython.version_info[0] >= 8))
+        print("|".join(seen))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "not a notebook|main sees nothing|after: True"
