@@ -24,7 +24,7 @@ cached under bench/out/data/ (not timed). Then, each route in its own process tr
   with nothing changed (the environment already installed);
 - ``spark_features``: `cvp features` with ``features.engine: pyspark`` (``local[2]``) on the
   same ingested transactions, the JVM included; its files are compared with DuckDB's. Skipped,
-  with the reason, when Java or pyspark is missing.
+  with the reason, when Java or pyspark is missing or with ``--no-spark``.
 
 Wall seconds are those of the whole command (interpreter start-up and imports included). Peak
 memory is the larger of (1) the peak of the summed RSS of the command's process tree, polled
@@ -509,8 +509,11 @@ def bench_size(rows: int, args: argparse.Namespace) -> dict:
     result["lifetimes"] = bench_lifetimes(project, data["period"][1], env, log_file)
     print("  (d) cvp score with the registered scores model ...", flush=True)
     result["scoring"] = bench_scoring(project, env, log_file)
-    print("  (c) features on Spark local[2] ...", flush=True)
-    result["spark_features"] = bench_spark(project, workdir / "spark", args.spark_driver_memory, log_file)
+    if args.no_spark:
+        result["spark_features"] = {"skipped": "--no-spark"}
+    else:
+        print("  (c) features on Spark local[2] ...", flush=True)
+        result["spark_features"] = bench_spark(project, workdir / "spark", args.spark_driver_memory, log_file)
     if "skipped" in result["spark_features"]:
         print(f"  (c) skipped: {result['spark_features']['skipped']}", flush=True)
     add_ratios(result)
@@ -671,6 +674,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--spark-driver-memory", default="4g", help="spark.driver.memory of route (c); '' = Spark's default")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="project copies and logs (default: %(default)s)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--no-spark", action="store_true", help="skip route (c), the features stage on Spark")
     parser.add_argument("--no-cdnow", action="store_true", help="skip the CDNOW make-run route (from scratch, then unchanged)")
     parser.add_argument("--child", choices=("lifetimes",), help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
