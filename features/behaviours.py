@@ -5,15 +5,15 @@ documented default) and applies to a share of the customers, drawn from a stream
 (so the default world, every strength 0, keeps its rows bit for bit):
 
 - ``slowdown`` (50% of customers): before leaving, the last ``DECLINE_ORDERS`` gaps lengthen, the
-  k-th last by a factor 1 + s * (DECLINE_ORDERS - k + 1) / DECLINE_ORDERS (the last gap x (1 + s));
+  k-th last by a factor 1 + 2 s * (DECLINE_ORDERS - k + 1) / DECLINE_ORDERS (the last gap x (1 + 2 s));
 - ``basket`` (50%): before leaving, the last ``DECLINE_ORDERS`` orders shrink, the k-th last
   order's value x exp(-0.25 * s * (DECLINE_ORDERS - k + 1)) (the last x exp(-0.75 s));
-- ``returns`` (15%): serial returners: every line is returned with probability
-  min(0.6, return_prob + 0.25 s), and they leave more readily: p -> 1 - (1 - p)^(1 + 2 s);
+- ``returns`` (25%): serial returners: every line is returned with probability
+  min(0.6, return_prob + 0.25 s), and they leave more readily: p -> 1 - (1 - p)^(1 + 4 s);
 - ``seasonal`` (20%): buyers active in one ``SEASON_DAYS``-day window of each year (its start
   uniform over the year, the window never straddles New Year): the purchase process of each
   calendar year is squeezed into the window, so the long off-season silence is not churn;
-- ``growth`` (30%): customers who stay and spend more: p -> p / (1 + 3 s), and order values grow
+- ``growth`` (30%): customers who stay and spend more: p -> p / (1 + 5 s), and order values grow
   by exp(0.4 s * years since their first purchase).
 
 "Leaving" is BG/NBD's dropout: the customer buys for the last time at the repeat purchase after
@@ -29,7 +29,7 @@ import numpy as np
 
 BEHAVIOURS = ("slowdown", "basket", "returns", "seasonal", "growth")
 DEFAULT_STRENGTH = 1.0
-SHARES = {"slowdown": 0.5, "basket": 0.5, "returns": 0.15, "seasonal": 0.2, "growth": 0.3}
+SHARES = {"slowdown": 0.5, "basket": 0.5, "returns": 0.25, "seasonal": 0.2, "growth": 0.3}
 DECLINE_ORDERS = 3  # orders (slowdown: gaps) before leaving that show the decline
 SEASON_DAYS = 91  # length of a seasonal buyer's window each year
 YEAR_DAYS = 365.0
@@ -102,8 +102,8 @@ class Traits:
         """Dropout probability per repeat purchase: higher for serial returners, lower for growers."""
         p = p.copy()
         returners, growers = self.flags["returns"], self.flags["growth"]
-        p[returners] = 1.0 - (1.0 - p[returners]) ** (1.0 + 2.0 * self.strength.returns)
-        p[growers] = p[growers] / (1.0 + 3.0 * self.strength.growth)
+        p[returners] = 1.0 - (1.0 - p[returners]) ** (1.0 + 4.0 * self.strength.returns)
+        p[growers] = p[growers] / (1.0 + 5.0 * self.strength.growth)
         return p
 
     def shape_orders(self, owner: np.ndarray, op_time: np.ndarray, seq: np.ndarray, latent: dict, total: float):
@@ -120,7 +120,7 @@ class Traits:
         slow = leaving & self.flags["slowdown"][owner] & (seq > 0)
         gaps = np.diff(op_time, prepend=0.0)
         gaps[seq == 0] = 0.0
-        gaps = gaps * np.where(slow, 1.0 + self.strength.slowdown * steps / DECLINE_ORDERS, 1.0)
+        gaps = gaps * np.where(slow, 1.0 + 2.0 * self.strength.slowdown * steps / DECLINE_ORDERS, 1.0)
         cum = np.cumsum(gaps)
         slowed = np.repeat(np.add.reduceat(slow, starts) > 0, counts) if owner.size else slow
         new_time = np.where(slowed, birth + cum - cum[starts][owner], op_time)
