@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 
 from features import customer as fc
-from features.behaviours import BEHAVIOURS, SEASON_DAYS, YEAR_DAYS, parse_behaviours
+from features.behaviours import BEHAVIOURS, SEASON_DAYS, parse_behaviours
 from features.ingest import accepted_transactions, classify
 from features.synthetic import OUTPUT_COLUMNS, SyntheticParams, generate_transactions
 from models import churn_eval as ce
@@ -103,7 +103,6 @@ def oracle_features(truth: pd.DataFrame, index: pd.Index, cutoff: pd.Timestamp, 
     out["oracle_slowdown_begun"] = (t["slowdown_from"] <= cutoff).astype(float).to_numpy()
     out["oracle_basket_begun"] = (t["basket_from"] <= cutoff).astype(float).to_numpy()
     out["oracle_in_season_share"] = np.where(t["behaviour_seasonal"], in_season, np.nan)
-    assert YEAR_DAYS == 365.0  # season_start_day counts days after 1 January
     return pd.DataFrame(out, index=index)
 
 
