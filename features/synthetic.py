@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import optimize, special
 
+from features.behaviours import Behaviours, Traits
 from features.ingest import REASONS, fixed_size_tables
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -230,6 +231,7 @@ class Plan:
     n_customers: int
     params: SyntheticParams
     seed: int
+    behaviours: Behaviours = Behaviours()
 
     @property
     def n_blocks(self) -> int:
@@ -240,7 +242,8 @@ class Plan:
         return max(6, len(str(self.n_customers - 1)))
 
 
-def plan(n_rows: int, seed: int, n_customers: int | None = None, params: SyntheticParams | None = None) -> Plan:
+def plan(n_rows: int, seed: int, n_customers: int | None = None, params: SyntheticParams | None = None,
+         behaviours: Behaviours | None = None) -> Plan:
     """Customers for ~``n_rows`` rows: from the expected rows per customer, or, when
     ``n_customers`` is given, with alpha re-calibrated so that they make ~``n_rows`` rows."""
     params = params or SyntheticParams()
@@ -252,13 +255,17 @@ def plan(n_rows: int, seed: int, n_customers: int | None = None, params: Synthet
         raise ValueError("n_customers must be positive")
     else:
         params = SyntheticParams(**{**asdict(params), "alpha": calibrate_alpha(params, n_rows / n_customers)})
-    return Plan(n_rows=n_rows, n_customers=int(n_customers), params=params, seed=int(seed))
+    return Plan(n_rows=n_rows, n_customers=int(n_customers), params=params, seed=int(seed),
+                behaviours=behaviours or Behaviours())
 
 
 # --- simulation ----------------------------------------------------------------------------------
 
-def _block_rng(seed: int, block: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(block,)))
+def _block_rng(seed: int, block: int, behaviours: bool = False) -> np.random.Generator:
+    """The block's stream; the behaviours draw from a stream of their own, so switching them on
+    leaves the default world's draws (and rows) as they were."""
+    key = (block, 1) if behaviours else (block,)
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
 def _segment_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -269,10 +276,13 @@ def _segment_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return total - np.repeat(before, counts)
 
 
-def _orders(rng: np.random.Generator, n: int, params: SyntheticParams, total: float):
-    """Per-customer latent traits and every order's (customer, operational time, sequence number)."""
+def _orders(rng: np.random.Generator, n: int, params: SyntheticParams, total: float, adjust_dropout=None):
+    """Per-customer latent traits and every order's (customer, operational time, sequence number).
+    ``adjust_dropout`` (behaviours) maps the drawn dropout probabilities to the ones used."""
     lam = rng.gamma(params.r, 1.0 / params.alpha, n)
     dropout = rng.beta(params.a, params.b, n)
+    if adjust_dropout is not None:
+        dropout = adjust_dropout(dropout)
     nu = rng.gamma(params.spend_q, 1.0 / params.spend_gamma, n)
     birth = rng.uniform(0.0, total, n)
     horizon = total - birth
@@ -298,28 +308,39 @@ def _orders(rng: np.random.Generator, n: int, params: SyntheticParams, total: fl
     op_time = np.empty(owner.size)
     op_time[starts] = birth
     op_time[seq > 0] = rep_time
-    return nu, owner, op_time, seq
+    latent = {"lam": lam, "dropout": dropout, "left": lifetime <= potential, "lifetime": lifetime}
+    return nu, owner, op_time, seq, latent
 
 
-def _simulate_block(plan_: Plan, clock: SeasonalClock, block: int, include_truth: bool) -> pa.Table:
-    params = plan_.params
+def _simulate_block(plan_: Plan, clock: SeasonalClock, block: int, include_truth: bool,
+                    truth_sink: list | None = None) -> pa.Table:
+    params, beh = plan_.params, plan_.behaviours
     first = block * params.customers_per_block
     n = min(params.customers_per_block, plan_.n_customers - first)
     rng = _block_rng(plan_.seed, block)
-    nu, owner, op_time, seq = _orders(rng, n, params, clock.total)
+    traits = beh.draw(_block_rng(plan_.seed, block, behaviours=True), n) if beh.active else None
+    adjust = None if traits is None else traits.adjust_dropout
+    nu, owner, op_time, seq, latent = _orders(rng, n, params, clock.total, adjust)
+    value_scale = None
+    if traits is not None:
+        owner, op_time, seq, value_scale = traits.shape_orders(owner, op_time, seq, latent, clock.total)
     day = clock.to_calendar(op_time)
+    if traits is not None:
+        day = traits.seasonal_days(owner, day, params.period_days)
 
     # order lines: amounts Gamma(p / lines, nu) add up to a Gamma(p, nu) order value
     n_lines = 1 + rng.poisson(params.extra_lines_mean, owner.size)
     line_order = np.repeat(np.arange(owner.size), n_lines)
     line_owner = owner[line_order]
     line_day = day[line_order]
-    amount = np.round(rng.gamma(params.spend_p / n_lines[line_order], 1.0 / nu[line_owner]), 2)
+    scale = 1.0 / nu[line_owner] if value_scale is None else value_scale[line_order] / nu[line_owner]
+    amount = np.round(rng.gamma(params.spend_p / n_lines[line_order], scale), 2)
     quantity = 1 + rng.poisson(params.extra_quantity_mean, line_order.size)
     cost = np.round(amount * rng.uniform(*params.cost_share, line_order.size), 2)
 
     # returns: a later negative row for the same order
-    returned = (rng.random(line_order.size) < params.return_prob) & (amount > 0)
+    return_prob = params.return_prob if traits is None else traits.return_prob(line_owner, params.return_prob)
+    returned = (rng.random(line_order.size) < return_prob) & (amount > 0)
     return_day = line_day + rng.exponential(params.return_delay_days, line_order.size)
     ret = np.flatnonzero(returned & (return_day < params.period_days))
     by = _merge_returns(line_owner, line_day, ret, return_day[ret], params.period_days)
@@ -359,6 +380,9 @@ def _simulate_block(plan_: Plan, clock: SeasonalClock, block: int, include_truth
         truth[is_noise] = np.asarray(NOISE_KINDS, dtype=object)[kind]
         columns["noise_kind"] = pa.array(truth, pa.string())
         columns["is_return"] = pa.array(rows >= line_order.size)
+    if truth_sink is not None:
+        ids = customer_text.to_numpy(zero_copy_only=False)
+        truth_sink.append(customer_truth(ids, owner, day, latent, nu, traits, params))
     return pa.table(columns)
 
 
@@ -409,17 +433,20 @@ def iter_transaction_tables(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     params: SyntheticParams | None = None,
     include_truth: bool = False,
+    behaviours: Behaviours | None = None,
+    truth_sink: list | None = None,
 ) -> Iterator[pa.Table]:
     """Arrow tables of ``chunk_rows`` rows (the last may be shorter) of ~``n_rows`` transactions.
 
     Rows come customer block by customer block, each customer's rows in time order. The content
     depends only on (n_rows, seed, n_customers, params), never on ``chunk_rows``.
     ``include_truth`` adds ``noise_kind`` (the quarantine reason a noise row should get, else
-    null) and ``is_return``.
+    null) and ``is_return``. ``behaviours`` switches on features.behaviours; ``truth_sink``, a list,
+    receives each block's per-customer ground truth (:func:`customer_truth`) as it is simulated.
     """
-    plan_ = plan(n_rows, seed, n_customers, params)
+    plan_ = plan(n_rows, seed, n_customers, params, behaviours)
     clock = SeasonalClock.from_params(plan_.params)
-    blocks = (_simulate_block(plan_, clock, k, include_truth) for k in range(plan_.n_blocks))
+    blocks = (_simulate_block(plan_, clock, k, include_truth, truth_sink) for k in range(plan_.n_blocks))
     yield from fixed_size_tables(blocks, chunk_rows)
 
 
@@ -430,9 +457,12 @@ def iter_transaction_chunks(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     params: SyntheticParams | None = None,
     include_truth: bool = False,
+    behaviours: Behaviours | None = None,
+    truth_sink: list | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Like ``iter_transaction_tables``, as pandas frames (all output columns are text)."""
-    for table in iter_transaction_tables(n_rows, seed, n_customers, chunk_rows, params, include_truth):
+    for table in iter_transaction_tables(n_rows, seed, n_customers, chunk_rows, params, include_truth, behaviours,
+                                         truth_sink):
         yield table.to_pandas()
 
 
@@ -440,3 +470,46 @@ def generate_transactions(n_rows: int, seed: int, **kwargs) -> pd.DataFrame:
     """All rows in one frame (small sizes: tests, examples)."""
     frames = list(iter_transaction_chunks(n_rows, seed, **kwargs))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(OUTPUT_COLUMNS))
+
+
+# --- per-customer ground truth ---------------------------------------------------------------------
+
+TRUTH_FLAGS = tuple(f"behaviour_{name}" for name in ("slowdown", "basket", "returns", "seasonal", "growth"))
+
+
+def _marked_days(owner: np.ndarray, day: np.ndarray, mark: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.nan)
+    out[owner[mark]] = day[mark]
+    return out
+
+
+def _timestamps(params: SyntheticParams, days: np.ndarray) -> pa.Array:
+    start_s = (params.start - dt.date(1970, 1, 1)).days * 86400
+    seconds = np.where(np.isnan(days), 0, start_s + np.round(np.nan_to_num(days) * 86400.0)).astype(np.int64)
+    return pa.array(seconds, pa.timestamp("s"), mask=np.isnan(days))
+
+
+def customer_truth(ids: np.ndarray, owner: np.ndarray, day: np.ndarray, latent: dict, nu: np.ndarray,
+                   traits: Traits | None, params: SyntheticParams) -> pa.Table:
+    """One row per customer: alive at the period's end, the day of the last purchase before
+    leaving (dropout), the behaviour flags and the latent parameters (rates per day)."""
+    n = ids.size
+    marks = latent.get("marks") or {"dropout": latent["left"][owner] & (np.diff(owner, append=-1) != 0)}
+    dropout_day = _marked_days(owner, day, marks["dropout"], n)
+    flags = {name: np.zeros(n, bool) for name in TRUTH_FLAGS} if traits is None else {
+        f"behaviour_{name}": flag for name, flag in traits.flags.items()}
+    seasonal = flags["behaviour_seasonal"]
+    season = np.where(seasonal, np.floor(traits.season_start) if traits is not None else 0, np.nan)
+    columns = {
+        "customer_id": pa.array(ids, pa.string()),
+        "alive_at_end": pa.array(np.isnan(dropout_day)),
+        "dropout_at": _timestamps(params, dropout_day),
+        **{name: pa.array(flag) for name, flag in flags.items()},
+        "season_start_day": pa.array(season, mask=~seasonal),  # days after 1 January the window opens
+        "slowdown_from": _timestamps(params, _marked_days(owner, day, marks.get("slowdown_from", np.zeros(owner.size, bool)), n)),
+        "basket_from": _timestamps(params, _marked_days(owner, day, marks.get("basket_from", np.zeros(owner.size, bool)), n)),
+        "purchase_rate": pa.array(latent["lam"]),
+        "dropout_prob": pa.array(latent["dropout"]),
+        "spend_nu": pa.array(nu),
+    }
+    return pa.table(columns)

@@ -169,13 +169,23 @@ def generate(
     seed: int = typer.Option(42, "--seed", help="Random seed; same seed and sizes give the same rows."),
     customers: int | None = typer.Option(None, "--customers", min=1, help="Number of customers (default: from --rows)."),
     noise_rate: float | None = typer.Option(None, "--noise-rate", min=0.0, max=0.99, help="Noise rows per clean row (default 0.002)."),
+    behaviours: str | None = typer.Option(
+        None, "--behaviours",
+        help="Churn behaviours to switch on: slowdown,basket,returns,seasonal,growth or all; name=strength (default 1).",
+    ),
+    truth: Path | None = typer.Option(None, "--truth", help="Also write per-customer ground truth here (.parquet or .csv)."),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Write seeded synthetic retail transactions (BG/NBD purchases, Gamma-Gamma spend, returns, noise)."""
+    from features.behaviours import parse_behaviours
     from pipelines.generate import write_synthetic
 
     setup_logging(verbose)
-    write_synthetic(out, rows, seed, customers, noise_rate=noise_rate)
+    try:
+        chosen = parse_behaviours(behaviours)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    write_synthetic(out, rows, seed, customers, noise_rate=noise_rate, behaviours=chosen, truth_path=truth)
 
 
 @app.command(name="score")

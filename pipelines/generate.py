@@ -19,6 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
+from features.behaviours import Behaviours
 from features.errors import DataError
 from features.synthetic import (
     COLUMNS,
@@ -64,21 +65,28 @@ def write_synthetic(
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     params: SyntheticParams | None = None,
     noise_rate: float | None = None,
+    behaviours: Behaviours | None = None,
+    truth_path: Path | str | None = None,
 ) -> SyntheticSummary:
     """Write ~``n_rows`` synthetic transactions to ``path`` (.parquet, or .csv / .csv.gz).
 
     ``noise_rate`` overrides ``params.noise_rate`` (noise rows per clean row; 0 = clean data).
     Identical arguments give identical rows (and, for Parquet with the same ``chunk_rows``,
-    identical bytes).
+    identical bytes). ``behaviours`` switches on features.behaviours (default: none, the pure
+    BG/NBD + Gamma-Gamma world); ``truth_path`` (.parquet or .csv) receives one row per customer
+    with the ground truth (features.synthetic.customer_truth).
     """
     path = Path(path)
     kind = _output_kind(path)
+    truth_kind = None if truth_path is None else _output_kind(Path(truth_path))
     params = params or SyntheticParams()
     if noise_rate is not None:
         params = SyntheticParams(**{**asdict(params), "noise_rate": noise_rate})
     try:
-        plan_ = plan(n_rows, seed, n_customers, params)
-        tables = iter_transaction_tables(n_rows, seed, n_customers, chunk_rows=chunk_rows, params=params)
+        plan_ = plan(n_rows, seed, n_customers, params, behaviours)
+        truth: list[pa.Table] | None = None if truth_path is None else []
+        tables = iter_transaction_tables(n_rows, seed, n_customers, chunk_rows=chunk_rows, params=params,
+                                         behaviours=behaviours, truth_sink=truth)
     except ValueError as exc:
         raise DataError(str(exc)) from None
     log.info("generating ~%d rows for %d customers (seed %d) to %s", n_rows, plan_.n_customers, seed, path)
@@ -91,11 +99,13 @@ def write_synthetic(
     seconds = time.perf_counter() - started
     summary = SyntheticSummary(path=path, rows=rows, customers=plan_.n_customers, seed=seed,
                                params=plan_.params, seconds=seconds)
-    write_json(
-        {"rows": rows, "customers": plan_.n_customers, "seed": seed, "requested_rows": n_rows,
-         "params": plan_.params.to_dict(), "data": summary.data_params()},
-        path.with_name(path.name + ".json"),
-    )
+    meta = {"rows": rows, "customers": plan_.n_customers, "seed": seed, "requested_rows": n_rows,
+            "params": plan_.params.to_dict(), "data": summary.data_params()}
+    if plan_.behaviours.active:
+        meta["behaviours"] = plan_.behaviours.to_dict()
+    write_json(meta, path.with_name(path.name + ".json"))
+    if truth is not None:
+        _write_truth(pa.concat_tables(truth), Path(truth_path), truth_kind)
     log.info("wrote %d rows in %.1f s (%.0f rows/s)", rows, seconds, summary.rows_per_second)
     return summary
 
@@ -118,3 +128,15 @@ def _write_csv_stream(tables, path: Path, schema: pa.Schema) -> int:
                 writer.write_table(table.select(schema.names).cast(schema))
                 rows += table.num_rows
     return rows
+
+
+def _write_truth(table: pa.Table, path: Path, kind: str) -> None:
+    """The per-customer ground truth, atomically (Parquet, or CSV with ISO timestamps)."""
+    if kind == "parquet":
+        write_parquet_stream([table], path, table.schema, row_group_rows=max(1, table.num_rows), what="truth rows")
+        return
+    with atomic_path(path) as tmp:
+        sink = pa.CompressedOutputStream(str(tmp), "gzip") if path.name.lower().endswith(".gz") else pa.OSFile(str(tmp), "wb")
+        with sink:
+            pacsv.write_csv(table, sink)
+    log.info("wrote the ground truth of %d customers to %s", table.num_rows, path)

@@ -208,3 +208,20 @@ def test_cli_generate(tmp_path):
     bad = inprocess.cvp(tmp_path, "generate", "--rows", "10", "--out", "tx.json")
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "cvp: error: tx.json: unknown output type; use a .parquet, .csv or .csv.gz file name")
+
+
+# sha256 of `cvp generate` output with the default population (no behaviours switched on),
+# recorded before the behaviour options existed: the default world must stay byte-identical.
+DEFAULT_WORLD_SHA256 = {
+    ("--rows", "5000", "--seed", "7", "--out", "tx.csv"):
+        "b802134c6037117a3240116d1a072d85df3980291e963199d8b4f53069240753",
+    ("--rows", "5000", "--seed", "7", "--customers", "400", "--out", "tx.parquet"):
+        "91a3943881a8152e693795387bad2f4e3d75c70d725994ac2ca075388e14439f",
+}
+
+
+@pytest.mark.parametrize("args", list(DEFAULT_WORLD_SHA256))
+def test_default_world_is_byte_identical(tmp_path, args):
+    done = inprocess.cvp(tmp_path, "generate", *args)
+    assert done.returncode == 0, done.stderr
+    assert files.file_sha256(tmp_path / args[-1]) == DEFAULT_WORLD_SHA256[args]

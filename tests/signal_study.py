@@ -1,0 +1,162 @@
+"""Does the churn classifier find the churn behaviours of the synthetic world? ROC-AUC study.
+
+For one world (``cvp generate`` with ``--behaviours``, seeded, no noise rows) this runs the
+project's pure code in memory (no DVC, no files, no MLflow): ingest's rules, the customer
+features and labels at t0, t1, t2 (features.customer), the CLV models at each cutoff
+(models.clv_select) and the churn stage's out-of-time evaluation (models.churn_eval: train at t2,
+test on every t1 customer against their real activity in (t1, t0]). It reports the ROC-AUC of
+
+- ``baseline``: the best BTYD churn signal (P(no purchase), expected purchases, 1 - P(alive));
+- ``classifier``: the churn classifier (calibrated probability) on whatever features the stage gives it;
+- ``oracle``: the same LightGBM given, besides, the generator's true behaviour features at the
+  cutoff (from the ground truth: the behaviour flags, whether a slowdown or basket decline has
+  begun, the share of the label window inside a seasonal buyer's season).
+
+    .venv/bin/python -m tests.signal_study --customers 10000          # the table in docs/churn.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+from dataclasses import dataclass
+
+import ibis
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features import customer as fc
+from features.behaviours import BEHAVIOURS, SEASON_DAYS, parse_behaviours
+from features.ingest import accepted_transactions, classify
+from features.synthetic import OUTPUT_COLUMNS, SyntheticParams, generate_transactions
+from models import churn_eval as ce
+from models.churn import baseline_predictions, fit_recency_map
+from models.clv_select import ClvFitting, fit_cutoffs, patterns_of
+from models.metrics import roc_auc
+from pipelines import domain
+from pipelines.config import Params, load_params
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_CUSTOMER = 15  # as the small-data study in docs/churn.md
+WORLDS = ("none", *BEHAVIOURS, "all")
+BTYD_SCORES = ("baseline_p_no_purchase", "baseline_expected_purchases", "diagnostic_p_alive")
+
+
+@dataclass(frozen=True)
+class World:
+    transactions: pd.DataFrame  # raw text rows, as `cvp generate` writes them
+    truth: pd.DataFrame  # per customer (index customer_id), features.synthetic.customer_truth
+    params: SyntheticParams
+
+
+def make_world(behaviours: str, customers: int, seed: int) -> World:
+    """A seeded clean world (no noise rows) with ``behaviours`` ('none', a name or 'all') on."""
+    params = SyntheticParams(noise_rate=0.0)
+    sink: list[pa.Table] = []
+    rows = generate_transactions(ROWS_PER_CUSTOMER * customers, seed=seed, n_customers=customers, params=params,
+                                 behaviours=parse_behaviours("" if behaviours == "none" else behaviours),
+                                 truth_sink=sink)  # fmt: skip
+    return World(rows, pa.concat_tables(sink).to_pandas().set_index("customer_id"), params)
+
+
+def snapshots(world: World, params: Params) -> dict[int, ce.Snapshot]:
+    """Ingest, features, labels and CLV predictions at t0, t1, t2 -> the churn stage's snapshots (t1, t2)."""
+    from features.ingest import IngestRules
+
+    con = ibis.duckdb.connect()
+    raw = pa.Table.from_pandas(world.transactions[list(OUTPUT_COLUMNS)], preserve_index=False)
+    raw = raw.append_column("source_row", pa.array(np.arange(raw.num_rows, dtype="int64")))
+    rules = IngestRules({c: c for c in OUTPUT_COLUMNS}, timestamp_format="%Y-%m-%d %H:%M:%S",
+                        valid_from=dt.date(1970, 1, 1), valid_to=dt.date(2100, 1, 1), timezone=None, decimal=".")  # fmt: skip
+    tx = ibis.memtable(con.to_pyarrow(accepted_transactions(classify(ibis.memtable(raw), rules))))
+    summary = con.to_pandas(fc.transactions_summary(tx)).iloc[0].to_dict()
+    spec = domain.feature_spec(params, summary)
+    as_of = pd.Timestamp(summary["last_timestamp"]).date()
+    cutoffs = fc.cutoff_dates(as_of, params.data.horizon_days, (0, 1, 2))
+    days = ibis.memtable(con.to_pyarrow(fc.customer_days(tx, spec)))
+    features, labels = {}, {}
+    for k, cutoff in cutoffs.items():
+        table = con.to_pyarrow(fc.features_from_days(days, cutoff, spec))
+        features[k] = table.to_pandas()
+        if k:
+            labels[k] = con.to_pandas(fc.labels_from_days(days, ibis.memtable(table), cutoff, spec.horizon_days,
+                                                          spec.decimal_sums))  # fmt: skip
+    con.disconnect()
+    fitting = ClvFitting.from_config(params.clv.model_dump(), params.seed)
+    sources = {k: f"features_t{k}" for k in cutoffs}
+    fits = fit_cutoffs(features, labels[1], {k: patterns_of(f) for k, f in features.items()}, fitting,
+                       domain.clv_settings(params), sources)  # fmt: skip
+    return {k: ce.snapshot(k, features[k], fits.predictions[k], labels[k], sources[k], f"clv_t{k}") for k in (1, 2)}
+
+
+def oracle_features(truth: pd.DataFrame, index: pd.Index, cutoff: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+    """The generator's true behaviour state of each customer at ``cutoff`` (an oracle: not observable)."""
+    t = truth.reindex(index)
+    window = pd.date_range(cutoff + pd.Timedelta(days=1), periods=horizon_days, freq="D")
+    day_of_year = (window - window.to_period("Y").start_time).days.to_numpy()
+    start = t["season_start_day"].to_numpy()[:, None]
+    in_season = ((day_of_year >= start) & (day_of_year < start + SEASON_DAYS)).mean(axis=1)
+    out = {f"oracle_{name}": t[f"behaviour_{name}"].astype(float).to_numpy() for name in BEHAVIOURS}
+    out["oracle_slowdown_begun"] = (t["slowdown_from"] <= cutoff).astype(float).to_numpy()
+    out["oracle_basket_begun"] = (t["basket_from"] <= cutoff).astype(float).to_numpy()
+    out["oracle_in_season_share"] = np.where(t["behaviour_seasonal"], in_season, np.nan)
+    return pd.DataFrame(out, index=index)
+
+
+def measure(behaviours: str, customers: int, seed: int, params: Params | None = None) -> dict:
+    """ROC-AUC on the t1 customers of the best BTYD score, the classifier and the oracle."""
+    params = params or load_params()
+    world = make_world(behaviours, customers, seed)
+    snaps = snapshots(world, params)
+    t1, t2 = snaps[1], snaps[2]
+    build = domain.churn_classifier_factory(params)
+    ev = ce.evaluate(build, t1, t2, "signal study", params.churn.test_fraction, params.seed)
+    y = ev.y_test.to_numpy()
+    btyd = {name: ev.results[name]["roc_auc"] for name in BTYD_SCORES}
+    best = max(btyd, key=btyd.get)
+    horizon = params.data.horizon_days
+    X2 = t2.X.join(oracle_features(world.truth, t2.X.index, t2.cutoff, horizon))
+    X1 = t1.X.join(oracle_features(world.truth, t1.X.index, t1.cutoff, horizon))
+    oracle = build().fit(X2, t2.y, eval_set=(X1, t1.y))
+    recency = fit_recency_map(t2.X["days_since_last"].to_numpy(), t2.y.to_numpy())
+    return {
+        "world": behaviours,
+        "customers_test": len(y),
+        "churn_rate_test": float(y.mean()),
+        "n_features": t1.X.shape[1],
+        "recency": roc_auc(y, baseline_predictions(t1.X, recency)["baseline_recency"].score),
+        "baseline": btyd[best],
+        "baseline_name": best.split("_", 1)[1],
+        "classifier": ev.results["classifier_calibrated"]["roc_auc"],
+        "oracle": roc_auc(y, oracle.predict_churn_probability(X1)),
+    }
+
+
+def table(rows: list[dict]) -> str:
+    """A markdown table of :func:`measure` results."""
+    head = ("| world | test customers | churn rate | recency | best BTYD baseline | classifier | oracle |\n"
+            "|---|---|---|---|---|---|---|")  # fmt: skip
+    lines = [
+        f"| {r['world']} | {r['customers_test']:,} | {r['churn_rate_test']:.3f} | {r['recency']:.4f} | "
+        f"{r['baseline']:.4f} ({r['baseline_name']}) | {r['classifier']:.4f} | {r['oracle']:.4f} |"
+        for r in rows
+    ]
+    return "\n".join([head, *lines])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--worlds", default=",".join(WORLDS), help="comma list of: " + ", ".join(WORLDS))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    rows = [measure(w, args.customers, args.seed) for w in args.worlds.split(",")]
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
