@@ -42,6 +42,8 @@ DECIMAL_UNITS = idt.Decimal(18, 4)
 MAX_ABS_VALUE = 1e9  # largest accepted |amount|, |quantity|, |cost| of one row
 EXACT_COLUMNS = ("amount", "quantity", "cost")
 DEFAULT_WINDOWS_DAYS = (30, 90, 180, 365)  # = features.windows_days' default (tests/test_defaults.py)
+NO_RETURN_DAYS = 99_999  # days_since_last_return of a customer without returns (~274 years: beyond any history)
+SEASON_YEARS = (1, 2)  # season_*_{n}y: the label window shifted back n years of 365 days
 
 TRANSACTION_COLUMNS = {  # column -> (required, ibis type family)
     "customer_id": (True, "string"),
@@ -63,6 +65,7 @@ class FeatureSpec:
     days_per_unit: float  # model time unit for recency and T: 7 = weeks, 1 = days
     windows_days: tuple[int, ...]
     trend_days: int
+    trend_purchases: int  # K: the last purchase days read by the gap, basket and quantity trends
     # Facts about the data, not settings: False = the optional column is absent or empty.
     has_order_id: bool = False
     has_quantity: bool = False
@@ -223,8 +226,9 @@ def daily_activity(
 def customer_days(tx: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     """The day table every cutoff and label window is derived from: ``daily_activity`` of all
     rows, plus ``purchase`` (a purchase day), ``gap`` (days since the customer's previous
-    purchase day; null on the first purchase day and on return-only days) and, when order_id
-    is mapped, ``new_orders`` (order ids whose first purchase row is on that day).
+    purchase day; null on the first purchase day and on return-only days), the ``recent_*``
+    sums over the day's last ``spec.trend_purchases`` purchase days (see ``_with_recent_purchases``)
+    and, when order_id is mapped, ``new_orders`` (order ids whose first purchase row is on that day).
 
     Every column of a day depends only on rows of that day or earlier, so filtering this table
     to days <= cutoff gives exactly the day table of the rows <= cutoff: it is computed once
@@ -232,7 +236,7 @@ def customer_days(tx: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     daily = daily_activity(tx, spec.has_quantity, spec.has_cost, spec.decimal_sums)
     if spec.has_order_id:
         daily = _with_new_orders(daily, tx)
-    return _with_purchase_gaps(daily)
+    return _with_purchase_gaps(daily, spec)
 
 
 def _with_new_orders(daily: ibis.Table, tx: ibis.Table) -> ibis.Table:
@@ -245,15 +249,56 @@ def _with_new_orders(daily: ibis.Table, tx: ibis.Table) -> ibis.Table:
     return joined.select(daily, new_orders=firsts.new_orders.fill_null(0))
 
 
-def _with_purchase_gaps(daily: ibis.Table) -> ibis.Table:
+def _with_purchase_gaps(daily: ibis.Table, spec: FeatureSpec) -> ibis.Table:
     """Mark purchase days and add ``gap``: days since the customer's previous purchase day
-    (null on the first purchase day and on return-only days)."""
+    (null on the first purchase day and on return-only days), and the ``recent_*`` columns."""
     daily = daily.mutate(purchase=daily.n_purchase_rows > 0)
     # Partitioned by (customer, purchase), the previous row of a purchase day is the previous
-    # purchase day: one lag in a window pass (return-only days get a gap too, nulled below).
+    # purchase day: one window pass gives the gap and the recent_* sums (return-only days get
+    # values too, nulled or never read: features read recent_* on the last purchase day only).
     by_kind = ibis.window(group_by=[daily.customer_id, daily.purchase], order_by=daily.day)
+    recent = _recent_purchases(daily, by_kind, spec)
     previous = daily.day.lag().over(by_kind)
-    return daily.mutate(gap=ibis.ifelse(daily.purchase, daily.day - previous, ibis.null("int64")))
+    return daily.mutate(gap=ibis.ifelse(daily.purchase, daily.day - previous, ibis.null("int64")), **recent)
+
+
+def _recent_purchases(daily: ibis.Table, by_kind: Any, spec: FeatureSpec) -> dict[str, ibis.Value]:
+    """Per purchase day, over the last K = ``spec.trend_purchases`` purchase days up to it
+    (the day itself included; fewer when the customer has fewer), never null:
+
+    - ``recent_gap_count``: gaps among them, m = min(K, purchase days so far - 1);
+    - ``recent_gap_sum``: the sum of those m gaps = day - the purchase day m back (days);
+    - ``recent_gap_oldest``: the oldest of those m gaps (0 when m = 0);
+    - ``recent_value``, ``recent_quantity``: the sum of the last min(K, purchase days so far)
+      day values / quantities (exact units, see _to_units).
+
+    Only earlier days are read (lags), so the columns of a day do not depend on later rows."""
+    k = spec.trend_purchases
+    days = [daily.day] + [daily.day.lag(j).over(by_kind) for j in range(1, k + 1)]
+    oldest = [days[j - 1] - days[j] for j in range(k, 0, -1)]  # null unless purchase day j back exists
+    recent = {
+        "recent_gap_count": functools.reduce(lambda a, b: a + b, [d.notnull().cast("int64") for d in days[1:]]),
+        "recent_gap_sum": daily.day - ibis.coalesce(*days[:0:-1], daily.day),
+        "recent_gap_oldest": ibis.coalesce(*oldest, ibis.literal(0, "int64")),
+        "recent_value": _lag_sum(daily.value, by_kind, k),
+    }
+    if spec.has_quantity:
+        recent["recent_quantity"] = _lag_sum(daily.quantity, by_kind, k)
+    return recent
+
+
+def _lag_sum(column: ibis.Value, by_kind: Any, k: int) -> ibis.Value:
+    """Sum of ``column`` over the row and its k - 1 predecessors in ``by_kind`` (missing ones = 0)."""
+    zero = ibis.literal(0, column.type())
+    terms = [column.fill_null(zero)] + [column.lag(j).over(by_kind).fill_null(zero) for j in range(1, k)]
+    return functools.reduce(lambda a, b: a + b, terms)
+
+
+def season_windows(cutoff: dt.date, horizon_days: int) -> dict[int, tuple[int, int]]:
+    """Years back n -> the label window (c, c + h] shifted back n * 365 days, as day numbers
+    (start, end] with end clipped to the cutoff c (only when h > 365), so it never looks past c."""
+    c = day_number(cutoff)
+    return {n: (c - 365 * n, min(c - 365 * n + horizon_days, c)) for n in SEASON_YEARS}
 
 
 def _customer_stats(days: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ibis.Table:
@@ -279,12 +324,18 @@ def _customer_stats(days: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> ibi
         "spend_recent": value.sum(where=day > c - spec.trend_days),
         "spend_previous": value.sum(where=(day > c - 2 * spec.trend_days) & (day <= c - spec.trend_days)),
         "spend_trailing": value.sum(where=trailing),
+        "last_return": day.max(where=days.n_rows > days.n_purchase_rows),
     }
     for w in spec.windows_days:
         stats[f"purchases_{w}d"] = days.count(where=purchase & (day > c - w))
         stats[f"spend_{w}d"] = value.sum(where=day > c - w)
+    for years, (start, end) in season_windows(cutoff, spec.horizon_days).items():
+        in_season = (day > start) & (day <= end)
+        stats[f"season_purchases_{years}y"] = days.count(where=purchase & in_season)
+        stats[f"season_spend_{years}y"] = value.sum(where=in_season)
     if spec.has_quantity:
         stats["total_quantity"] = days.quantity.sum()
+        stats["purchase_quantity"] = days.quantity.sum(where=purchase)
     if spec.has_cost:
         stats["cost_trailing"] = days.cost.sum(where=trailing)
     if spec.has_order_id:
@@ -309,8 +360,19 @@ def features_from_days(days: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> 
     it: days after the cutoff are filtered out before any per-customer aggregation, so the
     result equals that of the rows on or before the cutoff (no leakage)."""
     s = _customer_stats(days.filter(days.day <= day_number(cutoff)), cutoff, spec)
-    s = s.filter(s.n_purchase_days > 0)
+    s = _with_last_purchase(s.filter(s.n_purchase_days > 0), days, spec)
     return s.select(**_feature_columns(s, cutoff, spec)).order_by("customer_id")
+
+
+def _with_last_purchase(s: ibis.Table, days: ibis.Table, spec: FeatureSpec) -> ibis.Table:
+    """The customer statistics ``s`` with the gap and the ``recent_*`` columns of each customer's
+    last purchase day (on or before the cutoff, as ``s.last_purchase`` is): one row each."""
+    recent = ["gap", "recent_gap_count", "recent_gap_sum", "recent_gap_oldest", "recent_value"]
+    if spec.has_quantity:
+        recent.append("recent_quantity")
+    last = days.filter(days.purchase).select(last_id=days.customer_id, last_date=days.date, *recent)
+    joined = s.join(last, [s.customer_id == last.last_id, s.last_purchase == last.last_date])
+    return joined.drop("last_id", "last_date")
 
 
 def _feature_columns(s: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> dict[str, ibis.Value]:
@@ -367,6 +429,49 @@ def _feature_columns(s: ibis.Table, cutoff: dt.date, spec: FeatureSpec) -> dict[
         "spend_trailing": spend_trailing,
         "margin_trailing": margin_trailing,
     }
+    return columns | _behaviour_columns(s, cutoff, spec, ipi_mean)
+
+
+def _ratio_or_one(numerator: ibis.Value, denominator: ibis.Value) -> ibis.Value:
+    """numerator / denominator as float64; 1.0 (no change) when the denominator is not > 0."""
+    ok = denominator.fill_null(0) > 0
+    return ibis.ifelse(ok, numerator.cast("float64") / denominator.cast("float64"), 1.0)
+
+
+def _behaviour_columns(s: ibis.Table, cutoff: dt.date, spec: FeatureSpec, ipi_mean: ibis.Value) -> dict[str, ibis.Value]:
+    """Trends over the last K = ``spec.trend_purchases`` purchase days, return shares, the last
+    return and last years' season (docs/features.md gives formulas, units and edge values)."""
+    k = spec.trend_purchases
+    n_days = s.n_purchase_days.cast("int64")
+    m_gaps = s.recent_gap_count.cast("int64")
+    m_days = ibis.ifelse(n_days < k, n_days, k)
+    # mean of the last m gaps / mean of all gaps; 1.0 with no gap yet
+    gap_last_ratio = ibis.ifelse(m_gaps > 0, s.recent_gap_sum.cast("float64") / m_gaps / ipi_mean, 1.0)
+    # (newest - oldest of the last m gaps) / (m - 1): days per purchase (least squares slope for m <= 3)
+    gap_trend = ibis.ifelse(m_gaps >= 2, (s.gap - s.recent_gap_oldest).cast("float64") / (m_gaps - 1), 0.0)
+    # mean of the last m day values / mean of all day values = (recent * n) / (all * m), exact unit sums
+    basket_trend = _ratio_or_one(s.recent_value.cast("float64") * n_days, s.purchase_value.cast("float64") * m_days)
+    if spec.has_quantity:
+        quantity = s.purchase_quantity.cast("float64") * m_days
+        quantity_trend = _ratio_or_one(s.recent_quantity.cast("float64").fill_null(0.0) * n_days, quantity)
+    else:
+        quantity_trend = ibis.literal(1.0)
+    returns_count = (s.n_transactions - s.n_purchase_rows).cast("int64")
+    returned = s.returns_amount.cast("float64").fill_null(0.0)
+    bought = s.total_spend.cast("float64").fill_null(0.0) + returned  # gross amount of purchase rows
+    c = day_number(cutoff)
+    columns = {
+        "gap_last_ratio": gap_last_ratio,
+        "gap_trend": gap_trend,
+        "basket_trend": basket_trend,
+        "quantity_trend": quantity_trend,
+        "return_share_count": returns_count.cast("float64") / s.n_transactions.cast("float64"),
+        "return_share_value": ibis.ifelse(returned > 0, returned / ibis.greatest(bought, returned), 0.0),
+        "days_since_last_return": (c - s.last_return.cast("int64")).fill_null(NO_RETURN_DAYS),
+    }
+    for years in SEASON_YEARS:
+        columns[f"season_purchases_{years}y"] = s[f"season_purchases_{years}y"].cast("int64")
+        columns[f"season_spend_{years}y"] = _from_units(s[f"season_spend_{years}y"], spec.decimal_sums)
     return columns
 
 
@@ -451,8 +556,14 @@ def feature_dtypes(windows_days: tuple[int, ...] = DEFAULT_WINDOWS_DAYS) -> dict
         "spend_trend": "float64", "returns_count": "int64", "returns_amount": "float64",
         "n_orders": "int64", "total_quantity": "float64", "avg_quantity": "float64",
         "spend_trailing": "float64", "margin_trailing": "float64",
+        "gap_last_ratio": "float64", "gap_trend": "float64", "basket_trend": "float64",
+        "quantity_trend": "float64", "return_share_count": "float64", "return_share_value": "float64",
+        "days_since_last_return": "int64",
     }  # fmt: skip
-    return head | windows | tail
+    seasons = {}
+    for n in SEASON_YEARS:
+        seasons |= {f"season_purchases_{n}y": "int64", f"season_spend_{n}y": "float64"}
+    return head | windows | tail | seasons
 
 
 LABEL_DTYPES = {
@@ -463,8 +574,10 @@ LABEL_DTYPES = {
 _NULLABLE = {"ipi_mean", "ipi_std", "days_since_last_ratio", "total_quantity", "avg_quantity", "margin_trailing"}
 _NON_NEGATIVE = {
     "frequency", "recency", "T", "n_orders", "returns_count", "returns_amount", "days_since_first",
-    "days_since_last", "ipi_std", "days_since_last_ratio",
+    "days_since_last", "ipi_std", "days_since_last_ratio", "gap_last_ratio", "return_share_count",
+    "return_share_value", "days_since_last_return",
 }  # fmt: skip
+_AT_MOST_ONE = {"return_share_count", "return_share_value"}
 _POSITIVE = {"n_purchase_days", "n_transactions", "ipi_mean"}
 
 
@@ -482,8 +595,10 @@ def _sorted_by_id() -> pa.Check:
 
 def _column(name: str, dtype: str, unique: bool = False) -> pa.Column:
     checks = []
-    if name in _NON_NEGATIVE or name.startswith("purchases_"):
+    if name in _NON_NEGATIVE or name.startswith(("purchases_", "season_purchases_")):
         checks.append(pa.Check.ge(0))
+    if name in _AT_MOST_ONE:
+        checks.append(pa.Check.le(1))
     if name in _POSITIVE:
         checks.append(pa.Check.gt(0))
     return pa.Column(dtype, checks=checks, nullable=name in _NULLABLE, unique=unique)

@@ -90,6 +90,7 @@ class FeaturesParams(_Section):
     engine: Literal["duckdb", "pyspark"] = "duckdb"
     windows_days: tuple[int, ...] = (30, 90, 180, 365)
     trend_days: int = Field(182, gt=0)
+    trend_purchases: int = Field(3, ge=2)
     threads: int | None = Field(None, gt=0)
     memory_limit: str | None = None
     temp_directory: str | None = None

@@ -103,7 +103,7 @@ def feature_spec(params: Params, columns: Mapping[str, Any]) -> FeatureSpec:
     return FeatureSpec(
         horizon_days=params.data.horizon_days,
         days_per_unit=params.data.days_per_unit,
-        **params.features.model_dump(include={"windows_days", "trend_days"}),
+        **params.features.model_dump(include={"windows_days", "trend_days", "trend_purchases"}),
         **column_flags(columns),
     )
 

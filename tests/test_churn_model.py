@@ -31,7 +31,7 @@ from models.churn import (
 CUTOFF = dt.date(2021, 3, 31)
 HORIZON = 30
 # Any feature settings do here (the churn checks do not depend on them): the config's defaults.
-SPEC = FeatureSpec(horizon_days=HORIZON, days_per_unit=7.0, windows_days=DEFAULT_WINDOWS_DAYS, trend_days=182)
+SPEC = FeatureSpec(horizon_days=HORIZON, days_per_unit=7.0, windows_days=DEFAULT_WINDOWS_DAYS, trend_days=182, trend_purchases=3)
 FAST = {"n_estimators": 40, "learning_rate": 0.1, "num_leaves": 4, "min_child_samples": 20, "min_child_share": None}
 
 

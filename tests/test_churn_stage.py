@@ -76,7 +76,7 @@ def write_inputs(root: Path, tx: pd.DataFrame) -> None:
     con = ibis.duckdb.connect()
     table = ibis.memtable(tx)
     settings = FeaturesParams()
-    spec = FeatureSpec(HORIZON, 7.0, settings.windows_days, settings.trend_days)
+    spec = FeatureSpec(HORIZON, 7.0, settings.windows_days, settings.trend_days, settings.trend_purchases)
     schema = features_schema(spec.windows_days)
     for k in (0, 1, 2):
         cutoff = AS_OF - dt.timedelta(days=k * HORIZON)

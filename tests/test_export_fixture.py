@@ -21,7 +21,7 @@ import pytest
 import yaml
 from matplotlib.figure import Figure
 
-from features.customer import feature_dtypes, features_schema
+from features.customer import NO_RETURN_DAYS, feature_dtypes, features_schema
 from models import segment_eval
 from models import segments as seg
 from pipelines import export, files
@@ -90,6 +90,17 @@ def features_frame(n: int, seed: int, as_of: pd.Timestamp = AS_OF) -> pd.DataFra
         avg_quantity=1.0,
         spend_trailing=trailing,
         margin_trailing=np.nan,
+        gap_last_ratio=1.0,
+        gap_trend=0.0,
+        basket_trend=1.0,
+        quantity_trend=1.0,
+        return_share_count=0.0,
+        return_share_value=0.0,
+        days_since_last_return=NO_RETURN_DAYS,
+        season_purchases_1y=0,
+        season_spend_1y=0.0,
+        season_purchases_2y=0,
+        season_spend_2y=0.0,
     )
     dtypes = feature_dtypes(WINDOWS)
     return frame[list(dtypes)].astype(dtypes)

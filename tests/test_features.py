@@ -19,18 +19,21 @@ from features.customer import (
     FEATURES_SCHEMA,
     FLOAT_EXACT_LIMIT,
     LABELS_SCHEMA,
+    NO_RETURN_DAYS,
     FeatureSpec,
     chunk_validator,
     column_flags,
     customer_days,
     customer_features,
     cutoff_dates,
+    day_number,
     feature_dtypes,
     features_from_days,
     features_schema,
     labels_from_days,
     needs_decimal_sums,
     rfm_counts,
+    season_windows,
     spend_counts,
     to_contract,
     transaction_problems,
@@ -86,7 +89,7 @@ def cdnow_sample() -> tuple[pd.DataFrame, pd.Series]:
 
 
 # The project's settings (params.yaml; FeatureSpec has no defaults of its own).
-SETTINGS = {"horizon_days": 91, "days_per_unit": 7.0, "windows_days": (30, 90, 180, 365), "trend_days": 182}
+SETTINGS = {"horizon_days": 91, "days_per_unit": 7.0, "windows_days": (30, 90, 180, 365), "trend_days": 182, "trend_purchases": 3}
 
 
 def spec_for(tx: pd.DataFrame, **kwargs) -> FeatureSpec:
@@ -148,7 +151,7 @@ def small_tx() -> pd.DataFrame:
 
 
 def test_hand_computed_features_follow_the_purchase_day_semantics(con, small_tx):
-    spec = FeatureSpec(horizon_days=40, days_per_unit=7.0, windows_days=(30, 90), trend_days=45,
+    spec = FeatureSpec(horizon_days=40, days_per_unit=7.0, windows_days=(30, 90), trend_days=45, trend_purchases=3,
                        has_order_id=True, has_quantity=True, has_cost=True)  # fmt: skip
     out = features_of(con, small_tx, "2020-03-31", spec).set_index("customer_id")
     assert list(out.index) == ["a", "c"]  # b has returns only
@@ -180,6 +183,55 @@ def test_hand_computed_features_follow_the_purchase_day_semantics(con, small_tx)
     assert np.isnan(c["ipi_mean"]) and np.isnan(c["ipi_std"]) and np.isnan(c["days_since_last_ratio"])
     assert (c["n_orders"], c["spend_trailing"], c["margin_trailing"]) == (1, 12.0, 5.0)
     assert (out["cutoff"] == pd.Timestamp("2020-03-31")).all()
+
+
+@pytest.mark.parametrize(
+    ("k", "gap_last_ratio", "gap_trend", "basket_trend", "quantity_trend"),
+    [
+        # gaps 10, 50, 30 (mean 30); day values 10, 22, 0, 7.5 (mean 9.875); quantities 1, 2, 1, 3 (mean 1.75)
+        (3, 30 / 30, (30 - 10) / 2, (22 + 0 + 7.5) / 3 / 9.875, (2 + 1 + 3) / 3 / 1.75),
+        (2, 40 / 30, 30 - 50, (0 + 7.5) / 2 / 9.875, (1 + 3) / 2 / 1.75),
+    ],
+)
+def test_hand_computed_behaviour_features(con, small_tx, k, gap_last_ratio, gap_trend, basket_trend, quantity_trend):
+    spec = FeatureSpec(horizon_days=40, days_per_unit=7.0, windows_days=(30, 90), trend_days=45, trend_purchases=k,
+                       has_order_id=True, has_quantity=True, has_cost=True)  # fmt: skip
+    out = features_of(con, small_tx, "2020-03-31", spec).set_index("customer_id")
+    a, c = out.loc["a"], out.loc["c"]
+    assert a["gap_last_ratio"] == pytest.approx(gap_last_ratio) and a["gap_trend"] == pytest.approx(gap_trend)
+    assert a["basket_trend"] == pytest.approx(basket_trend) and a["quantity_trend"] == pytest.approx(quantity_trend)
+    # 2 of a's 7 rows are returns; 7.0 returned of 42.5 bought; last return 2020-02-01 (59 days back)
+    assert a["return_share_count"] == pytest.approx(2 / 7) and a["return_share_value"] == pytest.approx(7 / 42.5)
+    assert a["days_since_last_return"] == 59
+    # c: one purchase, no return, history shorter than a year: neutral values, sentinel, zeros
+    assert (c["gap_last_ratio"], c["gap_trend"], c["basket_trend"], c["quantity_trend"]) == (1.0, 0.0, 1.0, 1.0)
+    assert (c["return_share_count"], c["return_share_value"], c["days_since_last_return"]) == (0.0, 0.0, NO_RETURN_DAYS)
+    seasons = ["season_purchases_1y", "season_spend_1y", "season_purchases_2y", "season_spend_2y"]
+    assert (out[seasons] == 0).all().all()
+
+
+def test_season_features_read_the_label_window_one_and_two_years_back(con):
+    # cutoff 2020-03-31, horizon 40: 1y window (2019-04-01, 2019-05-11], 2y window (2018-04-01, 2018-05-11]
+    tx = transactions_frame(
+        ["x", "x", "x", "x", "x", "x", "y", "y", "y"],
+        ["2018-04-10", "2019-04-01 23:00", "2019-04-05", "2019-05-11 22:00", "2019-05-12", "2020-03-01",
+         "2019-04-01", "2019-05-02", "2019-05-02"],
+        [7.0, 100.0, 10.0, 20.0, 50.0, 1.0, 3.0, 4.0, -1.5],
+    )  # fmt: skip
+    out = features_of(con, tx, "2020-03-31", spec_for(tx, horizon_days=40)).set_index("customer_id")
+    x, y = out.loc["x"], out.loc["y"]
+    assert (x["season_purchases_1y"], x["season_spend_1y"]) == (2, 30.0)  # the window's first day is 04-02
+    assert (x["season_purchases_2y"], x["season_spend_2y"]) == (1, 7.0)
+    assert (y["season_purchases_1y"], y["season_spend_1y"]) == (1, 2.5)  # a same-day return is netted
+    assert (y["season_purchases_2y"], y["season_spend_2y"]) == (0, 0.0)  # history starts after the window
+    assert y["days_since_last_return"] == (pd.Timestamp("2020-03-31") - pd.Timestamp("2019-05-02")).days
+    assert y["return_share_count"] == pytest.approx(1 / 3) and y["return_share_value"] == pytest.approx(1.5 / 7)
+
+
+def test_season_windows_never_pass_the_cutoff():
+    c = day_number(dt.date(2020, 3, 31))
+    assert season_windows(dt.date(2020, 3, 31), 40) == {1: (c - 365, c - 325), 2: (c - 730, c - 690)}
+    assert season_windows(dt.date(2020, 3, 31), 400) == {1: (c - 365, c), 2: (c - 730, c - 330)}
 
 
 def test_unmapped_optional_columns_give_nan_and_purchase_day_orders(con, small_tx):
@@ -289,8 +341,34 @@ def reference_features(tx: pd.DataFrame, cutoff: str, spec: FeatureSpec) -> pd.D
         trailing = rows[rows["day"] > c - spec.horizon_days * DAY]
         rec["spend_trailing"] = trailing["amount"].sum()
         rec["margin_trailing"] = rec["spend_trailing"] - trailing["cost"].sum()
+        rec |= reference_behaviour(rows, pdays, gaps, c, spec)
         records.append(rec)
     return pd.DataFrame(records)
+
+
+def reference_behaviour(rows: pd.DataFrame, pdays: pd.DataFrame, gaps: np.ndarray, c: pd.Timestamp, spec: FeatureSpec) -> dict:
+    """The behavioural features of one customer (rows on or before the cutoff c), in pandas."""
+    k = spec.trend_purchases
+    last_gaps = gaps[-k:]
+    quantity = rows.groupby("day")["quantity"].sum().loc[pdays.index]
+    returns = rows[rows["amount"] < 0]
+    returned, bought = -returns["amount"].sum(), rows.loc[rows["amount"] >= 0, "amount"].sum()
+    rec = {
+        "gap_last_ratio": last_gaps.mean() / gaps.mean() if len(gaps) else 1.0,
+        "gap_trend": (last_gaps[-1] - last_gaps[0]) / (len(last_gaps) - 1) if len(last_gaps) > 1 else 0.0,
+        "basket_trend": pdays["value"].iloc[-k:].mean() / pdays["value"].mean() if pdays["value"].mean() > 0 else 1.0,
+        "quantity_trend": quantity.iloc[-k:].mean() / quantity.mean() if quantity.mean() > 0 else 1.0,
+        "return_share_count": len(returns) / len(rows),
+        "return_share_value": returned / max(bought, returned) if returned > 0 else 0.0,
+        "days_since_last_return": (c - returns["day"].max()).days if len(returns) else NO_RETURN_DAYS,
+    }
+    for years in (1, 2):
+        start = c - 365 * years * DAY
+        end = min(start + spec.horizon_days * DAY, c)
+        season = rows[(rows["day"] > start) & (rows["day"] <= end)]
+        rec[f"season_purchases_{years}y"] = season.loc[season["amount"] >= 0, "day"].nunique()
+        rec[f"season_spend_{years}y"] = season["amount"].sum()
+    return rec
 
 
 def random_transactions(seed: int, n_rows: int = 600, n_customers: int = 40) -> pd.DataFrame:
@@ -307,10 +385,11 @@ def random_transactions(seed: int, n_rows: int = 600, n_customers: int = 40) -> 
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("seed", "decimal_sums"), [(1, False), (2, False), (2, True)])
-def test_every_feature_equals_an_independent_pandas_computation(con, seed, decimal_sums):
+@pytest.mark.parametrize(("seed", "decimal_sums", "trend_purchases"), [(1, False, 3), (2, False, 2), (2, True, 4)])
+def test_every_feature_equals_an_independent_pandas_computation(con, seed, decimal_sums, trend_purchases):
     tx = random_transactions(seed)
-    spec = spec_for(tx, horizon_days=91, windows_days=(7, 30, 120), trend_days=60, decimal_sums=decimal_sums)
+    spec = spec_for(tx, horizon_days=91, windows_days=(7, 30, 120), trend_days=60, decimal_sums=decimal_sums,
+                    trend_purchases=trend_purchases)  # fmt: skip
     ours = features_of(con, tx, "2022-01-15", spec)
     ref = reference_features(tx, "2022-01-15", spec)
     assert list(ours["customer_id"]) == list(ref["customer_id"])
@@ -352,7 +431,7 @@ def rows_between(draw, first_day: int, last_day: int, max_rows: int = 12):
 HYPOTHESIS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CUTOFF_OFFSET = 200  # cutoff = 2020-01-01 + 200 days
 CUTOFF = (pd.Timestamp("2020-01-01") + pd.Timedelta(days=CUTOFF_OFFSET)).date()
-LEAK_SPEC = FeatureSpec(horizon_days=30, days_per_unit=7.0, windows_days=(7, 60), trend_days=45, has_order_id=True,
+LEAK_SPEC = FeatureSpec(horizon_days=30, days_per_unit=7.0, windows_days=(7, 60), trend_days=45, trend_purchases=3, has_order_id=True,
                         has_quantity=True, has_cost=True)
 
 
