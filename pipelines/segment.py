@@ -54,12 +54,13 @@ def holdout_inputs(params: Params, paths: Catalog) -> pd.DataFrame | None:
     return ev.holdout_frame(*read_inputs(HOLDOUT, params, paths))
 
 
-def write_plots(result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, seed: int, paths: Catalog) -> Path:
-    """plots/segment/: the Lorenz curve's points (CSV) and every figure of models/plots/segment.py."""
+def write_plots(result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, params: Params, paths: Catalog) -> Path:
+    """plots/segment/: the Lorenz curve's points (CSV) and every figure of models/plots/segment.py
+    (the scatter on at most segment.scatter_sample_size customers, sampled with params.seed)."""
     out = paths.plots_dir(STAGE)
     curve = seg.lorenz_curve(result.customers["value"]).round(10)
     files.write_csv(curve, out / "lorenz.csv")
-    for name, figure in plots.figures(result, summary, curve, conc, seed).items():
+    for name, figure in plots.figures(result, summary, curve, conc, params.seed, params.segment.scatter_sample_size).items():
         files.save_figure(figure, out / f"{name}.png")
     return out
 
@@ -102,7 +103,7 @@ def run(params: Params, paths: Catalog) -> None:
     files.write_json(metrics, paths.metrics_file(STAGE))
     # Exact floats (not write_json's rounding): the boundaries are compared with values as computed.
     files.write_text(json.dumps(result.reference.to_dict(), indent=2, sort_keys=True) + "\n", paths.SEGMENT_REFERENCE)
-    plots_dir = write_plots(result, summary, metrics["concentration"], params.seed, paths)
+    plots_dir = write_plots(result, summary, metrics["concentration"], params, paths)
     log.info("wrote %s, %s and %s", paths.SEGMENTS, paths.SEGMENT_SUMMARY, plots_dir)
 
     section = {"segment": params.segment.model_dump(), "clv.margin": params.clv.margin}

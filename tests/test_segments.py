@@ -474,3 +474,18 @@ def test_a_new_customer_is_placed_among_the_population():
     assert got["tier"].tolist()[1] == "lead"
     # A cell no population customer is in has share 0: "few" customers.
     assert seg.customer_count_level(pd.Series(["IV/lead"]), rules.relationship, {"I/iron": 1.0}).tolist() == ["few"]
+
+
+def test_quadrant_scatter_draws_a_seeded_sample_of_at_most_the_sample_size():
+    from models.plots.segment import quadrant_scatter
+
+    labelled = seg.segment_customers(small_base(60), RULES).customers
+
+    def dots(sample_size, seed=0):
+        ax = quadrant_scatter(labelled, 0.0, 1.0, seed, sample_size).axes[0]
+        return np.concatenate([c.get_offsets() for c in ax.collections])
+
+    assert len(dots(25)) == 25 and len(dots(60)) == 60 and len(dots(1000)) == 60
+    np.testing.assert_array_equal(dots(25), dots(25))  # seeded
+    legend = quadrant_scatter(labelled, 0.0, 1.0, 0, 25).axes[0].get_legend()
+    assert sum(int(t.get_text().split("(")[1].rstrip(")").replace(",", "")) for t in legend.get_texts()) == 60
