@@ -55,13 +55,15 @@ def holdout_inputs(params: Params, paths: Catalog) -> pd.DataFrame | None:
     return ev.holdout_frame(*read_inputs(HOLDOUT, params, paths))
 
 
-def write_plots(result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, params: Params, paths: Catalog) -> Path:
+def write_plots(
+    result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, seed: int, paths: Catalog, scatter_sample_size: int
+) -> Path:
     """plots/segment/: the Lorenz curve's points (CSV) and every figure of models/plots/segment.py
-    (the scatter on at most segment.scatter_sample_size customers, sampled with params.seed)."""
+    (the scatter on a ``seed``-ed sample of at most ``scatter_sample_size`` customers)."""
     out = paths.plots_dir(STAGE)
     curve = seg.lorenz_curve(result.customers["value"]).round(10)
     files.write_csv(curve, out / "lorenz.csv")
-    for name, figure in plots.figures(result, summary, curve, conc, params.seed, params.segment.scatter_sample_size).items():
+    for name, figure in plots.figures(result, summary, curve, conc, seed, scatter_sample_size).items():
         files.save_figure(figure, out / f"{name}.png")
     return out
 
@@ -129,7 +131,7 @@ def run(params: Params, paths: Catalog) -> None:
         files.write_text(json.dumps(result.reference.to_dict(), indent=2, sort_keys=True) + "\n", paths.SEGMENT_REFERENCE)
         if cfg.log_model:  # the chain needs the reference just written
             later(log_model, params, paths, rules)
-        plots_dir = write_plots(result, summary, metrics["concentration"], params, paths)
+        plots_dir = write_plots(result, summary, metrics["concentration"], params.seed, paths, cfg.scatter_sample_size)
         log.info("wrote %s, %s and %s", paths.SEGMENTS, paths.SEGMENT_SUMMARY, plots_dir)
         later(log_results, params, paths, summary, metrics, {"cvp.input_sha256": files.frame_sha256(scoring)}, plots_dir)
     if not cfg.log_model:
