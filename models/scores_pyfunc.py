@@ -31,7 +31,7 @@ ARTIFACTS = (PURCHASE_ARTIFACT, SPEND_ARTIFACT, CHURN_ARTIFACT, REFERENCE_ARTIFA
 #: The distributions the chain imports (here, models/clv.py and its lifetimes door, whose fitter uses
 #: autograd, models/churn.py, models/scores.py, models/segments.py), pinned at logging time;
 #: tests/test_scores_pyfunc.py checks it.
-REQUIREMENTS = ("mlflow", "pandas", "numpy", "scipy", "mpmath", "scikit-learn", "lightgbm", "lifetimes", "autograd")
+REQUIREMENTS = ("mlflow", "pandas", "pyarrow", "numpy", "scipy", "mpmath", "scikit-learn", "lightgbm", "lifetimes", "autograd")
 #: Columns of a features row the chain reads besides the churn classifier's own inputs.
 REQUIRED_COLUMNS = (
     "customer_id", "cutoff", "frequency", "recency", "T", "monetary_value",

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.errors import DataError
 
@@ -167,12 +169,19 @@ def customer_value(current: pd.Series, growth: pd.Series, basis: str) -> pd.Seri
 
 
 def value_rank(values: pd.Series, customer_id: pd.Series) -> np.ndarray:
-    """0-based position of each customer by ``values`` descending, ties by customer_id ascending."""
-    order = pd.DataFrame({"v": values.to_numpy(dtype=float), "c": customer_id.to_numpy(), "i": np.arange(len(values))})
-    order = order.sort_values(["v", "c"], ascending=[False, True], kind="mergesort")
+    """0-based position of each customer by ``values`` descending (NaN last), ties by customer_id
+    ascending. One Arrow sort on both keys: the identifiers are compared only between tied values."""
+    keys = pa.table({"v": pa.array(values.to_numpy(dtype=float), from_pandas=True), "c": _arrow_ids(customer_id)})
+    order = pc.sort_indices(keys, sort_keys=[("v", "descending", "at_end"), ("c", "ascending", "at_end")])
     rank = np.empty(len(values), dtype=np.int64)
-    rank[order["i"].to_numpy()] = np.arange(len(values))
+    rank[order.to_numpy()] = np.arange(len(values))
     return rank
+
+
+def _arrow_ids(customer_id: pd.Series) -> pa.Array:
+    """The identifiers as one Arrow array (text as text: Arrow orders UTF-8 by code point, as Python does)."""
+    ids = customer_id.array
+    return pa.array(ids if isinstance(ids, pd.api.extensions.ExtensionArray) else customer_id.to_numpy())
 
 
 def share_count(share: float, n: int) -> int:
@@ -217,13 +226,24 @@ def assign_quadrant(high_current: pd.Series, high_growth: pd.Series) -> pd.Serie
 
 def quadrant_strategies(quadrant: pd.Series) -> pd.DataFrame:
     """Resource allocation and retention strategy text of each customer's quadrant."""
+    code = label_codes(quadrant, QUADRANTS)
     return pd.DataFrame(
         {
-            "resource_allocation": quadrant.map({q: s[0] for q, s in QUADRANT_STRATEGY.items()}),
-            "retention_strategy": quadrant.map({q: s[1] for q, s in QUADRANT_STRATEGY.items()}),
+            "resource_allocation": _lookup([QUADRANT_STRATEGY[q][0] for q in QUADRANTS], code),
+            "retention_strategy": _lookup([QUADRANT_STRATEGY[q][1] for q in QUADRANTS], code),
         },
         index=quadrant.index,
     )
+
+
+def label_codes(labels: pd.Series, known: tuple[str, ...]) -> np.ndarray:
+    """Position of each label in ``known`` (-1 when unknown or missing), one hash lookup per column."""
+    return pd.Index(known).get_indexer(labels)
+
+
+def _lookup(table: list, code: np.ndarray) -> np.ndarray:
+    """``table[code]`` for every code, with None (missing) for code -1."""
+    return np.asarray([*table, None], dtype=object)[code]
 
 
 # --------------------------------------------------------------------------- tiers, pyramid, ABC
@@ -367,8 +387,18 @@ def assign_lifecycle(
 
 
 def cell_shares(cell: pd.Series) -> dict[str, float]:
-    """Share of the customers in each cell (e.g. quadrant x tier)."""
-    return {str(k): float(v) for k, v in cell.value_counts(normalize=True).items()}
+    """Share of the customers in each cell (e.g. quadrant x tier) that holds any."""
+    return {str(k): float(v) for k, v in cell.value_counts(normalize=True).items() if v > 0}
+
+
+CELLS = tuple(f"{q}/{t}" for q in QUADRANTS for t in TIERS)
+
+
+def quadrant_tier_cells(quadrant: pd.Series, tier: pd.Series) -> pd.Series:
+    """The "quadrant/tier" cell of each customer, as a categorical over :data:`CELLS` (integer
+    codes, no string building per customer)."""
+    code = label_codes(quadrant, QUADRANTS) * len(TIERS) + label_codes(tier, TIERS)
+    return pd.Series(pd.Categorical.from_codes(code, categories=CELLS), index=quadrant.index, name="cell")
 
 
 def customer_count_level(cell: pd.Series, rule: RelationshipRule, shares: dict[str, float] | None = None) -> pd.Series:
@@ -377,8 +407,9 @@ def customer_count_level(cell: pd.Series, rule: RelationshipRule, shares: dict[s
     ``shares``: the base's share per cell (default: these customers'); an unknown cell has share 0.
     """
     shares = cell_shares(cell) if shares is None else shares
-    share = cell.map(shares).astype(float).fillna(0.0)
-    level = np.where(share >= rule.many_share, "many", np.where(share < rule.few_share, "few", "moderate"))
+    code, cells = pd.factorize(cell)
+    share = np.asarray([shares.get(str(c), 0.0) for c in cells] + [0.0], dtype=float)[code]
+    level = np.select([share >= rule.many_share, share < rule.few_share], ["many", "few"], default="moderate")
     return pd.Series(level.astype(object), index=cell.index, name="customer_count_level")
 
 
@@ -389,17 +420,19 @@ def tercile_counts(n: int) -> tuple[int, int]:
 def margin_level(rank: np.ndarray, index: pd.Index, n: int | None = None) -> pd.Series:
     """high / medium / low: the customer's value tercile by rank (top third is high)."""
     high, medium = tercile_counts(len(rank) if n is None else n)
-    level = np.where(rank < high, "high", np.where(rank < medium, "medium", "low"))
+    level = np.select([rank < high, rank < medium], ["high", "medium"], default="low")
     return pd.Series(level.astype(object), index=index, name="margin_level")
 
 
 def relationship_level(customers: pd.Series, margin: pd.Series) -> pd.Series:
     """Look up the relationship table for (customer count level, margin level)."""
-    keys = list(zip(customers, margin, strict=True))
-    unknown = {k for k in keys if k not in RELATIONSHIP_TABLE}
-    if unknown:
-        raise ValueError(f"no relationship level for {sorted(unknown)}")
-    return pd.Series([RELATIONSHIP_TABLE[k] for k in keys], index=customers.index, name="relationship_level", dtype=object)
+    row, col = label_codes(customers, CUSTOMER_COUNT_LEVELS), label_codes(margin, MARGIN_LEVELS)
+    unknown = (row < 0) | (col < 0)
+    if unknown.any():
+        pairs = zip(customers[unknown], margin[unknown], strict=True)
+        raise ValueError(f"no relationship level for {sorted({(str(c), str(m)) for c, m in pairs})}")
+    table = np.asarray([[RELATIONSHIP_TABLE[(c, m)] for m in MARGIN_LEVELS] for c in CUSTOMER_COUNT_LEVELS], dtype=object)
+    return pd.Series(table[row, col], index=customers.index, name="relationship_level", dtype=object)
 
 
 # --------------------------------------------------------------------------- all rules
@@ -466,10 +499,12 @@ class SegmentReference:
         rank rule compares ranks with stored counts only, so it gives the labels the true rank
         gives (and for a population member, the same labels as in the population)."""
         v = value.to_numpy(dtype=float)
-        ids = customer_id.astype(str).to_numpy(dtype=object)
+        ids = customer_id.astype(str)
         rank = np.full(len(v), self.n_customers, dtype=np.int64)
         for count, last_value, last_id in sorted(self.boundaries, reverse=True):
-            inside = (v > last_value) | ((v == last_value) & (ids <= last_id))
+            inside = v > last_value
+            tied = np.flatnonzero(v == last_value)
+            inside[tied] = ids.iloc[tied].to_numpy(dtype=object) <= last_id
             rank[inside] = count - 1
         return rank
 
@@ -485,8 +520,8 @@ def rank_boundaries(value: pd.Series, customer_id: pd.Series, rank: np.ndarray, 
     """(count, value, customer_id) of the customer at rank count - 1, for every count."""
     at = np.empty(len(rank), dtype=np.int64)
     at[rank] = np.arange(len(rank))
-    v, ids = value.to_numpy(dtype=float), customer_id.astype(str).to_numpy(dtype=object)
-    return tuple((c, float(v[at[c - 1]]), str(ids[at[c - 1]])) for c in counts)
+    v = value.to_numpy(dtype=float)
+    return tuple((c, float(v[at[c - 1]]), str(customer_id.iloc[at[c - 1]])) for c in counts)
 
 
 @dataclass(frozen=True)
@@ -534,7 +569,7 @@ def segment_customers(frame: pd.DataFrame, rules: SegmentRules, reference: Segme
     high_current = is_high(current, cv_cut)
     quadrant = assign_quadrant(high_current, is_high(growth, gp_cut))
     tier = assign_tier(value, current, growth, high_current, rank, rules.tier, n)
-    cell = quadrant + "/" + tier
+    cell = quadrant_tier_cells(quadrant, tier)
     if reference is None:
         boundaries = rank_boundaries(value, ids, rank, rank_counts(rules, n, abc))
         reference = SegmentReference(n, cv_cut, gp_cut, fallback, abc, boundaries, cell_shares(cell))

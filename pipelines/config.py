@@ -238,6 +238,8 @@ class SegmentParams(_Section):
     tier: TierParams = TierParams()
     lifecycle: LifecycleParams = LifecycleParams()
     relationship: RelationshipParams = RelationshipParams()
+    # The quadrant scatter draws a seeded sample of at most this many customers (all when fewer).
+    scatter_sample_size: int = Field(50_000, gt=0)
     log_model: bool = True
     model_name: str = "cvp-scores"
     register_model: bool = True

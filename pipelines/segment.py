@@ -9,6 +9,7 @@ Logs the whole scoring chain (models/scores_pyfunc.py) as one served model.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import warnings
@@ -54,12 +55,15 @@ def holdout_inputs(params: Params, paths: Catalog) -> pd.DataFrame | None:
     return ev.holdout_frame(*read_inputs(HOLDOUT, params, paths))
 
 
-def write_plots(result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, seed: int, paths: Catalog) -> Path:
-    """plots/segment/: the Lorenz curve's points (CSV) and every figure of models/plots/segment.py."""
+def write_plots(
+    result: seg.SegmentResult, summary: pd.DataFrame, conc: dict, seed: int, paths: Catalog, scatter_sample_size: int
+) -> Path:
+    """plots/segment/: the Lorenz curve's points (CSV) and every figure of models/plots/segment.py
+    (the scatter on a ``seed``-ed sample of at most ``scatter_sample_size`` customers)."""
     out = paths.plots_dir(STAGE)
     curve = seg.lorenz_curve(result.customers["value"]).round(10)
     files.write_csv(curve, out / "lorenz.csv")
-    for name, figure in plots.figures(result, summary, curve, conc, seed).items():
+    for name, figure in plots.figures(result, summary, curve, conc, seed, scatter_sample_size).items():
         files.save_figure(figure, out / f"{name}.png")
     return out
 
@@ -85,37 +89,50 @@ def log_scores_model(params: Params, paths: Catalog, rules: seg.SegmentRules, ve
     )  # fmt: skip
 
 
-def run(params: Params, paths: Catalog) -> None:
-    """Label every customer at as_of, write segments + summary, metrics, plots; log to MLflow."""
+def log_results(params: Params, paths: Catalog, summary: pd.DataFrame, metrics: dict, tags: dict, plots_dir: Path) -> None:
+    """The stage's tags, metrics, summary table, plots and metrics file in its MLflow run."""
     import mlflow
 
+    mlflow.set_tags(tags)
+    tracking.log_metrics({k: v for k, v in metrics.items() if k != "as_of"})
+    with warnings.catch_warnings():  # mlflow's select_dtypes call warns under pandas 3
+        warnings.filterwarnings("ignore", message=".*'str' dtypes are included by select_dtypes")
+        mlflow.log_table(summary, artifact_file="summary.json")
+    mlflow.log_artifacts(str(plots_dir), artifact_path="plots")
+    mlflow.log_artifact(str(paths.metrics_file(STAGE)))
+
+
+def log_model(params: Params, paths: Catalog, rules: seg.SegmentRules) -> None:
+    """The scoring chain as one pyfunc (:func:`log_scores_model`) and its registration.json."""
+    cfg = params.segment
+    info = log_scores_model(params, paths, rules, tracking.scoring_model_version(paths))
+    version = info.registered_model_version if cfg.register_model else None
+    tracking.write_registration(paths.SEGMENT_MODEL_DIR, cfg.model_name, version, info.run_id)
+
+
+def run(params: Params, paths: Catalog) -> None:
+    """Label every customer at as_of, write segments + summary, metrics, plots. MLflow (set-up, the
+    stage run, the scoring chain's pyfunc) works on a thread of its own meanwhile (tracking.in_background)."""
+    cfg = params.segment
     rules = domain.segment_rules(params)
-    scoring = ev.scoring_frame(*read_inputs(SCORING, params, paths))
-    as_of = pd.Timestamp(scoring["cutoff"].iloc[0])
-    log.info("segmenting %d customers at %s (growth potential: %s)", len(scoring), as_of.date(), rules.growth_potential)
-    result = seg.segment_customers(scoring, rules)
-    summary = seg.summarise_segments(result.customers).round(10)
-    metrics = ev.segment_metrics(result, rules, as_of, ev.holdout_comparison(holdout_inputs(params, paths)))
+    section = {"segment": cfg.model_dump(), "clv.margin": params.clv.margin}
+    with tracking.in_background(functools.partial(tracking.stage_run, STAGE, params, paths, section)) as later:
+        scoring = ev.scoring_frame(*read_inputs(SCORING, params, paths))
+        as_of = pd.Timestamp(scoring["cutoff"].iloc[0])
+        log.info("segmenting %d customers at %s (growth potential: %s)", len(scoring), as_of.date(), rules.growth_potential)
+        result = seg.segment_customers(scoring, rules)
+        summary = seg.summarise_segments(result.customers).round(10)
+        metrics = ev.segment_metrics(result, rules, as_of, ev.holdout_comparison(holdout_inputs(params, paths)))
 
-    paths.write("segments", ev.segments_table(result.customers, as_of), params)
-    paths.write("segment_summary", summary, params)
-    files.write_json(metrics, paths.metrics_file(STAGE))
-    # Exact floats (not write_json's rounding): the boundaries are compared with values as computed.
-    files.write_text(json.dumps(result.reference.to_dict(), indent=2, sort_keys=True) + "\n", paths.SEGMENT_REFERENCE)
-    plots_dir = write_plots(result, summary, metrics["concentration"], params.seed, paths)
-    log.info("wrote %s, %s and %s", paths.SEGMENTS, paths.SEGMENT_SUMMARY, plots_dir)
-
-    section = {"segment": params.segment.model_dump(), "clv.margin": params.clv.margin}
-    tags = {"cvp.input_sha256": files.frame_sha256(scoring)}
-    cfg, info = params.segment, None
-    with tracking.stage_run(STAGE, params, paths, section=section, tags=tags):
-        tracking.log_metrics({k: v for k, v in metrics.items() if k != "as_of"})
-        with warnings.catch_warnings():  # mlflow's select_dtypes call warns under pandas 3
-            warnings.filterwarnings("ignore", message=".*'str' dtypes are included by select_dtypes")
-            mlflow.log_table(summary, artifact_file="summary.json")
-        mlflow.log_artifacts(str(plots_dir), artifact_path="plots")
-        mlflow.log_artifact(str(paths.metrics_file(STAGE)))
-        if cfg.log_model:
-            info = log_scores_model(params, paths, rules, tracking.scoring_model_version(paths))
-    version = info.registered_model_version if info is not None and cfg.register_model else None
-    tracking.write_registration(paths.SEGMENT_MODEL_DIR, cfg.model_name, version, info.run_id if info else None)
+        paths.write("segments", ev.segments_table(result.customers, as_of), params)
+        paths.write("segment_summary", summary, params)
+        files.write_json(metrics, paths.metrics_file(STAGE))
+        # Exact floats (not write_json's rounding): the boundaries are compared with values as computed.
+        files.write_text(json.dumps(result.reference.to_dict(), indent=2, sort_keys=True) + "\n", paths.SEGMENT_REFERENCE)
+        if cfg.log_model:  # the chain needs the reference just written
+            later(log_model, params, paths, rules)
+        plots_dir = write_plots(result, summary, metrics["concentration"], params.seed, paths, cfg.scatter_sample_size)
+        log.info("wrote %s, %s and %s", paths.SEGMENTS, paths.SEGMENT_SUMMARY, plots_dir)
+        later(log_results, params, paths, summary, metrics, {"cvp.input_sha256": files.frame_sha256(scoring)}, plots_dir)
+    if not cfg.log_model:
+        tracking.write_registration(paths.SEGMENT_MODEL_DIR, cfg.model_name, None, None)

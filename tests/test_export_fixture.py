@@ -27,7 +27,7 @@ from models import segments as seg
 from pipelines import export, files
 from pipelines import segment as segment_stage
 from pipelines.catalog import Catalog
-from pipelines.config import load_params
+from pipelines.config import SegmentParams, load_params
 from tests.test_segments import RULES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +241,9 @@ def write_stage_outputs(root: Path, n: int = 300, seed: int = 11, registered: bo
     for stage, metrics in (("ingest", ingest_metrics()), ("clv", clv_metrics(n)), ("churn", churn_metrics(n)),
                            ("segment", segment_metrics), ("features", {"customers": {"t0": n}})):  # fmt: skip
         files.write_json(metrics, paths.metrics_file(stage))
-    segment_stage.write_plots(result, summary, segment_metrics["concentration"], seed, paths)
+    segment_stage.write_plots(
+        result, summary, segment_metrics["concentration"], seed, paths, SegmentParams().scatter_sample_size
+    )
     for stage, names in (("clv", ("tracking", "calibration_holdout")), ("churn", ("roc", "calibration"))):
         for name in names:
             write_png(f"{stage} {name}", paths.plots_dir(stage) / f"{name}.png")

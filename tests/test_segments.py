@@ -129,6 +129,14 @@ def test_value_rank_breaks_ties_by_customer_id():
     assert rank.tolist() == [2, 0, 1, 3]
 
 
+def test_value_rank_puts_nan_last_treats_minus_zero_as_zero_and_orders_ids_by_code_point():
+    values = pd.Series([np.nan, 0.0, -0.0, 3.0, np.nan, 0.0, -1.0])
+    ids = pd.Series(["a", "é", "z", "m", "A", "b", "q"])  # code points: A < a < b < m < q < z < é
+    # 3.0 (m); the three zeros by id: b, z, é; -1.0 (q); NaN by id: A, a.
+    assert seg.value_rank(values, ids).tolist() == [6, 3, 2, 0, 5, 1, 4]
+    assert seg.value_rank(pd.Series([1.0, 1.0, 2.0]), pd.Series([10, 9, 11])).tolist() == [2, 1, 0]
+
+
 def test_pyramid_shares_on_100_customers():
     n = 100
     values = pd.Series(np.arange(n, 0, -1, dtype=float))  # customer 0 is the most valuable
@@ -262,6 +270,33 @@ def test_customer_count_level_by_cell_share():
     rule = seg.RelationshipRule(many_share=0.5, few_share=0.2)
     got = seg.customer_count_level(cell, rule)
     assert got.iloc[0] == "many" and got.iloc[12] == "moderate" and got.iloc[17] == "few"
+
+
+def test_relationship_level_of_many_customers_at_once_and_unknown_levels():
+    customers = pd.Series(["few", "many", "moderate", "many", "few"])
+    margin = pd.Series(["low", "low", "high", "medium", "high"])
+    got = seg.relationship_level(customers, margin)
+    assert got.tolist() == ["accountable", "basic", "proactive", "reactive", "partnership"]
+    with pytest.raises(ValueError, match=r"\('lots', 'low'\)"):
+        seg.relationship_level(pd.Series(["many", "lots"]), pd.Series(["high", "low"]))
+
+
+def test_quadrant_tier_cells_and_their_shares():
+    quadrant = pd.Series(["IV", "I", "IV", "II"])
+    tier = pd.Series(["gold", "lead", "gold", "iron"])
+    cell = seg.quadrant_tier_cells(quadrant, tier)
+    assert cell.astype(str).tolist() == ["IV/gold", "I/lead", "IV/gold", "II/iron"]
+    # Only the cells someone is in, with the same shares as the text cells.
+    assert seg.cell_shares(cell) == {"IV/gold": 0.5, "I/lead": 0.25, "II/iron": 0.25}
+    assert seg.cell_shares(cell) == seg.cell_shares(quadrant + "/" + tier)
+    rule = seg.RelationshipRule(many_share=0.5, few_share=0.3)
+    assert seg.customer_count_level(cell, rule).tolist() == ["many", "few", "many", "few"]
+
+
+def test_quadrant_strategies_of_an_unknown_quadrant_are_missing():
+    text = seg.quadrant_strategies(pd.Series(["II", "V"]))
+    assert text["resource_allocation"].iloc[0] == "moderate investment"
+    assert text["resource_allocation"].isna().tolist() == [False, True]
 
 
 def test_margin_terciles_by_rank():
@@ -439,3 +474,18 @@ def test_a_new_customer_is_placed_among_the_population():
     assert got["tier"].tolist()[1] == "lead"
     # A cell no population customer is in has share 0: "few" customers.
     assert seg.customer_count_level(pd.Series(["IV/lead"]), rules.relationship, {"I/iron": 1.0}).tolist() == ["few"]
+
+
+def test_quadrant_scatter_draws_a_seeded_sample_of_at_most_the_sample_size():
+    from models.plots.segment import quadrant_scatter
+
+    labelled = seg.segment_customers(small_base(60), RULES).customers
+
+    def dots(sample_size, seed=0):
+        ax = quadrant_scatter(labelled, 0.0, 1.0, seed, sample_size).axes[0]
+        return np.concatenate([c.get_offsets() for c in ax.collections])
+
+    assert len(dots(25)) == 25 and len(dots(60)) == 60 and len(dots(1000)) == 60
+    np.testing.assert_array_equal(dots(25), dots(25))  # seeded
+    legend = quadrant_scatter(labelled, 0.0, 1.0, 0, 25).axes[0].get_legend()
+    assert sum(int(t.get_text().split("(")[1].rstrip(")").replace(",", "")) for t in legend.get_texts()) == 60

@@ -9,16 +9,16 @@ from matplotlib.figure import Figure
 
 from models import segments as seg
 
-SCATTER_MAX_POINTS = 50_000  # a random sample of customers above this many (seeded)
 QUADRANT_COLOURS = {"I": "#7f7f7f", "II": "#1f77b4", "III": "#ff7f0e", "IV": "#2ca02c"}
 
 
-def quadrant_scatter(labelled: pd.DataFrame, cv_cut: float, gp_cut: float, seed: int) -> Figure:
+def quadrant_scatter(labelled: pd.DataFrame, cv_cut: float, gp_cut: float, seed: int, sample_size: int) -> Figure:
     """Current value vs growth potential on symmetric-log axes (linear near 0, so zero and
-    negative values show), coloured by quadrant, with the two cut lines."""
+    negative values show), coloured by quadrant, with the two cut lines. Above ``sample_size``
+    customers the dots are a seeded random sample of that many (counts in the legend stay whole)."""
     points = labelled
-    if len(points) > SCATTER_MAX_POINTS:
-        points = points.sample(SCATTER_MAX_POINTS, random_state=seed)
+    if len(points) > sample_size:
+        points = points.sample(sample_size, random_state=seed)
     positive = np.concatenate([points["current_value"].to_numpy(), points["growth_potential"].to_numpy()])
     positive = positive[positive > 0]
     linthresh = float(np.quantile(positive, 0.05)) if len(positive) else 1.0
@@ -96,11 +96,15 @@ def lifecycle(labelled: pd.DataFrame) -> Figure:
     return fig
 
 
-def figures(result: seg.SegmentResult, summary: pd.DataFrame, curve: pd.DataFrame, conc: dict, seed: int) -> dict[str, Figure]:
-    """Every figure of the stage by file stem."""
+def figures(
+    result: seg.SegmentResult, summary: pd.DataFrame, curve: pd.DataFrame, conc: dict, seed: int, scatter_sample_size: int
+) -> dict[str, Figure]:
+    """Every figure of the stage by file stem (``scatter_sample_size``: see :func:`quadrant_scatter`)."""
     labelled = result.customers
     return {
-        "quadrant_scatter": quadrant_scatter(labelled, result.current_value_cut, result.growth_potential_cut, seed),
+        "quadrant_scatter": quadrant_scatter(
+            labelled, result.current_value_cut, result.growth_potential_cut, seed, scatter_sample_size
+        ),
         "lorenz": lorenz(curve, conc),
         "value_by_quadrant": value_by_quadrant(summary),
         "lifecycle": lifecycle(labelled),
