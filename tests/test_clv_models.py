@@ -95,7 +95,8 @@ def test_compressed_gamma_gamma_equals_plain_lifetimes_fit(weekly):
     ours = SpendModel().fit(weekly["frequency"], weekly["monetary_value"])
     rep = repeaters(weekly)
     plain = GammaGammaFitter().fit(rep["frequency"], rep["monetary_value"])
-    assert_params_close(ours.params_, dict(plain.params_), 1e-12)  # measured 9.1e-14
+    # measured 9.1e-14 on one CPU, 1.8e-12 on another (SIMD summation order moves the optimum's last digits)
+    assert_params_close(ours.params_, dict(plain.params_), 1e-11)
 
 
 def test_compressed_paretonbd_equals_fit_on_every_customer(weekly):

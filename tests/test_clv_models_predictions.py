@@ -161,8 +161,9 @@ def test_clv_equals_lifetimes_customer_lifetime_value(days_per_unit, freq, perio
     ours = predict_customers(purchase, spend, features, horizon_days=3 * period_days, days_per_unit=days_per_unit,
                              margin=1.0, annual_discount_rate=0.10, period_days=period_days)
     expected = lifetimes_clv(cdnow_summary("sample", days_per_unit), freq)
-    # The README's claim; measured 1.0e-13 (days) and 9.4e-14 (weeks).
-    np.testing.assert_allclose(ours["clv"].to_numpy(), expected.to_numpy(), rtol=1e-12)
+    # The README's claim; measured 1.0e-13 (days) and 9.4e-14 (weeks) on one CPU, 1.3e-12 on
+    # another (the Gamma-Gamma optimum's last digits follow the CPU's SIMD summation order).
+    np.testing.assert_allclose(ours["clv"].to_numpy(), expected.to_numpy(), rtol=1e-11)
 
 
 class LinearPurchases:
