@@ -22,6 +22,8 @@ SITE = "/venv/lib/python3.11/site-packages"
         ([("/p/pipelines/cli.py", "main"), ("/p/pipelines/catalog.py", "read"), (f"{SITE}/pyarrow/parquet/core.py", "read_table")], "read"),
         ([("/p/pipelines/export.py", "run"), ("/p/pipelines/files.py", "write_csv")], "write"),
         ([("/p/pipelines/database.py", "write_table"), ("/p/pipelines/catalog.py", "read")], "write"),  # a read inside a write
+        ([("/p/pipelines/database.py", "write_table"), (f"{SITE}/sqlalchemy/engine/base.py", "exec_driver_sql")], "write"),  # the SQL export, not MLflow's store
+        ([("/p/pipelines/tracking.py", "stage_run"), (f"{SITE}/sqlalchemy/engine/base.py", "execute")], "mlflow"),
         ([("/p/pipelines/clv.py", "run"), ("/p/pipelines/tracking.py", "log_pyfunc"), (f"{SITE}/mlflow/pyfunc/__init__.py", "log_model")], "mlflow"),
         ([("/p/pipelines/clv.py", "run"), ("<frozen importlib._bootstrap>", "_find_and_load")], "imports"),
         ([("/p/pipelines/catalog.py", "read"), ("<frozen importlib._bootstrap>", "_find_and_load")], "imports"),
