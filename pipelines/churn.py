@@ -92,16 +92,6 @@ def log_model(params: Params, paths: Catalog, model, X0: pd.DataFrame) -> None:
     tracking.write_registration(paths.CHURN_MODEL_DIR, cfg.model_name, info.registered_model_version, info.run_id)
 
 
-def log_results(params: Params, paths: Catalog, summary: dict) -> None:
-    """The stage's tags, metrics, metrics file and plots in its MLflow run."""
-    import mlflow
-
-    mlflow.set_tags(ce.run_tags(summary))
-    tracking.log_metrics({k: summary[k] for k in LOGGED_METRICS})
-    mlflow.log_artifact(str(paths.metrics_file(STAGE)))
-    mlflow.log_artifacts(str(paths.plots_dir(STAGE)), artifact_path="plots")
-
-
 def run(params: Params, paths: Catalog) -> None:
     """Evaluate, fit the final model at t1, score t0; write predictions, metrics, plots, model. MLflow
     (set-up, the stage run, the pyfunc) works on a thread of its own meanwhile (tracking.in_background)."""
@@ -130,5 +120,5 @@ def run(params: Params, paths: Catalog) -> None:
         paths.write("churn_predictions_t1", ce.predictions_frame(exported.t1, t1.cutoff), params)
         files.write_json(summary, paths.metrics_file(STAGE))
         write_plots(paths, params, ev, importance, shap, t0.X)
-        later(log_results, params, paths, summary)
+        later(tracking.log_stage_results, STAGE, paths, {k: summary[k] for k in LOGGED_METRICS}, ce.run_tags(summary))
     log.info("%s", ce.outcome(summary))

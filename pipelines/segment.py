@@ -89,17 +89,14 @@ def log_scores_model(params: Params, paths: Catalog, rules: seg.SegmentRules, ve
     )  # fmt: skip
 
 
-def log_results(params: Params, paths: Catalog, summary: pd.DataFrame, metrics: dict, tags: dict, plots_dir: Path) -> None:
-    """The stage's tags, metrics, summary table, plots and metrics file in its MLflow run."""
+def log_results(paths: Catalog, summary: pd.DataFrame, metrics: dict, tags: dict) -> None:
+    """The stage's summary table, then its tags, metrics, metrics file and plots, in its MLflow run."""
     import mlflow
 
-    mlflow.set_tags(tags)
-    tracking.log_metrics({k: v for k, v in metrics.items() if k != "as_of"})
     with warnings.catch_warnings():  # mlflow's select_dtypes call warns under pandas 3
         warnings.filterwarnings("ignore", message=".*'str' dtypes are included by select_dtypes")
         mlflow.log_table(summary, artifact_file="summary.json")
-    mlflow.log_artifacts(str(plots_dir), artifact_path="plots")
-    mlflow.log_artifact(str(paths.metrics_file(STAGE)))
+    tracking.log_stage_results(STAGE, paths, {k: v for k, v in metrics.items() if k != "as_of"}, tags)
 
 
 def log_model(params: Params, paths: Catalog, rules: seg.SegmentRules) -> None:
@@ -133,6 +130,6 @@ def run(params: Params, paths: Catalog) -> None:
             later(log_model, params, paths, rules)
         plots_dir = write_plots(result, summary, metrics["concentration"], params.seed, paths, cfg.scatter_sample_size)
         log.info("wrote %s, %s and %s", paths.SEGMENTS, paths.SEGMENT_SUMMARY, plots_dir)
-        later(log_results, params, paths, summary, metrics, {"cvp.input_sha256": files.frame_sha256(scoring)}, plots_dir)
+        later(log_results, paths, summary, metrics, {"cvp.input_sha256": files.frame_sha256(scoring)})
     if not cfg.log_model:
         tracking.write_registration(paths.SEGMENT_MODEL_DIR, cfg.model_name, None, None)

@@ -357,6 +357,17 @@ def log_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
         mlflow.log_metrics(flat)
 
 
+def log_stage_results(stage: str, paths: Catalog, metrics: dict[str, Any], tags: dict[str, Any]) -> None:
+    """A model stage's results in its active run: tags, metrics (finite numeric leaves), its
+    metrics file and its plots directory (as ``plots/``)."""
+    import mlflow
+
+    mlflow.set_tags(tags)
+    log_metrics(metrics)
+    mlflow.log_artifact(str(paths.metrics_file(stage)))
+    mlflow.log_artifacts(str(paths.plots_dir(stage)), artifact_path="plots")
+
+
 def log_metrics_to(run_id: str, metrics: dict[str, Any]) -> None:
     """:func:`log_metrics` for a run that is not the active one (a retrain's or a backtest's)."""
     import time
