@@ -42,6 +42,7 @@ FEATURE_COLUMNS = ["customer_id", "cutoff", *HISTORY_COLUMNS, "monetary_value"]
 DAYS_PER_YEAR = 365.0
 # A fitted parameter outside this range (in the fitting time unit) is a degenerate optimum.
 _PARAM_RANGE = (1e-8, 1e8)
+SPEND_FALLBACKS = ("credibility", "population_mean")
 
 
 class FitError(DataError):
@@ -354,16 +355,21 @@ class SpendModel(BaseEstimator):
     correlation_warn: a warning is logged when |corr(frequency, monetary_value)| among fitted
     customers exceeds it (the model assumes spend independent of frequency). fallback: what to do
     when every penalty of the ladder fails (small or very heavy-tailed spend, e.g. q <= 1):
+    "credibility" keeps Gamma-Gamma's form, a weighting x / (x + k) of the customer's mean spend
+    against the population mean, with k estimated without a distribution (Buhlmann credibility:
+    k = within-customer variance / between-customer variance, from the regression of the squared
+    deviation of a customer's mean on 1 / frequency), so customers keep their own spend level;
     "population_mean" gives every customer the customer-weighted mean of the fitted customers'
-    mean spend (no per-customer spend differences, but a finite, unbiased level), None raises.
+    mean spend (no per-customer spend differences, but a finite, unbiased level); None raises.
 
-    Fitted: params_ {p, q, v} ({} for the fallback), population_mean_spend_ (p v / (q - 1), or the
-    fallback's mean), source_ ("gamma_gamma" or "fallback:population_mean"), fit_failure_ (why the
-    fallback was used, else None), penalizer_ (the one that succeeded, None for the fallback),
-    n_fit_, n_excluded_, frequency_spend_corr_.
+    Fitted: params_ {p, q, v} ({} for a fallback), population_mean_spend_ (p v / (q - 1), or the
+    fallback's mean), credibility_k_ (the k above: (q - 1) / p for Gamma-Gamma, inf for
+    population_mean), source_ ("gamma_gamma", "fallback:credibility" or "fallback:population_mean"),
+    fit_failure_ (why the fallback was used, else None), penalizer_ (the one that succeeded, None for
+    a fallback), n_fit_, n_excluded_, frequency_spend_corr_.
     """
 
-    def __init__(self, penalizer=0.0, correlation_warn=0.3, retry_penalizer=0.001, fallback="population_mean"):
+    def __init__(self, penalizer=0.0, correlation_warn=0.3, retry_penalizer=0.001, fallback="credibility"):
         self.penalizer = penalizer
         self.correlation_warn = correlation_warn
         self.retry_penalizer = retry_penalizer
@@ -384,6 +390,7 @@ class SpendModel(BaseEstimator):
                            "clv.spend_penalizer")
         self.params_ = params
         self.population_mean_spend_ = params["p"] * params["v"] / (params["q"] - 1.0)
+        self.credibility_k_ = (params["q"] - 1.0) / params["p"]
         self.source_ = "gamma_gamma"
         self.fit_failure_ = None
 
@@ -403,8 +410,8 @@ class SpendModel(BaseEstimator):
                         "%.3f among the %.0f fitted customers (|corr| > %g)", corr, n_fit, self.correlation_warn)
         log.info("fitting Gamma-Gamma on %.0f repeat customers (%d unique rows); %.0f left out (frequency 0 or "
                  "monetary_value <= 0)", n_fit, len(rows), n_excluded)
-        if self.fallback not in (None, "population_mean"):
-            raise ValueError(f"fallback must be 'population_mean' or None, not {self.fallback!r}")
+        if self.fallback not in (None, *SPEND_FALLBACKS):
+            raise ValueError(f"fallback must be one of {', '.join(SPEND_FALLBACKS)} or None, not {self.fallback!r}")
         try:
             params, penalizer = self._fit_with_retry(rows, n_fit)
         except FitError as exc:
@@ -423,13 +430,19 @@ class SpendModel(BaseEstimator):
         return self
 
     def _set_fallback(self, rows: pd.DataFrame, failure: str) -> None:
-        """Every customer gets the customer-weighted mean of the fitted customers' mean spend."""
-        mean = float(np.average(rows["monetary_value"].to_numpy(), weights=rows["count"].to_numpy()))
-        log.warning("%s; expected spend falls back to the population mean spend %.4g for every customer "
-                    "(set clv.spend_fallback: null to stop instead)", failure.rstrip("."), mean)
+        """The population mean is the customer-weighted mean of the fitted customers' mean spend; each
+        customer's own mean gets the credibility weight x / (x + k) (k = inf for population_mean)."""
+        frequency, spend, count = (rows[c].to_numpy(dtype=float) for c in ("frequency", "monetary_value", "count"))
+        mean = float(np.average(spend, weights=count))
+        k = credibility_constant(frequency, spend, count, mean) if self.fallback == "credibility" else math.inf
+        how = (f"each customer's mean spend weighted x / (x + {k:.4g}) against the population mean spend {mean:.4g}"
+               if math.isfinite(k) else f"the population mean spend {mean:.4g} for every customer")
+        log.warning("%s; expected spend falls back to %s (clv.spend_fallback: %s; null stops instead)",
+                    failure.rstrip("."), how, self.fallback)
         self.params_ = {}
         self.population_mean_spend_ = mean
-        self.source_ = "fallback:population_mean"
+        self.credibility_k_ = k
+        self.source_ = f"fallback:{self.fallback}"
         self.fit_failure_ = failure
         self.penalizer_ = None
 
@@ -453,7 +466,7 @@ class SpendModel(BaseEstimator):
                 _record_failure(failures, "Gamma-Gamma", penalizer, exc)
         raise FitError(f"Gamma-Gamma fit failed on {n_fit:.0f} repeat customers ({len(rows)} unique rows); tried "
                        f"{'; '.join(failures)}. Raise clv.spend_retry_penalizer (e.g. 0.01; first fit: "
-                       "clv.spend_penalizer), cap extreme monetary_value, or set clv.spend_fallback: population_mean")
+                       "clv.spend_penalizer), or set clv.spend_fallback: credibility")
 
     def expected_avg_spend(self, frequency, monetary_value) -> np.ndarray:
         """E[mean spend per purchase | frequency, monetary_value] (note 025, eq. 5): a credibility
@@ -462,12 +475,29 @@ class SpendModel(BaseEstimator):
         _check_fitted(self)
         frequency, monetary_value = np.broadcast_arrays(np.asarray(frequency, dtype=float),
                                                         np.asarray(monetary_value, dtype=float))
-        if getattr(self, "source_", "gamma_gamma") != "gamma_gamma":  # models pickled before fallbacks existed
+        k = getattr(self, "credibility_k_", None)
+        if k is None:  # a model pickled before credibility_k_ existed
+            k = (self.params_["q"] - 1.0) / self.params_["p"] if self.params_ else math.inf
+        if math.isinf(k):
             return np.full(frequency.shape, self.population_mean_spend_)
-        p, q = self.params_["p"], self.params_["q"]
-        individual_weight = p * frequency / (p * frequency + q - 1.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            individual_weight = np.where(frequency > 0, frequency / (frequency + k), 0.0)
         blended = (1.0 - individual_weight) * self.population_mean_spend_ + individual_weight * monetary_value
         return np.where(_spend_modelled(frequency, monetary_value), blended, self.population_mean_spend_)
+
+
+def credibility_constant(frequency: np.ndarray, spend: np.ndarray, count: np.ndarray, mean: float) -> float:
+    """Buhlmann's k = s2 / a for mean spends ``spend`` over ``frequency`` purchases (rows seen ``count``
+    times): E[(spend - mean)^2 | x] = a + s2 / x, fitted by weighted least squares. a <= 0 (no spread
+    between customers beyond noise) gives inf (everyone gets the mean); s2 <= 0 gives 0 (own means)."""
+    design = np.column_stack([np.ones_like(frequency), 1.0 / frequency]) * np.sqrt(count)[:, None]
+    target = (spend - mean) ** 2 * np.sqrt(count)
+    if len(np.unique(frequency)) < 2:
+        return math.inf
+    (between, within), *_ = np.linalg.lstsq(design, target, rcond=None)
+    if not between > 0:
+        return math.inf
+    return float(max(within, 0.0) / between)
 
 
 def _spend_modelled(frequency: np.ndarray, monetary_value: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import PurePath
@@ -306,8 +307,10 @@ def bgnbd_block(chosen: str, chosen_t0: PurchaseModel, patterns: Patterns, fitti
 
 def spend_block(spend: SpendModel) -> dict:
     failure = {"fit_failure": spend.fit_failure_} if spend.fit_failure_ else {}
+    k = getattr(spend, "credibility_k_", None)
+    credibility = {"credibility_k": k if k is None or math.isfinite(k) else None} if spend.fit_failure_ else {}
     return {**spend.params_, "population_mean_spend": spend.population_mean_spend_, "penalizer": spend.penalizer_,
-            "source": spend.source_, **failure}  # fmt: skip
+            "source": spend.source_, **credibility, **failure}  # fmt: skip
 
 
 def model_summary(fits: ClvFits, cutoff: pd.Timestamp, time_unit: str, days_per_unit: float, horizon_days: int,

@@ -115,7 +115,7 @@ class ClvParams(_Section):
     spend_correlation_warn: float = Field(0.3, gt=0, le=1)
     spend_penalizer: float = Field(0.0, ge=0)
     spend_retry_penalizer: float = Field(0.001, gt=0)
-    spend_fallback: Literal["population_mean"] | None = "population_mean"
+    spend_fallback: Literal["credibility", "population_mean"] | None = "credibility"
     fit_time_budget_s: float = Field(300.0, gt=0)
     fit_max_iterations: int = Field(1000, gt=0)
     min_customers: int = Field(100, gt=0)

@@ -97,9 +97,11 @@ def spend_source_notice(clv: Mapping[str, Any] | None) -> Notice | None:
     failure = dig(clv, "gamma_gamma", "fit_failure", default="")
     spend = dig(clv, "gamma_gamma", "population_mean_spend")
     mean = f" ({spend:.4g})" if isinstance(spend, (int, float)) else ""
+    k = dig(clv, "gamma_gamma", "credibility_k")
+    how = (f"each customer's mean spend weighted x / (x + {k:.4g}) against the mean spend{mean}"
+           if source == "fallback:credibility" and isinstance(k, (int, float)) else f"every customer gets the mean spend{mean}")
     return Notice("spend-source", "warning",
-                  f"expected spend per purchase from {source}: every customer gets the mean spend{mean}, "
-                  f"because Gamma-Gamma could not be fitted: {failure}")
+                  f"expected spend per purchase from {source}: {how}, because Gamma-Gamma could not be fitted: {failure}")
 
 
 def run_notices(metrics: Mapping[str, Mapping[str, Any]]) -> list[Notice]:

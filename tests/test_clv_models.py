@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import warnings
 
@@ -13,7 +14,7 @@ from sklearn.base import clone
 
 from features.errors import DataError
 from models import _lifetimes
-from models.clv import FitError, PurchaseModel, SpendModel, compress, resolve_time_scale
+from models.clv import FitError, PurchaseModel, SpendModel, compress, credibility_constant, resolve_time_scale
 from tests.clv_models_data import cdnow_summary
 
 with warnings.catch_warnings():
@@ -351,7 +352,7 @@ def _heavy_tailed_spend():
 
 def test_spend_model_falls_back_to_the_population_mean_when_every_fit_fails():
     frequency, spend = _heavy_tailed_spend()
-    model = SpendModel().fit(frequency, spend)
+    model = SpendModel(fallback="population_mean").fit(frequency, spend)
     assert model.source_ == "fallback:population_mean"
     assert "q = " in model.fit_failure_ and model.params_ == {} and model.penalizer_ is None
     assert model.population_mean_spend_ == pytest.approx(spend.mean(), rel=1e-12)
@@ -360,3 +361,34 @@ def test_spend_model_falls_back_to_the_population_mean_when_every_fit_fails():
     restored = pickle.loads(pickle.dumps(model))
     assert restored.expected_avg_spend(2.0, 10.0) == pytest.approx(spend.mean(), rel=1e-12)
 
+
+
+def test_credibility_constant_of_a_hand_computed_case():
+    """Mean 100; deviations^2 of 9 at x = 1 and 5 at x = 2: a + s2 = 9, a + s2 / 2 = 5, so s2 = 8,
+    a = 1 and k = 8."""
+    frequency = np.array([1.0, 1.0, 2.0, 2.0])
+    spend = np.array([97.0, 103.0, 100.0 - 5**0.5, 100.0 + 5**0.5])
+    assert credibility_constant(frequency, spend, np.ones(4), 100.0) == pytest.approx(8.0, rel=1e-12)
+    # no spread between customers beyond what 1 / x explains: everyone gets the mean
+    assert credibility_constant(frequency, np.array([99.0, 101.0, 100.0 - 0.4**0.5, 100.0 + 0.4**0.5]),
+                                np.ones(4), 100.0) == math.inf
+    # spread that does not shrink with x: the customer's own mean is the estimate (k = 0)
+    assert credibility_constant(frequency, np.array([97.0, 103.0, 96.0, 104.0]), np.ones(4), 100.0) == 0.0
+
+
+def test_spend_model_credibility_fallback_keeps_each_customers_spend_level():
+    frequency, spend = _heavy_tailed_spend()
+    model = SpendModel().fit(frequency, spend)
+    assert model.source_ == "fallback:credibility" and "q = " in model.fit_failure_ and model.params_ == {}
+    m0 = spend.mean()
+    assert model.population_mean_spend_ == pytest.approx(m0, rel=1e-12)
+    k = model.credibility_k_
+    assert k == pytest.approx(credibility_constant(frequency, spend, np.ones(len(spend)), m0), rel=1e-12)
+    assert 0 <= k < math.inf
+    x, m = np.array([0.0, 1.0, 3.0, 3.0]), np.array([np.nan, 5.0, 1e6, 5.0])
+    expected = [m0, (5.0 + k * m0) / (1 + k), (3e6 + k * m0) / (3 + k), (15.0 + k * m0) / (3 + k)]
+    predicted = model.expected_avg_spend(x, m)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-12)
+    assert predicted[2] > predicted[3], "a customer who spends more keeps a higher expected spend"
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.expected_avg_spend(x, m), predicted)

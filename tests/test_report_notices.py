@@ -95,3 +95,9 @@ def test_a_spend_fallback_is_a_warning_and_a_fitted_spend_model_says_nothing():
     assert notice.text == ("expected spend per purchase from fallback:population_mean: every customer gets the mean "
                            "spend (36.09), because Gamma-Gamma could not be fitted: Gamma-Gamma fit failed on 40 "
                            "repeat customers")
+    credibility = {"clv": {"gamma_gamma": {**fallback["clv"]["gamma_gamma"], "source": "fallback:credibility",
+                                           "credibility_k": 2.5}}}
+    [notice] = run_notices(credibility)
+    assert notice.text == ("expected spend per purchase from fallback:credibility: each customer's mean spend weighted "
+                           "x / (x + 2.5) against the mean spend (36.09), because Gamma-Gamma could not be fitted: "
+                           "Gamma-Gamma fit failed on 40 repeat customers")
