@@ -29,8 +29,14 @@ $(SPARK_STAMP): $(STAMP) requirements-spark.lock
 ## Run the whole pipeline on the configured data (default: bundled CDNOW). params.yaml is
 ## checked first: DVC cannot read some YAML values (an unquoted date) and says so only cryptically.
 ## The last DVC stage (`cvp notebook`) executes notebooks/explore.ipynb into reports/explore.html.
-run: env
+## The check runs again only when params.yaml (or the environment) changed since it last passed.
+PARAMS_CHECKED := .dvc/tmp/params-checked
+
+$(PARAMS_CHECKED): params.yaml $(STAMP)
 	$(BIN)/cvp check-params
+	@mkdir -p $(@D) && touch $@
+
+run: env $(PARAMS_CHECKED)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 	@$(BIN)/python -m pipelines.summary
 
