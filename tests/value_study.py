@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import logging
 
-import numpy as np
 import pandas as pd
 
 from models import churn_eval as ce
-from models import segments as seg
 from models import value as v
-from models.clv_eval import baseline_value
+from models import value_eval as ve
 from pipelines import domain
+from pipelines.value import model_factory
 from pipelines.config import Params, load_params
 from tests.signal_study import WORLDS, make_world, world_frames
 
@@ -38,19 +37,14 @@ def measure(behaviours: str, customers: int, seed: int, params: Params | None = 
     discount = v.mean_discount_factor(params.data.horizon_days, cfg.discount_rate, cfg.discount_period_days)
     X = {k: v.prepare_value_features(features[k], predictions[k]) for k in (1, 2)}
     y = {k: v.realised_value(labels[k], cfg.margin, discount) for k in (1, 2)}
-    model = v.ValueModel(**params.value.lightgbm.model_dump(), random_state=params.seed).fit(X[2], y[2])
+    model = model_factory(params)().fit(X[2], y[2])
     snaps = {k: ce.snapshot(k, features[k], predictions[k], labels[k], f"features_t{k}", f"clv_t{k}") for k in (1, 2)}
     churn = ce.evaluate(domain.churn_classifier_factory(params), snaps[1], snaps[2], "value study",
                         params.churn.test_fraction, params.seed)  # fmt: skip
     X1 = X[1]
-    f1 = features[1].assign(customer_id=features[1]["customer_id"].astype(str)).set_index("customer_id").reindex(X1.index)
-    quick = baseline_value(f1["ipi_mean"], f1["avg_spend"], params.data.horizon_days, cfg.margin)
-    forecasts = {
-        "value_model": pd.Series(model.predict(X1), index=X1.index),
-        "clv": X1["clv"],
-        "combined": seg.growth_potential_combined(X1["clv"], X1["p_no_purchase"], churn.t1_probability.reindex(X1.index)),
-        "quick_estimate": pd.Series(np.nan_to_num(quick), index=X1.index),
-    }
+    churn_t1 = churn.t1_probability.rename("churn_probability").rename_axis("customer_id").reset_index()
+    references = ve.reference_forecasts(features[1], X1, churn_t1, params.data.horizon_days, cfg.margin)
+    forecasts = {"value_model": pd.Series(model.predict(X1), index=X1.index), **references}
     ids = pd.Series(X1.index, index=X1.index)
     result = v.compare_forecasts(y[1].reindex(X1.index), forecasts, ids)
     return {"world": behaviours, "customers_test": len(X1), "buyers_test": int((y[1] > 0).sum()),
