@@ -580,7 +580,7 @@ def evaluate_targets(report: dict) -> list[dict]:
     return out
 
 
-STEP_ORDER = ("fingerprint", "ingest", "features", "clv", "churn", "segment", "export", "notebook", "load_transactions",
+STEP_ORDER = ("fingerprint", "ingest", "features", "clv", "churn", "value", "segment", "export", "notebook", "load_transactions",
               "summary_data_from_transaction_data", "fit_bgnbd", "fit_gamma_gamma", "customer_lifetime_value")  # fmt: skip
 
 

@@ -6,7 +6,9 @@ models/scores.py). Population-relative labels (quadrant cuts, tiers, pyramid, AB
 come from the :class:`~models.segments.SegmentReference` of the population scored at as_of, so
 a customer is labelled as in the batch whoever else is in the request.
 
-Artifacts: the pickled purchase, spend and churn models and the reference as JSON.
+Artifacts: the pickled purchase, spend and churn models and the reference as JSON; when growth
+potential is the value model's (segment.growth_potential value, or auto after it won on the
+holdout), its pickle too: the chain then predicts it from the features and the CLV outputs.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import pandas as pd
 from models.churn import prepare_features
 from models.clv import ClvSettings
 from models.scores import assemble_scores
-from models.segments import SegmentReference, SegmentRules, segment_customers
+from models.segments import VALUE_PREDICTION, SegmentReference, SegmentRules, segment_customers
+from models.value import prepare_value_features
 
 PURCHASE_ARTIFACT = "purchase_model"
 SPEND_ARTIFACT = "spend_model"
 CHURN_ARTIFACT = "churn_classifier"
 REFERENCE_ARTIFACT = "segment_reference"
+VALUE_ARTIFACT = "value_model"  # only when the rules' growth potential is "value"
 ARTIFACTS = (PURCHASE_ARTIFACT, SPEND_ARTIFACT, CHURN_ARTIFACT, REFERENCE_ARTIFACT)
 #: The distributions the chain imports (here, models/clv.py and its lifetimes door, whose fitter uses
 #: autograd, models/churn.py, models/scores.py, models/segments.py), pinned at logging time;
@@ -50,6 +54,7 @@ class ScoringChain:
     rules: SegmentRules
     clv: ClvSettings
     model_version: str
+    value_model: object | None = None  # models.value.ValueModel; None: growth potential "value" is the CLV
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """Export rows (the contract of models/scores.py, sorted by customer_id) for rows of a features file."""
@@ -70,9 +75,19 @@ class ScoringChain:
         )
         inputs = features.merge(clv[["customer_id", "clv", "p_no_purchase"]], on="customer_id", validate="one_to_one")
         inputs = inputs.merge(churn[["customer_id", "churn_probability"]], on="customer_id", validate="one_to_one")
+        if self.rules.growth_potential == "value":
+            inputs[VALUE_PREDICTION] = self.value_prediction(features, clv).reindex(inputs["customer_id"]).to_numpy()
         labelled = segment_customers(inputs, self.rules, self.reference).customers
         segments = labelled.assign(as_of=features["cutoff"].to_numpy())
         return assemble_scores(features, clv, churn, segments, self.model_version)
+
+    def value_prediction(self, features: pd.DataFrame, clv: pd.DataFrame) -> pd.Series:
+        """The value model's prediction by customer_id (the CLV when the value stage fitted no model,
+        as its predictions file then holds)."""
+        X = prepare_value_features(features, clv)
+        if self.value_model is None:
+            return X["clv"]
+        return pd.Series(self.value_model.predict(X), index=X.index)
 
 
 class ScoresPyfuncModel(mlflow.pyfunc.PythonModel):
@@ -90,9 +105,13 @@ class ScoresPyfuncModel(mlflow.pyfunc.PythonModel):
                 loaded[key] = pickle.load(fh)
         with open(context.artifacts[REFERENCE_ARTIFACT], encoding="utf-8") as fh:
             reference = SegmentReference.from_dict(json.load(fh))
+        value_model = None
+        if VALUE_ARTIFACT in context.artifacts:
+            with open(context.artifacts[VALUE_ARTIFACT], "rb") as fh:
+                value_model = pickle.load(fh)
         self.chain = ScoringChain(
             loaded[PURCHASE_ARTIFACT], loaded[SPEND_ARTIFACT], loaded[CHURN_ARTIFACT], reference,
-            self.rules, self.clv, self.model_version,
+            self.rules, self.clv, self.model_version, value_model,
         )  # fmt: skip
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

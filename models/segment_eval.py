@@ -34,6 +34,7 @@ SCORING_COLUMNS = {
     "clv": ("customer_id", "cutoff", "clv", "p_no_purchase"),
     "churn": ("customer_id", "cutoff", "churn_probability"),
 }
+VALUE_COLUMNS = ("customer_id", "cutoff", "predicted_value")  # of the value predictions, when growth potential uses them
 HOLDOUT_COLUMNS = {"labels": ("customer_id", "cutoff", "spend"), "clv": SCORING_COLUMNS["clv"], "churn": SCORING_COLUMNS["churn"]}
 # Whole days in the features file; the rules compute with them as floats.
 FLOAT_FEATURES = ("spend_trailing", "margin_trailing", "days_since_first", "days_since_last", "ipi_mean")
@@ -80,8 +81,10 @@ def check_same_customers(ref_ids: pd.Index, ref_label: str, ids: pd.Index, label
             )
 
 
-def scoring_frame(features: tuple[str, pd.DataFrame], clv: tuple[str, pd.DataFrame], churn: tuple[str, pd.DataFrame]) -> pd.DataFrame:
-    """Features, CLV and churn predictions at t0 joined, one row per customer (each a (label, frame))."""
+def scoring_frame(features: tuple[str, pd.DataFrame], clv: tuple[str, pd.DataFrame], churn: tuple[str, pd.DataFrame],
+                  value: tuple[str, pd.DataFrame] | None = None) -> pd.DataFrame:  # fmt: skip
+    """Features, CLV and churn predictions (and the value model's, as ``value_prediction``) at t0
+    joined, one row per customer (each a (label, frame))."""
     label, frame = features
     if frame.empty:
         raise DataError(
@@ -89,7 +92,9 @@ def scoring_frame(features: tuple[str, pd.DataFrame], clv: tuple[str, pd.DataFra
             "set data.as_of on or after the first purchase, or null for the last one"
         )
     frame = frame.astype(dict.fromkeys(FLOAT_FEATURES, "float64"))
-    return join_inputs(dict([(label, frame), clv, churn]))
+    if value is not None:
+        value = (value[0], value[1].rename(columns={"predicted_value": seg.VALUE_PREDICTION}))
+    return join_inputs(dict([(label, frame), clv, churn, *([value] if value else [])]))
 
 
 def holdout_frame(labels: tuple[str, pd.DataFrame], clv: tuple[str, pd.DataFrame], churn: tuple[str, pd.DataFrame]) -> pd.DataFrame | None:
@@ -100,6 +105,27 @@ def holdout_frame(labels: tuple[str, pd.DataFrame], clv: tuple[str, pd.DataFrame
         log.warning("holdout comparison skipped: %s has no rows", ", ".join(empty))
         return None
     return join_inputs(inputs)
+
+
+# --------------------------------------------------------------------------- growth potential source
+
+
+def growth_potential_source(configured: str, value_metrics: Mapping | None, value_file: str) -> dict:
+    """Which growth potential the stage uses and why: ``configured`` (segment.growth_potential), the
+    method ``used`` (auto: value when the value stage's metrics say its model won on the holdout,
+    else combined) and the value model's holdout comparison when there is one."""
+    won = bool(value_metrics and value_metrics.get("use"))
+    if configured != "auto":
+        reason = f"segment.growth_potential is {configured}"
+    elif value_metrics is None:
+        reason = f"{value_file} not found: combined"
+    else:
+        reason = f"value model {'won' if won else 'did not win'}: {value_metrics.get('reason')}"
+    used = configured if configured != "auto" else "value" if won else "combined"
+    out = {"configured": configured, "used": used, "reason": reason, "value_model_won": won}
+    if value_metrics and value_metrics.get("comparison"):
+        out["value_holdout"] = {k: value_metrics[k] for k in ("comparison", "evaluation")}
+    return out
 
 
 # --------------------------------------------------------------------------- holdout verdict
@@ -157,15 +183,18 @@ def segments_table(labelled: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
 
 
 def segment_metrics(
-    result: seg.SegmentResult, rules: seg.SegmentRules, as_of: pd.Timestamp, holdout: dict, top_share: float = seg.TOP_SHARE
+    result: seg.SegmentResult, rules: seg.SegmentRules, as_of: pd.Timestamp, holdout: dict, top_share: float = seg.TOP_SHARE,
+    source: dict | None = None,
 ) -> dict:
     """metrics/segment.json: cuts and the shares above them, label counts, reactivation targets,
-    value concentration, totals and the holdout comparison."""
+    value concentration, totals, the holdout comparison and where growth potential came from
+    (:func:`growth_potential_source`)."""
     labelled = result.customers
     return {
         "as_of": str(as_of.date()),
         "customers": len(labelled),
         "growth_potential": rules.growth_potential,
+        "growth_potential_source": source,
         "value_basis": rules.value_basis,
         "cuts": {
             "method": rules.cut.method,

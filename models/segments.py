@@ -103,7 +103,7 @@ class RelationshipRule:
 class SegmentRules:
     """Every segment rule; built from params.segment by pipelines.domain.segment_rules (no defaults here)."""
 
-    growth_potential: str  # combined | clv
+    growth_potential: str  # combined | clv | value (the stage resolves params' auto to combined or value)
     value_basis: str  # total (current + growth) | current | growth
     margin: float  # margin rate applied to spend when there is no cost column
     cut: CutRule
@@ -139,15 +139,25 @@ def growth_potential_combined(
     return (p_active * clv.astype(float) / p_active_model).rename("growth_potential")
 
 
+#: The input column holding the value model's prediction (growth potential method ``value``).
+VALUE_PREDICTION = "value_prediction"
+
+
 def growth_potential(
-    method: str, clv: pd.Series, p_no_purchase: pd.Series, churn_probability: pd.Series
-) -> pd.Series:
-    """Growth potential by ``method``: ``combined`` (churn x CLV) or ``clv`` (CLV model alone)."""
+    method: str, clv: pd.Series, p_no_purchase: pd.Series, churn_probability: pd.Series,
+    value_prediction: pd.Series | None = None,
+) -> pd.Series:  # fmt: skip
+    """Growth potential by ``method``: ``combined`` (churn x CLV), ``clv`` (CLV model alone) or
+    ``value`` (the value model's predicted margin over the next horizon, models/value.py)."""
     if method == "combined":
         return growth_potential_combined(clv, p_no_purchase, churn_probability)
     if method == "clv":
         return clv.astype(float).rename("growth_potential")
-    raise ValueError(f"unknown growth_potential method {method!r}; use 'combined' or 'clv'")
+    if method == "value":
+        if value_prediction is None:
+            raise ValueError(f"growth_potential method 'value' needs the column {VALUE_PREDICTION!r}")
+        return value_prediction.astype(float).rename("growth_potential")
+    raise ValueError(f"unknown growth_potential method {method!r}; use 'combined', 'clv' or 'value'")
 
 
 def customer_value(current: pd.Series, growth: pd.Series, basis: str) -> pd.Series:
@@ -551,7 +561,8 @@ def segment_customers(frame: pd.DataFrame, rules: SegmentRules, reference: Segme
     ids = df["customer_id"]
     current = current_value(df["spend_trailing"], df["margin_trailing"], rules.margin)
     growth_clv = df["clv"].astype(float).rename("growth_potential_clv")
-    growth = growth_potential(rules.growth_potential, df["clv"], df["p_no_purchase"], df["churn_probability"])
+    growth = growth_potential(rules.growth_potential, df["clv"], df["p_no_purchase"], df["churn_probability"],
+                              df.get(VALUE_PREDICTION))  # fmt: skip
     value = customer_value(current, growth, rules.value_basis)
 
     if reference is None:

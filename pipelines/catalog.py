@@ -58,10 +58,13 @@ def _cutoffs(key: str, directory: str, producer: str, readers: dict[int, tuple[s
     ]
 
 
-_FEATURES_READERS = {0: ("clv", "churn", "segment", "export"), 1: ("clv", "churn", "segment"), 2: ("clv", "churn")}
-_LABELS_READERS = {1: ("clv", "churn", "segment"), 2: ("clv", "churn")}
+_FEATURES_READERS = {0: ("clv", "churn", "value", "segment", "export"), 1: ("clv", "churn", "value", "segment"),
+                     2: ("clv", "churn", "value")}
+_LABELS_READERS = {1: ("clv", "churn", "value", "segment"), 2: ("clv", "churn", "value")}
 
-_CLV_MODELS, _CHURN_MODELS, _SEGMENT_MODELS = (f"models/artifacts/{stage}" for stage in ("clv", "churn", "segment"))
+_CLV_MODELS, _CHURN_MODELS, _VALUE_MODELS, _SEGMENT_MODELS = (
+    f"models/artifacts/{stage}" for stage in ("clv", "churn", "value", "segment")
+)
 
 ARTIFACTS: tuple[Artifact, ...] = (
     # fingerprint: what ingest would read (files, sizes, mtimes, the run date's bound); ingest re-runs when it changes
@@ -76,7 +79,8 @@ ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("metrics_features", "metrics/features.json", "features"),
     # clv
     *_cutoffs("clv_predictions", "data/clv", "clv",
-              {0: ("churn", "segment", "export"), 1: ("churn", "segment", "export"), 2: ("churn", "export")},
+              {0: ("churn", "value", "segment", "export"), 1: ("churn", "value", "segment", "export"),
+               2: ("churn", "value", "export")},
               "clv_predictions"),
     Artifact("clv_purchase_model", "models/artifacts/clv/purchase_model.pkl", "clv", ("segment",), out=_CLV_MODELS),
     Artifact("clv_spend_model", "models/artifacts/clv/spend_model.pkl", "clv", ("segment",), out=_CLV_MODELS),
@@ -85,7 +89,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("metrics_clv", "metrics/clv.json", "clv", ("export",)),
     Artifact("plots_clv", "plots/clv", "clv", ("export",)),
     # churn
-    *_cutoffs("churn_predictions", "data/churn", "churn", {0: ("segment", "export"), 1: ("segment", "export")},
+    *_cutoffs("churn_predictions", "data/churn", "churn", {0: ("segment", "export"), 1: ("value", "segment", "export")},
               "churn_predictions", offsets=(0, 1)),
     Artifact("churn_model", "models/artifacts/churn/model.pkl", "churn", ("segment",), out=_CHURN_MODELS),
     Artifact("churn_booster", "models/artifacts/churn/model.txt", "churn", out=_CHURN_MODELS),
@@ -94,6 +98,11 @@ ARTIFACTS: tuple[Artifact, ...] = (
              out=_CHURN_MODELS),
     Artifact("metrics_churn", "metrics/churn.json", "churn", ("export",)),
     Artifact("plots_churn", "plots/churn", "churn", ("export",)),
+    # value
+    *_cutoffs("value_predictions", "data/value", "value", {0: ("segment",), 1: ()}, "value_predictions", offsets=(0, 1)),
+    Artifact("value_model", "models/artifacts/value/model.pkl", "value", ("segment",), out=_VALUE_MODELS),
+    Artifact("metrics_value", "metrics/value.json", "value", ("segment",)),
+    Artifact("plots_value", "plots/value", "value"),
     # segment
     Artifact("segments", "data/segments/segments.parquet", "segment", ("export", "notebook"), "segments", "data/segments"),
     Artifact("segment_summary", "data/segments/summary.parquet", "segment", ("export", "notebook"), "segment_summary",
@@ -134,12 +143,14 @@ LAYOUT: dict[str, str] = {
     "FEATURES_DIR": "data/features",
     "CLV_DIR": "data/clv",
     "CHURN_DIR": "data/churn",
+    "VALUE_DIR": "data/value",
     "SEGMENTS_DIR": "data/segments",
     "SEGMENTS": "data/segments/segments.parquet",
     "SEGMENT_SUMMARY": "data/segments/summary.parquet",
     "MODELS": "models/artifacts",
     "CLV_MODEL_DIR": "models/artifacts/clv",
     "CHURN_MODEL_DIR": "models/artifacts/churn",
+    "VALUE_MODEL_DIR": "models/artifacts/value",
     "SEGMENT_MODEL_DIR": "models/artifacts/segment",
     "SEGMENT_REFERENCE": "models/artifacts/segment/reference.json",
     "METRICS": "metrics",

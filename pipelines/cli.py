@@ -5,6 +5,7 @@
     cvp features      customer features at the scoring and training cutoffs, and labels
     cvp clv           BG/NBD-family + Gamma-Gamma CLV models
     cvp churn         LightGBM churn classifier
+    cvp value         next-horizon value model, used for growth potential when it wins out of time
     cvp segment       value-potential quadrants, tiers, lifecycle states
     cvp export        batch scores to Parquet/CSV/SQL and the HTML report
     cvp generate      seeded synthetic transactions (BG/NBD + Gamma-Gamma) for tests and benchmarks
@@ -48,6 +49,7 @@ STAGES: dict[str, str] = {
     "features": "Customer features at as_of and one/two horizons back, with the window labels.",
     "clv": "Fit the BG/NBD family and Gamma-Gamma, evaluate on the holdout, predict CLV.",
     "churn": "Train and evaluate the LightGBM churn classifier; score every customer.",
+    "value": "Train and evaluate the next-horizon value model out of time; score every customer.",
     "segment": "Quadrants, tiers, pyramid, ABC, lifecycle and relationship levels.",
     "export": "Write the batch scores (Parquet, CSV, SQL table) and the HTML report.",
 }

@@ -154,6 +154,32 @@ class ChurnParams(_Section):
     register_model: bool = True
 
 
+class ValueLightGBMParams(_Section):
+    kind: Literal["two_part", "single"] = "two_part"
+    n_estimators: int = Field(300, gt=0)
+    learning_rate: float = Field(0.02, gt=0)
+    num_leaves: int = Field(4, gt=1)
+    min_child_samples: int = Field(100, gt=0)  # cap of the leaf minimum
+    min_child_share: float | None = Field(0.02, gt=0, le=1)  # leaf minimum as a share of the fit rows; null = absolute
+    subsample: float = Field(0.8, gt=0, le=1)
+    subsample_freq: int = Field(1, ge=0)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    n_jobs: int = Field(2, gt=0)
+    boost_from_btyd: bool = True
+
+
+class ValueParams(_Section):
+    enabled: bool = True
+    lightgbm: ValueLightGBMParams = ValueLightGBMParams()
+    min_train_customers: int = Field(500, gt=0)
+    min_train_buyers: int = Field(50, gt=0)
+    win_metric: Literal["spearman", "top_share_capture", "normalized_gini"] = "spearman"
+    min_gain: float = Field(0.02, ge=0)
+    win_interval: float | None = Field(0.9, gt=0, lt=1)  # level of each gain's paired bootstrap interval (must be > 0); null = none
+    bootstrap_sample: int | None = Field(50000, gt=0)  # holdout customers each resample draws; null = all
+
+
 class CutParams(_Section):
     method: Literal["quantile", "fixed"] = "quantile"
     current_value: float = 0.5
@@ -230,7 +256,7 @@ class RelationshipParams(_Section):
 
 
 class SegmentParams(_Section):
-    growth_potential: Literal["combined", "clv"] = "combined"
+    growth_potential: Literal["auto", "combined", "clv", "value"] = "auto"
     value_basis: Literal["total", "current", "growth"] = "total"
     cut: CutParams = CutParams()
     pyramid: PyramidParams = PyramidParams()
@@ -293,6 +319,7 @@ class Params(_Section):
     features: FeaturesParams = FeaturesParams()
     clv: ClvParams = ClvParams()
     churn: ChurnParams = ChurnParams()
+    value: ValueParams = ValueParams()
     segment: SegmentParams = SegmentParams()
     export: ExportParams = ExportParams()
     report: ReportParams = ReportParams()

@@ -67,6 +67,23 @@ CHURN_PREDICTIONS_SCHEMA = pa.DataFrameSchema(
     name="churn predictions",
 )
 
+VALUE_PREDICTIONS_SCHEMA = pa.DataFrameSchema(
+    {
+        "customer_id": pa.Column("str", unique=True),
+        "cutoff": pa.Column("datetime64[us]"),
+        "predicted_value": pa.Column("float64", pa.Check(lambda s: s.abs() < float("inf"), error="finite")),
+        "source": pa.Column("str", pa.Check.isin(["value_model", "clv"])),
+    },
+    strict=True,
+    ordered=True,
+    checks=[
+        sorted_by_customer(),
+        pa.Check(lambda df: df["cutoff"].nunique() <= 1, error="one cutoff per file"),
+        pa.Check(lambda df: df["source"].nunique() <= 1, error="one source per file"),
+    ],
+    name="value predictions",
+)
+
 SEGMENTS_SCHEMA = pa.DataFrameSchema(
     {
         "customer_id": pa.Column(str, nullable=False, unique=True),
@@ -123,6 +140,7 @@ _SCHEMAS: dict[str, Callable[[Params | None], pa.DataFrameSchema]] = {
     "labels": lambda params: LABELS_SCHEMA,
     "clv_predictions": lambda params: CLV_PREDICTIONS_SCHEMA,
     "churn_predictions": lambda params: CHURN_PREDICTIONS_SCHEMA,
+    "value_predictions": lambda params: VALUE_PREDICTIONS_SCHEMA,
     "segments": lambda params: SEGMENTS_SCHEMA,
     "segment_summary": lambda params: SEGMENT_SUMMARY_SCHEMA,
     "scores": lambda params: SCORES_SCHEMA,

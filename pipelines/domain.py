@@ -53,13 +53,16 @@ def churn_classifier_factory(params: Params) -> Callable[[], ChurnClassifier]:
     return build
 
 
-def segment_rules(params: Params) -> seg.SegmentRules:
-    """The pure segment rules from the ``segment`` section (and clv.margin)."""
+def segment_rules(params: Params, value_model_won: bool = False) -> seg.SegmentRules:
+    """The pure segment rules from the ``segment`` section (and clv.margin); growth potential
+    ``auto`` becomes ``value`` when ``value_model_won`` (metrics/value.json), else ``combined``."""
     from models import segments as seg
 
     s = params.segment
+    method = s.growth_potential if s.growth_potential != "auto" else "value" if value_model_won else "combined"
     return seg.SegmentRules(
-        **s.model_dump(include={"growth_potential", "value_basis"}),
+        growth_potential=method,
+        value_basis=s.value_basis,
         margin=params.clv.margin,
         cut=seg.CutRule(**s.cut.model_dump()),
         pyramid=tuple(s.pyramid.model_dump().items()),

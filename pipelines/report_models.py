@@ -129,6 +129,16 @@ def growth_ranking_table(segment_metrics: Mapping[str, Any] | None) -> Table | N
     return matrix_table(holdout, caption, "growth potential", "growth-ranking-table")
 
 
+def value_model_table(segment_metrics: Mapping[str, Any] | None) -> Table | None:
+    """The value stage's out-of-time comparison (as the segment stage records it) and where growth
+    potential came from."""
+    source = dig(segment_metrics, "growth_potential_source", default={})
+    comparison = dig(source, "value_holdout", "comparison")
+    caption = (f"Value model vs BTYD CLV, combined rule and quick estimate on the holdout (realised margin; "
+               f"growth potential used: {dig(source, 'used', default='?')}: {dig(source, 'reason', default='')})")  # fmt: skip
+    return matrix_table(comparison, caption, "forecast", "value-model-table")
+
+
 def cuts_table(segment_metrics: Mapping[str, Any] | None) -> Table | None:
     cuts = dig(segment_metrics, "cuts")
     if not isinstance(cuts, Mapping) or not cuts:
@@ -306,6 +316,7 @@ they never saw.</p>
 {{ pictures(churn_pictures) }}
 <h3 id="growth-evaluation">Growth potential</h3>
 {% if growth_table %}{{ table(growth_table) }}{% else %}{{ missing("the segment stage's holdout check (metrics/segment.json)") }}{% endif %}
+{% if value_table %}{{ table(value_table) }}{% endif %}
 </section>
 
 <section id="data-quality"><h2>{{ headings["data-quality"] }}</h2>
@@ -349,6 +360,7 @@ def render_models_page(
         "quadrant_table": summary_table(sources.summary, "quadrant", "Customers and value per quadrant"),
         "cuts_table": cuts_table(segment_metrics),
         "growth_table": growth_ranking_table(segment_metrics),
+        "value_table": value_model_table(segment_metrics),
         "tier_table": summary_table(sources.summary, "tier", "Customers and value per tier"),
         "label_tables": [
             label_table(scores, "pyramid_level", PYRAMID_LEVELS, "Customer pyramid"),

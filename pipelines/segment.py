@@ -39,6 +39,7 @@ MODEL_FILES = {
     scores_pyfunc.CHURN_ARTIFACT: "churn_model",
     scores_pyfunc.REFERENCE_ARTIFACT: "segment_reference",
 }
+VALUE_FILES = {scores_pyfunc.VALUE_ARTIFACT: "value_model"}  # in the chain when growth potential is the value model's
 
 
 def read_inputs(keys: dict[str, tuple[str, ...]], params: Params, paths: Catalog) -> list[tuple[str, pd.DataFrame]]:
@@ -74,10 +75,11 @@ def log_scores_model(params: Params, paths: Catalog, rules: seg.SegmentRules, ve
     chain fails here, not at serving time."""
     from mlflow.pyfunc import PythonModelContext
 
-    artifacts = {key: paths.path(artifact) for key, artifact in MODEL_FILES.items()}
+    chain = MODEL_FILES | (VALUE_FILES if rules.growth_potential == "value" else {})
+    artifacts = {key: paths.path(artifact) for key, artifact in chain.items()}
     absent = [str(p) for p in artifacts.values() if not p.exists()]
     if absent:
-        raise DataError(f"{absent[0]}: not found; run `cvp clv` and `cvp churn` first")
+        raise DataError(f"{absent[0]}: not found; run `cvp clv`, `cvp churn` and `cvp value` first")
     artifacts = {key: str(p.resolve()) for key, p in artifacts.items()}
     model = scores_pyfunc.ScoresPyfuncModel(rules, domain.clv_settings(params), version)
     example = paths.read("features_t0", params).head(5)
@@ -111,15 +113,21 @@ def run(params: Params, paths: Catalog) -> None:
     """Label every customer at as_of, write segments + summary, metrics, plots. MLflow (set-up, the
     stage run, the scoring chain's pyfunc) works on a thread of its own meanwhile (tracking.in_background)."""
     cfg = params.segment
-    rules = domain.segment_rules(params)
+    value_file = paths.path("metrics_value")
+    source = ev.growth_potential_source(cfg.growth_potential, files.read_json(value_file) if value_file.exists() else None,
+                                        str(value_file))  # fmt: skip
+    rules = domain.segment_rules(params, source["value_model_won"])
     section = {"segment": cfg.model_dump(), "clv.margin": params.clv.margin}
     with tracking.in_background(functools.partial(tracking.stage_run, STAGE, params, paths, section)) as later:
-        scoring = ev.scoring_frame(*read_inputs(SCORING, params, paths))
+        value = read_inputs({"value_predictions_t0": ev.VALUE_COLUMNS}, params, paths) if rules.growth_potential == "value" else []
+        scoring = ev.scoring_frame(*read_inputs(SCORING, params, paths), *value)
         as_of = pd.Timestamp(scoring["cutoff"].iloc[0])
-        log.info("segmenting %d customers at %s (growth potential: %s)", len(scoring), as_of.date(), rules.growth_potential)
+        log.info("segmenting %d customers at %s (growth potential: %s; %s)", len(scoring), as_of.date(),
+                 rules.growth_potential, source["reason"])  # fmt: skip
         result = seg.segment_customers(scoring, rules)
         summary = seg.summarise_segments(result.customers).round(10)
-        metrics = ev.segment_metrics(result, rules, as_of, ev.holdout_comparison(holdout_inputs(params, paths)))
+        holdout = ev.holdout_comparison(holdout_inputs(params, paths))
+        metrics = ev.segment_metrics(result, rules, as_of, holdout, source=source)
 
         paths.write("segments", ev.segments_table(result.customers, as_of), params)
         paths.write("segment_summary", summary, params)

@@ -64,6 +64,12 @@ def make_world(behaviours: str, customers: int, seed: int) -> World:
 
 def snapshots(world: World, params: Params) -> dict[int, ce.Snapshot]:
     """Ingest, features, labels and CLV predictions at t0, t1, t2 -> the churn stage's snapshots (t1, t2)."""
+    features, labels, predictions = world_frames(world, params)
+    return {k: ce.snapshot(k, features[k], predictions[k], labels[k], f"features_t{k}", f"clv_t{k}") for k in (1, 2)}
+
+
+def world_frames(world: World, params: Params) -> tuple[dict, dict, dict]:
+    """(features, labels, CLV predictions) by cutoff offset k, as the features and clv stages write them."""
     from features.ingest import IngestRules
 
     con = ibis.duckdb.connect()
@@ -89,7 +95,7 @@ def snapshots(world: World, params: Params) -> dict[int, ce.Snapshot]:
     sources = {k: f"features_t{k}" for k in cutoffs}
     fits = fit_cutoffs(features, labels[1], {k: patterns_of(f) for k, f in features.items()}, fitting,
                        domain.clv_settings(params), sources)  # fmt: skip
-    return {k: ce.snapshot(k, features[k], fits.predictions[k], labels[k], sources[k], f"clv_t{k}") for k in (1, 2)}
+    return features, labels, fits.predictions
 
 
 def oracle_features(truth: pd.DataFrame, index: pd.Index, cutoff: pd.Timestamp, horizon_days: int) -> pd.DataFrame:

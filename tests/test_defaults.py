@@ -75,7 +75,11 @@ def test_drift_thresholds_are_the_drift_section_without_its_columns():
 def test_segment_rules_from_default_params_carry_the_config_values():
     rules = domain.segment_rules(PARAMS)
     defaults = SegmentParams()
-    assert (rules.growth_potential, rules.value_basis) == (defaults.growth_potential, defaults.value_basis)
+    # growth potential auto: the value model's when it won on the holdout, else the combined rule
+    assert (defaults.growth_potential, rules.growth_potential, rules.value_basis) == ("auto", "combined", defaults.value_basis)
+    assert domain.segment_rules(PARAMS, value_model_won=True).growth_potential == "value"
+    fixed = PARAMS.model_copy(update={"segment": defaults.model_copy(update={"growth_potential": "clv"})})
+    assert domain.segment_rules(fixed, value_model_won=True).growth_potential == "clv"
     assert rules.margin == ClvParams().margin == 0.3
     assert dataclasses.asdict(rules.cut) == defaults.cut.model_dump() == {"method": "quantile", "current_value": 0.5,
                                                                           "growth_potential": 0.5}
@@ -124,6 +128,16 @@ def test_the_churn_classifier_defaults_equal_the_config():
     assert init_defaults == config
     built = domain.churn_classifier_factory(PARAMS)().get_params()
     assert {k: built[k] for k in config} == config
+
+
+def test_the_value_model_defaults_equal_the_config():
+    """The value model's __init__ defaults are the config's (value.lightgbm, seed)."""
+    from models.value import ValueModel
+    from pipelines.config import ValueLightGBMParams
+
+    signature = inspect.signature(ValueModel.__init__).parameters
+    init_defaults = {name: p.default for name, p in signature.items() if p.default is not inspect.Parameter.empty}
+    assert init_defaults == {**ValueLightGBMParams().model_dump(), "random_state": Params.model_fields["seed"].default}
 
 
 def test_constants_used_without_params_equal_the_config_defaults():

@@ -242,3 +242,34 @@ def test_rules_follow_the_params():
     assert rules.pyramid == (("vip", 0.1), ("major", 0.1), ("ordinary", 0.3), ("small", 0.5))
     assert rules.tier == seg.TierRule(top_share=0.3, lead_share=0.2, lead_max_value=0.0, growing_ratio=0.8)
     assert rules.lifecycle.one_time_buyer_interval_days == 45 and rules.abc == (0.8, 0.95)
+
+
+def _value_outputs(paths: Catalog, use: bool) -> pd.Series:
+    """metrics/value.json saying whether the value model won, and its t0 predictions (returned)."""
+    predicted = pd.Series(np.linspace(0.0, 50.0, N)[::-1], index=_ids())
+    frame = pd.DataFrame({"customer_id": _ids(), "cutoff": AS_OF, "predicted_value": predicted.to_numpy(), "source": "value_model"})
+    paths.path("value_predictions_t0").parent.mkdir(parents=True, exist_ok=True)
+    frame.astype({"cutoff": "datetime64[us]"}).to_parquet(paths.path("value_predictions_t0"), index=False)
+    comparison = {"value_model": {"spearman": 0.5}, "clv": {"spearman": 0.4}}
+    paths.metrics_file("value").parent.mkdir(parents=True, exist_ok=True)
+    paths.metrics_file("value").write_text(json.dumps({"use": use, "reason": "measured", "comparison": comparison,
+                                                       "evaluation": {"mode": "out_of_time"}}))  # fmt: skip
+    return predicted
+
+
+@pytest.mark.parametrize("use", [True, False], ids=["value-model-won", "value-model-lost"])
+def test_auto_growth_potential_is_the_value_model_only_when_it_won(project, use):
+    paths, params, files = project
+    segment.run(params, paths)
+    combined = pd.read_parquet(paths.SEGMENTS)
+    predicted = _value_outputs(paths, use)
+    segment.run(params, paths)
+    out = pd.read_parquet(paths.SEGMENTS)
+    source = json.loads(paths.metrics_file("segment").read_text())["growth_potential_source"]
+    assert source["configured"] == "auto" and source["used"] == ("value" if use else "combined")
+    assert source["value_holdout"]["comparison"]["clv"]["spearman"] == 0.4
+    if use:
+        assert out["growth_potential"].tolist() == predicted.tolist()
+        assert out["growth_potential_clv"].tolist() == files["clv_predictions_t0"]["clv"].tolist()
+    else:
+        assert out.equals(combined)

@@ -262,3 +262,35 @@ def test_every_registered_model_serves_the_batch_scores_where_the_project_is_not
         assert loaded["imported"] == [], (key, loaded["imported"])
         assert all("code" in Path(p).parts and not p.startswith(str(ROOT)) for p in loaded["models_from"]), loaded
         same_as_batch(served)
+
+
+@pytest.mark.slow
+def test_the_served_chain_carries_the_value_model_when_growth_potential_uses_it(repro, tmp_path):
+    """With growth potential from the value model, cvp-scores loads its pickle and answers the
+    export's rows exactly (outside the project, as above)."""
+    import shutil
+
+    from tests.inprocess import store_env
+    from tests.portable import serve_outside_project
+
+    project, result = repro
+    assert result.returncode == 0, _failure(result)
+    copy = tmp_path / "project"
+    shutil.copytree(project, copy, symlinks=True)
+    raw = yaml.safe_load((copy / "params.yaml").read_text())
+    raw["value"].update({"min_train_customers": 50, "min_train_buyers": 5})
+    raw["segment"]["growth_potential"] = "value"
+    (copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for stage in ("value", "segment", "export"):
+        done = cvp(copy, stage, env=store_env(copy))
+        assert done.returncode == 0, _failure(done)
+    paths = Catalog(copy)
+    assert files.read_json(paths.metrics_file("value"))["final_model"]["fitted"]
+    predicted = pd.read_parquet(paths.path("value_predictions_t0"))
+    assert (predicted["source"] == "value_model").all()
+    batch_scores = pd.read_parquet(paths.SCORES_PARQUET)
+    np.testing.assert_array_equal(batch_scores["growth_potential"].to_numpy(), predicted["predicted_value"].to_numpy())
+    store = f"sqlite:///{copy / 'tracking' / 'mlflow.db'}"
+    served, _ = serve_outside_project(store, _registered(paths, "segment_registration"), pd.read_parquet(paths.features_at(0)),
+                                      tmp_path / "served")  # fmt: skip
+    pd.testing.assert_frame_equal(served, batch_scores, check_dtype=False, check_exact=True)
