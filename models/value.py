@@ -33,7 +33,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from features.errors import DataError
 from models import segments as seg
-from models.churn import check_no_window_columns, prepare_features, scaled_min_child_samples
+from models.churn import capped_rows, check_no_window_columns, prepare_features, scaled_min_child_samples
 from models.clv import period_discount_rate
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ class ValueModel(RegressorMixin, BaseEstimator):
     Deterministic: fixed thread count, ``deterministic=True``, row-wise histograms, seeds from
     ``random_state``. ``min_child_samples`` is the cap of a leaf minimum scaling with the fit's
     rows when ``min_child_share`` is set (models.churn.scaled_min_child_samples).
+    ``max_fit_customers``: a fit on more customers uses a seeded sample of this many, stratified by
+    buyer / non-buyer (None: everyone); the cost of LightGBM then stops growing with the base.
 
     Fitted attributes: feature_names_in_, n_features_in_, categories_, classifier_ (None for
     single, or when every or no customer bought: then p_buy_ is that constant), regressor_ (None
@@ -121,9 +123,11 @@ class ValueModel(RegressorMixin, BaseEstimator):
         random_state: int = 42,
         n_jobs: int = 2,
         boost_from_btyd: bool = True,
+        max_fit_customers: int | None = 200_000,
     ):
         self.kind = kind
         self.boost_from_btyd = boost_from_btyd
+        self.max_fit_customers = max_fit_customers
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.num_leaves = num_leaves
@@ -195,6 +199,11 @@ class ValueModel(RegressorMixin, BaseEstimator):
         self.categories_ = {
             c: sorted({str(v) for v in X[c].dropna()}) for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)
         }
+        rows = capped_rows(np.arange(len(values)), (values > 0).astype(int), self.max_fit_customers, self.random_state)
+        if len(rows) < len(values):
+            log.info("value model: fitting on a seeded sample of %d of %d customers (max_fit_customers), stratified "
+                     "by buyer", len(rows), len(values))
+            X, values = X.iloc[rows], values[rows]
         Xt = self._transform(X)
         start_buy, start_value = self._init_scores(X)
         self.n_fit_ = len(values)

@@ -167,6 +167,7 @@ class ValueLightGBMParams(_Section):
     reg_lambda: float = Field(1.0, ge=0)
     n_jobs: int = Field(2, gt=0)
     boost_from_btyd: bool = True
+    max_fit_customers: int | None = Field(200_000, gt=0)  # seeded sample, stratified by buyer; null = everyone
 
 
 class ValueParams(_Section):

@@ -123,6 +123,17 @@ def test_the_estimator_follows_scikit_learn_conventions(kind):
         vm.ValueModel().predict(X)
 
 
+def test_max_fit_customers_fits_a_seeded_sample_stratified_by_buyer():
+    X, y = _frame(3000, 5)
+    capped = vm.ValueModel(n_estimators=20, max_fit_customers=1000, random_state=1).fit(X, y)
+    assert capped.n_fit_ == 1000 and capped.p_buy_ == pytest.approx((y > 0).mean(), abs=1e-3)
+    again = vm.ValueModel(n_estimators=20, max_fit_customers=1000, random_state=1).fit(X, y)
+    np.testing.assert_array_equal(capped.predict(X), again.predict(X))
+    full = vm.ValueModel(n_estimators=20, max_fit_customers=None, random_state=1).fit(X, y)
+    assert full.n_fit_ == 3000 and not np.array_equal(full.predict(X), capped.predict(X))
+    assert len(capped.predict(X)) == 3000
+
+
 def test_the_smearing_factor_keeps_the_expected_total_unbiased():
     X, y = _frame(6000, 1)
     model = vm.ValueModel(n_estimators=150, learning_rate=0.05, boost_from_btyd=False).fit(X, y)
