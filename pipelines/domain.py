@@ -37,6 +37,14 @@ def clv_settings(params: Params) -> ClvSettings:
     )
 
 
+def interval_config(params: Params):
+    """How the clv stage computes clv_p10/p50/p90 (models/clv_intervals.py)."""
+    from models.clv_intervals import IntervalConfig
+
+    cfg = params.clv
+    return IntervalConfig(cfg.interval_draws, cfg.interval_process_draws, params.seed, cfg.fit_max_iterations)
+
+
 def churn_classifier_factory(params: Params) -> Callable[[], ChurnClassifier]:
     """Factory of unfitted churn classifiers configured from params.churn and params.seed."""
     from models.churn import ChurnClassifier
