@@ -242,6 +242,7 @@ class SegmentParams(_Section):
     relationship: RelationshipParams = RelationshipParams()
     # The quadrant scatter draws a seeded sample of at most this many customers (all when fewer).
     scatter_sample_size: int = Field(50_000, gt=0)
+    uncertain_below: float = Field(0.8, ge=0, le=1)  # quadrant_uncertain below this quadrant_probability
     log_model: bool = True
     model_name: str = "cvp-scores"
     register_model: bool = True

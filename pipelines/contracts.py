@@ -92,6 +92,8 @@ SEGMENTS_SCHEMA = pa.DataFrameSchema(
         "abc_class": pa.Column(str, pa.Check.isin(seg.ABC_CLASSES)),
         "lifecycle_state": pa.Column(str, pa.Check.isin(seg.LIFECYCLE_STATES)),
         "relationship_level": pa.Column(str, pa.Check.isin(seg.RELATIONSHIP_LEVELS)),
+        "quadrant_probability": pa.Column(float, _PROBABILITY, nullable=False),
+        "quadrant_uncertain": pa.Column("int64", pa.Check.isin([0, 1])),
     },
     strict=True,
     ordered=True,

@@ -67,7 +67,7 @@ def segment_rules(params: Params) -> seg.SegmentRules:
 
     s = params.segment
     return seg.SegmentRules(
-        **s.model_dump(include={"growth_potential", "value_basis"}),
+        **s.model_dump(include={"growth_potential", "value_basis", "uncertain_below"}),
         margin=params.clv.margin,
         cut=seg.CutRule(**s.cut.model_dump()),
         pyramid=tuple(s.pyramid.model_dump().items()),
