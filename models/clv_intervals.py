@@ -193,41 +193,60 @@ def _history_seed(seed: int, x: float, t_x: float, T: float, modelled: bool) -> 
     return [int(seed), int(x), int(bits[0]), int(bits[1]), int(modelled)]
 
 
-def _simulate_history(rng, model: str, p_alive: np.ndarray, params: np.ndarray, spend: np.ndarray | None,
-                      x: float, T: float, x_spend: float, lengths: np.ndarray, starts: np.ndarray,
-                      factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Draw vectors (S_over_H, n_weighted) of one history: draws j use parameter row params[j].
+class _Process:
+    """The per-draw constants of the simulation (parameter row j mod B for draw j), and one history's draws."""
 
-    Returns S / H per draw (discounted spend units per unit of (v + x m)), or, without Gamma-Gamma
-    parameters, the discounted number of purchases."""
-    d = len(p_alive)
-    alive = rng.random(d) < p_alive
-    r, alpha = params[:, 0], params[:, 1]
-    lam = rng.gamma(r + x, 1.0) / (alpha + T)
-    if model == "paretonbd":
-        s, beta = params[:, 2], params[:, 3]
-        mu = rng.gamma(s, 1.0) / (beta + T)
-        life = rng.exponential(1.0, d) / mu
-        exposure = np.clip(life[:, None] - starts[None, :], 0.0, lengths[None, :])
-        n = rng.poisson(lam[:, None] * exposure)
-    else:
-        a, b = params[:, 2], params[:, 3]
-        p = rng.beta(a, b + x + (1.0 if model == "mbgnbd" else 0.0))
-        counts = rng.poisson(lam[:, None] * lengths[None, :])
-        last = rng.geometric(np.clip(p, 1e-12, 1.0))  # the purchase after which the customer drops out
-        n = np.diff(np.minimum(np.cumsum(counts, axis=1), last[:, None]), axis=1, prepend=0)
-    n = np.where(alive[:, None], n, 0)
-    discounted = (n * factors[None, :]).sum(axis=1)
-    if spend is None:
-        return discounted, None
-    p_s, q = spend[:, 0], spend[:, 1]
-    total = n.sum(axis=1)
-    # The spend of all the horizon's purchases, Gamma(p_s * purchases, 1) per unit of 1/nu, discounted by
-    # its purchases' mean factor (one draw instead of one per period: the factors differ by < 3%).
-    mean_factor = np.divide(discounted, total, out=np.zeros(len(total)), where=total > 0)
-    spends = rng.gamma(p_s * total, 1.0) * mean_factor  # shape 0 gives 0
-    h = rng.gamma(q + p_s * x_spend, 1.0)
-    return spends / h, spend[:, 2]
+    def __init__(self, model: str, params: np.ndarray, spend: np.ndarray | None, lengths: np.ndarray,
+                 starts: np.ndarray, factors: np.ndarray):  # fmt: skip
+        self.model, self.d = model, len(params)
+        self.params, self.spend = params, spend
+        self.lengths, self.starts, self.factors = lengths, starts, factors
+        # Gamma shapes drawn in one call per history: lambda, then p's two Beta gammas (BG/MBG) or mu
+        # (Pareto/NBD), then H (Gamma-Gamma); the history's frequency is added in place.
+        blocks = [params[:, 0], params[:, 2]] + ([params[:, 3]] if model != "paretonbd" else [])
+        if spend is not None:
+            blocks.append(spend[:, 1])
+        self.base_shapes = np.concatenate(blocks)
+        self.shapes = self.base_shapes.copy()
+        self.shift = 1.0 if model == "mbgnbd" else 0.0
+
+    def draw(self, rng: np.random.Generator, p_alive: np.ndarray, x: float, T: float,
+             x_spend: float) -> np.ndarray:  # fmt: skip
+        """S / H per draw (discounted spend per unit of (v + x m)), or, without Gamma-Gamma
+        parameters, the discounted number of purchases."""
+        d, params, spend = self.d, self.params, self.spend
+        shapes = self.shapes
+        np.add(self.base_shapes[:d], x, out=shapes[:d])  # lambda | alive ~ Gamma(r + x, alpha + T)
+        pareto = self.model == "paretonbd"
+        if not pareto:  # p | alive ~ Beta(a, b + x [+ 1]) = G1 / (G1 + G2)
+            np.add(self.base_shapes[2 * d:3 * d], x + self.shift, out=shapes[2 * d:3 * d])
+        if spend is not None:  # H ~ Gamma(q + p_s x, 1)
+            np.add(self.base_shapes[-d:], spend[:, 0] * x_spend, out=shapes[-d:])
+        g = rng.standard_gamma(shapes)
+        u = rng.random(2 * d)
+        alive = u[:d] < p_alive
+        lam = g[:d] / (params[:, 1] + T)
+        if pareto:  # mu | alive ~ Gamma(s, beta + T); the lifetime left is exponential with rate mu
+            life = -np.log1p(-u[d:]) * (params[:, 3] + T) / g[d:2 * d]
+            exposure = np.clip(life[:, None] - self.starts[None, :], 0.0, self.lengths[None, :])
+            n = rng.poisson(lam[:, None] * exposure)
+        else:
+            p = g[d:2 * d] / (g[d:2 * d] + g[2 * d:3 * d])
+            counts = rng.poisson(lam[:, None] * self.lengths[None, :])
+            # The purchase after which the customer drops out: geometric on 1, 2, ... with probability p.
+            with np.errstate(divide="ignore"):
+                last = np.floor(np.log1p(-u[d:]) / np.log1p(-np.clip(p, 1e-300, 1.0 - 1e-16))) + 1.0
+            n = np.diff(np.minimum(np.cumsum(counts, axis=1), last[:, None]), axis=1, prepend=0.0)
+        n *= alive[:, None]
+        discounted = n @ self.factors
+        if spend is None:
+            return discounted
+        total = n.sum(axis=1)
+        # The spend of all the horizon's purchases, Gamma(p_s * purchases, 1) per unit of 1/nu, discounted by
+        # its purchases' mean factor (one draw instead of one per period: the factors differ by < 3%).
+        mean_factor = np.divide(discounted, total, out=np.zeros(d), where=total > 0)
+        spends = rng.standard_gamma(spend[:, 0] * total) * mean_factor  # shape 0 gives 0
+        return spends / g[-d:]
 
 
 def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
@@ -263,6 +282,7 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     rate = period_discount_rate(settings.discount_rate, settings.discount_period_days)
     factors = (1.0 + rate) ** -np.arange(1, len(ends) + 1, dtype=float)
 
+    process = _Process(draws.model, params, spend, lengths, starts, factors)
     out = np.empty((len(frequency), len(settings.quantiles)))
     zero, inside = np.empty(len(frequency)), np.empty(len(frequency))
     order = np.argsort(codes, kind="stable")
@@ -275,12 +295,11 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
         for i, h in enumerate(range(first, last)):
             rng = np.random.default_rng(_history_seed(settings.seed, hx[h], hr[h], hT[h], bool(hm[h])))
             xs = hx[h] if hm[h] else 0.0
-            ratio, v = _simulate_history(rng, draws.model, p_alive[rows, h], params, spend, hx[h], hT[h], xs,
-                                         lengths, starts, factors)  # fmt: skip
+            ratio = process.draw(rng, p_alive[rows, h], hx[h], hT[h], xs)
             if spend is None:
                 base[i] = settings.margin * draws.population_mean_spend * ratio
             else:
-                base[i] = settings.margin * v * ratio  # A: draws for m = 0
+                base[i] = settings.margin * spend[:, 2] * ratio  # A: draws for m = 0 (v of each draw)
                 scale[i] = settings.margin * xs * ratio  # C: per unit of m
         customers = order[bounds[first]:bounds[last]]
         local = codes[customers] - first

@@ -120,7 +120,7 @@ class ClvParams(_Section):
     fit_max_iterations: int = Field(1000, gt=0)
     min_customers: int = Field(100, gt=0)
     selection_max_customers: int = Field(200_000, gt=0)
-    interval_draws: int = Field(50, gt=0)  # parameter draws of the customer bootstrap (1 = point estimate only)
+    interval_draws: int = Field(20, gt=0)  # parameter draws of the customer bootstrap (1 = point estimate only)
     interval_process_draws: int = Field(200, ge=20)  # purchase-process draws per distinct history
     model_name: str = "cvp-clv"
     register_model: bool = True
