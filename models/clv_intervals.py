@@ -101,7 +101,8 @@ class ParameterDraws:
 # --------------------------------------------------------------------------- 1. parameter bootstrap
 
 
-def _refit_purchase(model: PurchaseModel, rows: pd.DataFrame, counts: np.ndarray, max_iterations: int) -> np.ndarray:
+def _refit_purchase(model: PurchaseModel, rows: pd.DataFrame, counts: np.ndarray, max_iterations: int,
+                    time_budget_s: float = 300.0) -> np.ndarray:  # fmt: skip
     """The purchase model refitted on ``rows`` weighted by ``counts``, starting at its parameters
     (the same scaling as PurchaseModel.fit); values in the caller's time unit."""
     name = model.model_
@@ -116,7 +117,7 @@ def _refit_purchase(model: PurchaseModel, rows: pd.DataFrame, counts: np.ndarray
         start = np.log(np.where(is_rate, start / T.max(), start))
     penalizer = getattr(model, "penalizer_", 0.0)
     fitted = _lifetimes.fit_purchase(name, f, r, T, counts[keep].astype(float), penalizer, start,
-                                     max_iterations=max_iterations, time_budget_s=60.0)  # fmt: skip
+                                     max_iterations=max_iterations, time_budget_s=time_budget_s)  # fmt: skip
     values = np.array([fitted[k] for k in _lifetimes.PURCHASE_PARAMS[name]])
     return np.where(is_rate, values * scale, values)
 
@@ -133,7 +134,8 @@ def _refit_spend(model: SpendModel, rows: pd.DataFrame, counts: np.ndarray) -> n
 
 
 def bootstrap_parameters(purchase: PurchaseModel, spend: SpendModel, rfm: pd.DataFrame, spend_rows: pd.DataFrame,
-                         n_draws: int, seed: int, max_iterations: int = 1000) -> ParameterDraws:  # fmt: skip
+                         n_draws: int, seed: int, max_iterations: int = 1000,
+                         time_budget_s: float = 300.0) -> ParameterDraws:  # fmt: skip
     """``n_draws`` parameter sets (the point estimate first, then ``n_draws - 1`` bootstrap refits).
 
     ``rfm``: distinct frequency, recency, T with ``count``; ``spend_rows``: distinct frequency,
@@ -152,7 +154,7 @@ def bootstrap_parameters(purchase: PurchaseModel, spend: SpendModel, rfm: pd.Dat
         counts = rng.multinomial(n_customers, p_rfm / p_rfm.sum())
         spend_counts = rng.multinomial(int(round(p_spend.sum())), p_spend / p_spend.sum())
         try:
-            values = _refit_purchase(purchase, rfm, counts, max_iterations)
+            values = _refit_purchase(purchase, rfm, counts, max_iterations, time_budget_s)
             spend_values = _refit_spend(spend, spend_rows, spend_counts) if has_gg else None
             btyd.check_params(dict(zip("abcd", values)))
         except (*_lifetimes.FIT_FAILURES, btyd.FitBudgetExceeded) as exc:
@@ -404,12 +406,13 @@ def coverage(frequency, low, mid, high, realised, p_zero=None, expected_inside=N
 @dataclass(frozen=True)
 class IntervalConfig:
     """The ``clv.interval_*`` params: parameter draws (1 = the point estimate only), process draws
-    per history, the seed, and the iteration cap of each refit."""
+    per history, the seed, and the bounds of each refit (clv.fit_max_iterations, clv.fit_time_budget_s)."""
 
     draws: int
     process_draws: int
     seed: int
     max_iterations: int = 1000
+    time_budget_s: float = 300.0
 
     def settings(self, clv: ClvSettings) -> IntervalSettings:
         return IntervalSettings(clv.days_per_unit, clv.horizon_days, clv.margin, clv.discount_rate,
@@ -470,7 +473,8 @@ def stage_intervals(models: Mapping[int, tuple[PurchaseModel, SpendModel]], feat
     extra = {}
     for k in (1, 0):
         started = time.perf_counter()
-        draws[k] = bootstrap_parameters(*models[k], *patterns[k], config.draws, config.seed + k, config.max_iterations)
+        draws[k] = bootstrap_parameters(*models[k], *patterns[k], config.draws, config.seed + k, config.max_iterations,
+                                        config.time_budget_s)  # fmt: skip
         boot = time.perf_counter()
         f = features[k]
         q, p_zero, inside = clv_quantiles(draws[k], *(f[c] for c in (*HISTORY_COLUMNS, "monetary_value")), settings)

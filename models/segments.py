@@ -642,13 +642,15 @@ def quadrant_probability(growth: pd.Series, clv: pd.Series, p10: pd.Series, p50:
     return pd.Series(prob, index=growth.index, name="quadrant_probability")
 
 
-def with_quadrant_probability(labelled: pd.DataFrame, frame: pd.DataFrame, cut: float, uncertain_below: float) -> pd.DataFrame:
+def with_quadrant_probability(labelled: pd.DataFrame, frame: pd.DataFrame, cut: float,
+                              uncertain_below: float) -> pd.DataFrame:  # fmt: skip
     """``labelled`` (segment_customers' rows) with quadrant_probability and quadrant_uncertain (1 when
     the probability is below ``uncertain_below``), from the CLV quantile columns of ``frame`` (same rows)."""
     missing = [c for c in ("clv", *INTERVAL_COLUMNS) if c not in frame.columns]
     if missing:
         raise ValueError(f"segment input lacks columns {missing}")
-    prob = quadrant_probability(labelled["growth_potential"], frame["clv"], *(frame[c] for c in INTERVAL_COLUMNS), cut)
+    intervals = (frame[c] for c in INTERVAL_COLUMNS)
+    prob = quadrant_probability(labelled["growth_potential"], frame["clv"], *intervals, cut)
     prob.index = labelled.index
     return labelled.assign(quadrant_probability=prob, quadrant_uncertain=(prob < uncertain_below).astype("int64"))
 

@@ -42,7 +42,8 @@ def interval_config(params: Params):
     from models.clv_intervals import IntervalConfig
 
     cfg = params.clv
-    return IntervalConfig(cfg.interval_draws, cfg.interval_process_draws, params.seed, cfg.fit_max_iterations)
+    return IntervalConfig(cfg.interval_draws, cfg.interval_process_draws, params.seed, cfg.fit_max_iterations,
+                          cfg.fit_time_budget_s)
 
 
 def churn_classifier_factory(params: Params) -> Callable[[], ChurnClassifier]:

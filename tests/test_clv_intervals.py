@@ -13,6 +13,7 @@ from models import segments as seg
 from models.clv import PurchaseModel, SpendModel, compress
 from tests.clv_interval_world import TRUE_BGNBD, TRUE_GAMMA_GAMMA, simulate_world
 
+HISTORY = ["frequency", "recency", "T"]
 SETTINGS = ci.IntervalSettings(days_per_unit=7.0, horizon_days=91, margin=0.3, discount_rate=0.1,
                                discount_period_days=30, process_draws=200, seed=42)  # fmt: skip
 PARAMS = {
@@ -75,7 +76,8 @@ def test_a_customer_with_a_huge_history_has_a_narrow_interval_and_a_median_near_
 def test_same_seed_same_quantiles_and_a_customer_alone_gets_its_batch_quantiles():
     draws = draws_of("mbgnbd", n=4)
     x = np.array([0, 2, 5, 2, 11])
-    recency, T, m = np.array([0, 8.0, 30.0, 8.0, 50.0]), np.array([20.0, 40.0, 60.0, 40.0, 52.0]), np.array([0, 20.0, 35.0, 90.0, 12.0])
+    recency, T = np.array([0, 8.0, 30.0, 8.0, 50.0]), np.array([20.0, 40.0, 60.0, 40.0, 52.0])
+    m = np.array([0, 20.0, 35.0, 90.0, 12.0])
     batch = quantiles(draws, x, recency, T, m)
     assert all(np.array_equal(a, b) for a, b in zip(batch, quantiles(draws, x, recency, T, m)))
     for i in range(len(x)):
@@ -110,7 +112,7 @@ def test_a_refit_on_the_original_counts_returns_the_point_estimate_and_the_draws
     features, _ = simulate_world(3000, seed=3)
     purchase = PurchaseModel("bgnbd").fit(features["frequency"], features["recency"], features["T"])
     spend = SpendModel().fit(features["frequency"], features["monetary_value"])
-    rfm, spend_rows = compress(features, ["frequency", "recency", "T"]), compress(features, ["frequency", "monetary_value"])
+    rfm, spend_rows = compress(features, HISTORY), compress(features, ["frequency", "monetary_value"])
     again = ci._refit_purchase(purchase, rfm, rfm["count"].to_numpy(), 1000)
     np.testing.assert_allclose(again, list(purchase.params_.values()), rtol=1e-3)
     draws = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 6, seed=1)
@@ -149,7 +151,7 @@ def test_p10_p90_covers_80_percent_of_a_base_simulated_from_the_model():
     features, period_spend = simulate_world(5000, seed=11)
     purchase = PurchaseModel("bgnbd").fit(features["frequency"], features["recency"], features["T"])
     spend = SpendModel().fit(features["frequency"], features["monetary_value"])
-    rfm, spend_rows = compress(features, ["frequency", "recency", "T"]), compress(features, ["frequency", "monetary_value"])
+    rfm, spend_rows = compress(features, HISTORY), compress(features, ["frequency", "monetary_value"])
     draws = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 10, seed=2)
     q, p_zero, inside = quantiles(draws, *(features[c] for c in ("frequency", "recency", "T", "monetary_value")))
     realised = ci.realised_value(period_spend, 0.3, 0.1, 30)
@@ -165,7 +167,7 @@ def test_coverage_holds_with_every_purchase_model_on_a_larger_base(model):
     features, period_spend = simulate_world(20000, seed=5)
     purchase = PurchaseModel(model, random_state=0).fit(features["frequency"], features["recency"], features["T"])
     spend = SpendModel().fit(features["frequency"], features["monetary_value"])
-    rfm, spend_rows = compress(features, ["frequency", "recency", "T"]), compress(features, ["frequency", "monetary_value"])
+    rfm, spend_rows = compress(features, HISTORY), compress(features, ["frequency", "monetary_value"])
     draws = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 20, seed=2)
     q, p_zero, inside = quantiles(draws, *(features[c] for c in ("frequency", "recency", "T", "monetary_value")))
     realised = ci.realised_value(period_spend, 0.3, 0.1, 30)
@@ -185,14 +187,15 @@ def test_cdf_from_quantiles_by_hand():
     # All three equal: a point mass.
     assert seg.cdf_from_quantiles(np.array([0.9, 1.0]), *(np.ones(2),) * 3).tolist() == [0.0, 1.0]
     # Without the lower bound, the lower tail runs down to P10 - (P50 - P10) / 4.
-    assert float(seg.cdf_from_quantiles(4.0, np.array([8.0]), np.array([24.0]), np.array([30.0]), None)[0]) == pytest.approx(0.0)
-    assert float(seg.cdf_from_quantiles(6.0, np.array([8.0]), np.array([24.0]), np.array([30.0]), None)[0]) == pytest.approx(0.05)
+    p10, p50, p90 = np.array([8.0]), np.array([24.0]), np.array([30.0])
+    assert float(seg.cdf_from_quantiles(4.0, p10, p50, p90, None)[0]) == pytest.approx(0.0)
+    assert float(seg.cdf_from_quantiles(6.0, p10, p50, p90, None)[0]) == pytest.approx(0.05)
 
 
 def test_quadrant_probability_is_the_share_on_the_point_side_of_the_cut():
     growth = pd.Series([12.0, 3.0, 20.0, 0.0])
     clv = pd.Series([12.0, 3.0, 10.0, 0.0])  # the third: growth = 2 x clv (combined rule), so its quantiles double
-    p10, p50, p90 = pd.Series([0.0, 0.0, 0.0, 0.0]), pd.Series([10.0, 2.0, 2.5, 0.0]), pd.Series([20.0, 8.0, 10.0, 0.0])
+    p10, p50, p90 = pd.Series([0.0] * 4), pd.Series([10.0, 2.0, 2.5, 0.0]), pd.Series([20.0, 8.0, 10.0, 0.0])
     got = seg.quadrant_probability(growth, clv, p10, p50, p90, cut=5.0)
     # 1: high, P(X > 5) = 1 - 0.3; 2: low, P(X <= 5) = 0.5 + 0.4 * 3 / 6 = 0.7; 3: quantiles 0, 5, 20, high,
     # P(X > 5) = 0.5; 4: a certain zero, low.
