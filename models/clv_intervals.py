@@ -235,10 +235,12 @@ class _Process:
         else:
             p = g[d:2 * d] / (g[d:2 * d] + g[2 * d:3 * d])
             counts = rng.poisson(lam[:, None] * self.lengths[None, :])
-            # The purchase after which the customer drops out: geometric on 1, 2, ... with probability p.
-            with np.errstate(divide="ignore"):
-                last = np.floor(np.log1p(-u[d:]) / np.log1p(-np.clip(p, 1e-300, 1.0 - 1e-16))) + 1.0
-            n = np.diff(np.minimum(np.cumsum(counts, axis=1), last[:, None]), axis=1, prepend=0.0)
+            # The purchase after which the customer drops out: geometric on 1, 2, ... with probability p
+            # (both logarithms finite: u < 1 and p clipped inside (0, 1)).
+            last = np.floor(np.log1p(-u[d:]) / np.log1p(-np.clip(p, 1e-300, 1.0 - 1e-16))) + 1.0
+            bought = np.minimum(np.cumsum(counts, axis=1), last[:, None])  # cumulative purchases by period end
+            n = bought.copy()
+            n[:, 1:] -= bought[:, :-1]
         n *= alive[:, None]
         discounted = n @ self.factors
         if spend is None:
