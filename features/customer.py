@@ -487,6 +487,18 @@ def window_labels(
     return labels_from_days(daily_activity(rows, decimal_sums=decimal_sums), customers, cutoff, horizon_days, decimal_sums)
 
 
+def window_period_spend(tx: ibis.Table, cutoff: dt.date, horizon_days: int, period_days: int,
+                        decimal_sums: bool = False) -> ibis.Table:
+    """Net spend of each customer in each discount period of the window (cutoff, cutoff + horizon]:
+    customer_id, period (0 for the days cutoff + 1 .. cutoff + period_days, then 1, ...), spend. The
+    periods' sums add up to the labels' spend; customers without activity have no rows."""
+    rows = rows_in_days(tx, cutoff, cutoff + dt.timedelta(days=horizon_days))
+    days = daily_activity(rows, decimal_sums=decimal_sums)
+    days = days.mutate(period=((days.day - day_number(cutoff) - 1) // period_days).cast("int64"))
+    out = days.group_by(["customer_id", "period"]).aggregate(spend=days.value.sum())
+    return out.mutate(spend=_from_units(out.spend, decimal_sums)).order_by(["customer_id", "period"])
+
+
 def labels_from_days(
     days: ibis.Table, customers: ibis.Table, cutoff: dt.date, horizon_days: int, decimal_sums: bool = False
 ) -> ibis.Table:

@@ -145,13 +145,14 @@ def purchase_log_likelihood(model: str, params: dict[str, float], frequency, rec
     return float(-mean_nll * weights.sum())
 
 
-def fit_spend(frequency, monetary_value, weights, penalizer: float) -> dict[str, float]:
-    """Fit Gamma-Gamma on repeat customers with positive mean spend (rows with `weights` customers)."""
+def fit_spend(frequency, monetary_value, weights, penalizer: float, initial_params=None) -> dict[str, float]:
+    """Fit Gamma-Gamma on repeat customers with positive mean spend (rows with `weights` customers);
+    ``initial_params``: log-parameters (p, q, v) the search starts from (None: lifetimes' start)."""
     from lifetimes.utils import _check_inputs
 
     # GammaGammaFitter.fit, step by step, up to its search (no q constraint, lifetimes' default).
     _check_inputs(frequency, monetary_value=monetary_value)
     args = (np.asarray(frequency).astype(float), np.asarray(monetary_value).astype(float), np.asarray(weights),
             penalizer)  # fmt: skip
-    log_params = _search(_lifetimes().GammaGammaFitter, args, None, 3, None)
+    log_params = _search(_lifetimes().GammaGammaFitter, args, initial_params, 3, None)
     return dict(zip(SPEND_PARAMS, (float(v) for v in np.exp(log_params))))

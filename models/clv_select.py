@@ -243,7 +243,7 @@ def predict_t2(features: pd.DataFrame, patterns: Patterns, name: str, fitting: C
 class ClvFits:
     """The models of one run: the chosen purchase model fitted at t_1 (``chosen``, with the
     ``selection`` report), both models refitted at t_0, and the predictions at each cutoff
-    (``skipped_t2``: why t_2 has none, when it has none)."""
+    (``skipped_t2``: why t_2 has none, when it has none); ``spend_t1``: Gamma-Gamma at t_1."""
 
     chosen: clv_eval.Candidate
     selection: dict
@@ -251,6 +251,7 @@ class ClvFits:
     spend_t0: SpendModel
     predictions: dict[int, pd.DataFrame]
     skipped_t2: str | None
+    spend_t1: SpendModel | None = None
 
     @property
     def name(self) -> str:
@@ -275,7 +276,7 @@ def fit_cutoffs(features: Mapping[int, pd.DataFrame], labels_t1: pd.DataFrame, p
         purchase_t0, spend_t0 = fit_both(chosen.name, patterns[0], 0, fitting)
     predictions[0] = predict_at(purchase_t0, spend_t0, f0, settings)
     predictions[2], skipped_t2 = predict_t2(features[2], patterns[2], chosen.name, fitting, settings)
-    return ClvFits(chosen, selection, purchase_t0, spend_t0, predictions, skipped_t2)
+    return ClvFits(chosen, selection, purchase_t0, spend_t0, predictions, skipped_t2, spend_t1)
 
 
 # --------------------------------------------------------------------------- summaries

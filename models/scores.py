@@ -56,6 +56,9 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
     ScoreColumn("expected_purchases", "float64", "clv", "Expected purchase days in the next horizon (data.horizon_days).", non_negative=True),
     ScoreColumn("expected_avg_spend", "float64", "clv", "Expected spend per purchase day (Gamma-Gamma)."),
     ScoreColumn("clv", "float64", "clv", "Discounted expected margin over the next horizon."),
+    ScoreColumn("clv_p10", "float64", "clv", "10% quantile of the discounted margin realised over the next horizon (0 when no purchase is likely).", non_negative=True),
+    ScoreColumn("clv_p50", "float64", "clv", "Median of the discounted margin realised over the next horizon.", non_negative=True),
+    ScoreColumn("clv_p90", "float64", "clv", "90% quantile of the discounted margin realised over the next horizon.", non_negative=True),
     ScoreColumn("churn_probability", "float64", "churn", "Calibrated probability of no purchase in the next horizon.", unit_interval=True),
     ScoreColumn("current_value", "float64", "segment", "Realised margin over the trailing horizon."),
     ScoreColumn("growth_potential", "float64", "segment", "Predicted margin over the next horizon (segment.growth_potential)."),
@@ -67,6 +70,8 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
     ScoreColumn("abc_class", "str", "segment", "A: customers making the first 80% of value, B: the next 15%, C: the rest.", ABC_CLASSES),
     ScoreColumn("lifecycle_state", "str", "segment", "Lifecycle state from the gap since the last purchase vs the customer's own cycle.", LIFECYCLE_STATES),
     ScoreColumn("relationship_level", "str", "segment", "Recommended depth of relationship (segment size x margin).", RELATIONSHIP_LEVELS),
+    ScoreColumn("quadrant_probability", "float64", "segment", "Probability that the customer belongs to its quadrant (its growth potential on the same side of the cut, from clv_p10/p50/p90).", unit_interval=True),
+    ScoreColumn("quadrant_uncertain", "int64", "segment", "1 when quadrant_probability is below segment.uncertain_below, else 0.", unit_interval=True),
     ScoreColumn("model_version", "str", "export", "Registered models that produced the scores, e.g. cvp-clv/3;cvp-churn/2."),
 )
 

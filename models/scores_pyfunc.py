@@ -6,8 +6,9 @@ models/scores.py). Population-relative labels (quadrant cuts, tiers, pyramid, AB
 come from the :class:`~models.segments.SegmentReference` of the population scored at as_of, so
 a customer is labelled as in the batch whoever else is in the request.
 
-Artifacts: the pickled purchase, spend and churn models and the reference as JSON; when growth
-potential is the value model's (segment.growth_potential value, or auto after it won on the
+Artifacts: the pickled purchase, spend and churn models, the reference as JSON, and the clv stage's
+parameter draws (JSON) from which the chain recomputes clv_p10/p50/p90 (models/clv_intervals.py); when
+growth potential is the value model's (segment.growth_potential value, or auto after it won on the
 holdout), its pickle too: the chain then predicts it from the features and the CLV outputs.
 """
 
@@ -22,6 +23,7 @@ import pandas as pd
 
 from models.churn import prepare_features
 from models.clv import ClvSettings
+from models.clv_intervals import ParameterDraws, fill_intervals, from_served_artifact, interval_frame
 from models.scores import assemble_scores
 from models.segments import VALUE_PREDICTION, SegmentReference, SegmentRules, segment_customers
 from models.value import prepare_value_features
@@ -31,7 +33,8 @@ SPEND_ARTIFACT = "spend_model"
 CHURN_ARTIFACT = "churn_classifier"
 REFERENCE_ARTIFACT = "segment_reference"
 VALUE_ARTIFACT = "value_model"  # only when the rules' growth potential is "value"
-ARTIFACTS = (PURCHASE_ARTIFACT, SPEND_ARTIFACT, CHURN_ARTIFACT, REFERENCE_ARTIFACT)
+INTERVAL_ARTIFACT = "clv_interval_draws"
+ARTIFACTS = (PURCHASE_ARTIFACT, SPEND_ARTIFACT, CHURN_ARTIFACT, REFERENCE_ARTIFACT, INTERVAL_ARTIFACT)
 #: The distributions the chain imports (here, models/clv.py and its lifetimes door, whose fitter uses
 #: autograd, models/churn.py, models/scores.py, models/segments.py), pinned at logging time;
 #: tests/test_scores_pyfunc.py checks it.
@@ -55,6 +58,7 @@ class ScoringChain:
     clv: ClvSettings
     model_version: str
     value_model: object | None = None  # models.value.ValueModel; None: growth potential "value" is the CLV
+    intervals: tuple[ParameterDraws, object] | None = None  # the t_0 parameter draws and IntervalSettings
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """Export rows (the contract of models/scores.py, sorted by customer_id) for rows of a features file."""
@@ -65,6 +69,9 @@ class ScoringChain:
         features["customer_id"] = features["customer_id"].astype(str)
         features["cutoff"] = pd.to_datetime(features["cutoff"])
         clv = self.clv.predict(self.purchase_model, self.spend_model, features)
+        if self.intervals is not None:  # the clv stage's P10/P50/P90, history by history as in the batch
+            quantiles = interval_frame(self.intervals[0], features, self.intervals[1])
+            clv = fill_intervals(clv, features, quantiles[["clv_p10", "clv_p50", "clv_p90"]].to_numpy())
         X = prepare_features(features, clv)
         churn = pd.DataFrame(
             {
@@ -73,7 +80,8 @@ class ScoringChain:
                 "churn_probability": self.churn_classifier.predict_churn_probability(X),
             }
         )
-        inputs = features.merge(clv[["customer_id", "clv", "p_no_purchase"]], on="customer_id", validate="one_to_one")
+        clv_columns = ["customer_id", "clv", "p_no_purchase", "clv_p10", "clv_p50", "clv_p90"]
+        inputs = features.merge(clv[clv_columns], on="customer_id", validate="one_to_one")
         inputs = inputs.merge(churn[["customer_id", "churn_probability"]], on="customer_id", validate="one_to_one")
         if self.rules.growth_potential == "value":
             inputs[VALUE_PREDICTION] = self.value_prediction(features, clv).reindex(inputs["customer_id"]).to_numpy()
@@ -109,9 +117,13 @@ class ScoresPyfuncModel(mlflow.pyfunc.PythonModel):
         if VALUE_ARTIFACT in context.artifacts:
             with open(context.artifacts[VALUE_ARTIFACT], "rb") as fh:
                 value_model = pickle.load(fh)
+        intervals = None
+        if INTERVAL_ARTIFACT in context.artifacts:
+            with open(context.artifacts[INTERVAL_ARTIFACT], encoding="utf-8") as fh:
+                intervals = from_served_artifact(json.load(fh), self.clv)
         self.chain = ScoringChain(
             loaded[PURCHASE_ARTIFACT], loaded[SPEND_ARTIFACT], loaded[CHURN_ARTIFACT], reference,
-            self.rules, self.clv, self.model_version, value_model,
+            self.rules, self.clv, self.model_version, value_model, intervals,
         )  # fmt: skip
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

@@ -31,7 +31,7 @@ HIGH_GROWTH_QUADRANTS = ("II", "IV")
 # The columns each input contributes (customer_id and cutoff first).
 SCORING_COLUMNS = {
     "features": ("customer_id", "cutoff", "spend_trailing", "margin_trailing", "days_since_first", "days_since_last", "ipi_mean"),
-    "clv": ("customer_id", "cutoff", "clv", "p_no_purchase"),
+    "clv": ("customer_id", "cutoff", "clv", "p_no_purchase", "clv_p10", "clv_p50", "clv_p90"),
     "churn": ("customer_id", "cutoff", "churn_probability"),
 }
 VALUE_COLUMNS = ("customer_id", "cutoff", "predicted_value")  # of the value predictions, when growth potential uses them
@@ -42,8 +42,10 @@ FLOAT_FEATURES = ("spend_trailing", "margin_trailing", "days_since_first", "days
 SEGMENT_COLUMNS = (
     "customer_id", "as_of", "current_value", "growth_potential", "growth_potential_clv", "quadrant",
     "resource_allocation", "retention_strategy", "tier", "pyramid_level", "abc_class", "lifecycle_state",
-    "relationship_level",
+    "relationship_level", "quadrant_probability", "quadrant_uncertain",
 )  # fmt: skip
+#: The text labels of the segments file (cast to str when written).
+LABEL_COLUMNS = SEGMENT_COLUMNS[5:13]
 
 
 # --------------------------------------------------------------------------- inputs
@@ -177,7 +179,7 @@ def segments_table(labelled: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """The segments file: the contract columns with as_of, labels as text, sorted by customer_id."""
     out = labelled.assign(as_of=pd.Series(as_of, index=labelled.index).astype("datetime64[ns]"))
     out = out[list(SEGMENT_COLUMNS)].sort_values("customer_id", kind="mergesort").reset_index(drop=True)
-    for column in SEGMENT_COLUMNS[5:]:
+    for column in LABEL_COLUMNS:
         out[column] = out[column].astype(str)
     return out
 

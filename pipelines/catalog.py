@@ -85,6 +85,7 @@ ARTIFACTS: tuple[Artifact, ...] = (
     Artifact("clv_purchase_model", "models/artifacts/clv/purchase_model.pkl", "clv", ("segment",), out=_CLV_MODELS),
     Artifact("clv_spend_model", "models/artifacts/clv/spend_model.pkl", "clv", ("segment",), out=_CLV_MODELS),
     Artifact("clv_model_summary", "models/artifacts/clv/model.json", "clv", out=_CLV_MODELS),
+    Artifact("clv_interval_draws", "models/artifacts/clv/interval_draws.json", "clv", ("segment",), out=_CLV_MODELS),
     Artifact("clv_registration", "models/artifacts/clv/registration.json", "clv", ("segment", "export"), out=_CLV_MODELS),
     Artifact("metrics_clv", "metrics/clv.json", "clv", ("export",)),
     Artifact("plots_clv", "plots/clv", "clv", ("export",)),

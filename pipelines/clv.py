@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.customer import rfm_counts, spend_counts
+from features.customer import rfm_counts, spend_counts, window_period_spend
 from features.frames import single_date
-from models import clv_eval, clv_select
+from models import clv_eval, clv_intervals, clv_select
 from models.clv import ClvSettings
 from models.clv_select import ClvFitting, Patterns
 from models.plots import clv as clv_plots
-from pipelines import engines, files, tracking
+from pipelines import domain, engines, files, tracking
 from pipelines.catalog import CUTOFF_OFFSETS, Catalog
 from pipelines.config import Params
 from pipelines.domain import clv_settings
@@ -52,18 +52,21 @@ def patterns_at(con, path: Path, table_name: str) -> Patterns:
     return out
 
 
-def engine_tables(params: Params, paths: Catalog, t0) -> tuple[dict[int, Patterns], pd.DataFrame]:
-    """Per cutoff, the compressed tables, and the repeat purchase days of the t_1 customers up to
-    t_0 counted by day (the tracking curve's actuals), computed by the features engine (DuckDB, or
-    Spark with features.engine: pyspark) from the files: only distinct rows and one row per day
-    reach Python, never the transactions."""
+def engine_tables(params: Params, paths: Catalog, t0, t1) -> tuple[dict[int, Patterns], pd.DataFrame, pd.DataFrame]:
+    """Per cutoff, the compressed tables; the repeat purchase days of the t_1 customers up to t_0
+    counted by day (the tracking curve's actuals); the net spend per customer and discount period
+    of (t_1, t_0] (the intervals' coverage). Computed by the features engine (DuckDB, or Spark with
+    features.engine: pyspark) from the files: only distinct rows, one row per day and per customer
+    and period reach Python, never the transactions."""
     with engines.connect(params.features) as con:
         patterns = {k: patterns_at(con, paths.features_at(k), f"clv_features_t{k}") for k in CUTOFF_OFFSETS}
         customers = con.read_parquet(paths.features_at(1), table_name="clv_customers_t1")
         customers = customers.select("customer_id", "first_purchase")
         transactions = engines.read_transactions(con, paths.path("transactions"))
         repeats = con.to_pandas(clv_eval.repeat_day_counts(transactions, customers, t0))
-    return patterns, repeats
+        spend = con.to_pandas(window_period_spend(transactions, t1.date(), params.data.horizon_days,
+                                                  params.clv.discount_period_days))  # fmt: skip
+    return patterns, repeats, spend
 
 
 def log_model(settings: ClvSettings, model_files: dict[str, Path], f0: pd.DataFrame, pred_t0: pd.DataFrame,
@@ -97,14 +100,20 @@ def run(params: Params, paths: Catalog) -> None:
     tags = {f"cvp.input.features_t{k}": files.file_sha256(paths.features_at(k))[:16] for k in CUTOFF_OFFSETS}
 
     with tracking.in_background(functools.partial(tracking.stage_run, STAGE, params, paths, section, tags)) as later:
-        patterns, repeats = engine_tables(params, paths, t0)
+        patterns, repeats, period_spend = engine_tables(params, paths, t0, t1)
         fits = clv_select.fit_cutoffs(features, labels, patterns, fitting, settings, sources)
+        models = {0: (fits.purchase_t0, fits.spend_t0), 1: (fits.chosen.model, fits.spend_t1)}
+        compressed = {k: (patterns[k].rfm, patterns[k].spend) for k in models}
+        intervals = clv_intervals.stage_intervals(models, features, compressed, fits.predictions, labels, period_spend,
+                                                  domain.interval_config(params), settings)  # fmt: skip
         holdout = clv_eval.holdout_frame(f1, fits.predictions[1], labels)
         evaluation = clv_eval.evaluate(holdout, data.horizon_days, cfg.margin)
         curve = clv_eval.tracking_table(f1, None, fits.chosen.model, t0, data.days_per_unit, repeat_counts=repeats)
 
         for k in CUTOFF_OFFSETS:
-            paths.write(f"clv_predictions_t{k}", fits.predictions[k], params)
+            paths.write(f"clv_predictions_t{k}", intervals.predictions[k], params)
+        files.write_text(clv_intervals.served_artifact(intervals.draws_t0, domain.interval_config(params)),
+                         paths.path("clv_interval_draws"))  # fmt: skip
         model_files = {key: paths.path(f"clv_{key}") for key in ("purchase_model", "spend_model")}
         for key, fitted in (("purchase_model", fits.purchase_t0), ("spend_model", fits.spend_t0)):
             files.write_bytes(pickle.dumps(fitted, protocol=5), model_files[key])
@@ -113,9 +122,11 @@ def run(params: Params, paths: Catalog) -> None:
         bgnbd = clv_select.bgnbd_block(fits.name, fits.purchase_t0, patterns[0], fitting)
         metrics = clv_select.clv_metrics(fits, t0, t1, f0, bgnbd, evaluation["summary"], data.time_unit,
                                          data.horizon_days)  # fmt: skip
+        metrics["intervals"] = intervals.metrics
         files.write_json(metrics, paths.metrics_file(STAGE))
 
         out = paths.plots_dir(STAGE)
+        files.write_csv(intervals.table.round(10), out / "interval_coverage.csv")
         for stem, table in clv_eval.plot_tables(evaluation, curve, fits.selection).items():
             files.write_csv(table, out / f"{stem}.csv")
         matrices = clv_eval.purchase_matrices(fits.purchase_t0, f0["frequency"], f0["T"], settings.horizon_units)

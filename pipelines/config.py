@@ -120,6 +120,8 @@ class ClvParams(_Section):
     fit_max_iterations: int = Field(1000, gt=0)
     min_customers: int = Field(100, gt=0)
     selection_max_customers: int = Field(200_000, gt=0)
+    interval_draws: int = Field(20, gt=0)  # parameter draws of the customer bootstrap (1 = point estimate only)
+    interval_process_draws: int = Field(200, ge=20)  # purchase-process draws per distinct history
     model_name: str = "cvp-clv"
     register_model: bool = True
 
@@ -267,6 +269,7 @@ class SegmentParams(_Section):
     relationship: RelationshipParams = RelationshipParams()
     # The quadrant scatter draws a seeded sample of at most this many customers (all when fewer).
     scatter_sample_size: int = Field(50_000, gt=0)
+    uncertain_below: float = Field(0.8, ge=0, le=1)  # quadrant_uncertain below this quadrant_probability
     log_model: bool = True
     model_name: str = "cvp-scores"
     register_model: bool = True

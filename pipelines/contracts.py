@@ -18,7 +18,7 @@ from features.customer import LABELS_SCHEMA, features_schema
 from features.errors import DataError, contract_problem
 from features.ingest import TRANSACTIONS_SCHEMA
 from models import segments as seg
-from models.clv_columns import CANDIDATE_ORDER, PREDICTION_DTYPES
+from models.clv_columns import CANDIDATE_ORDER, INTERVAL_COLUMNS, PREDICTION_DTYPES
 from models.scores import SCORE_COLUMNS, ScoreColumn, value_checks
 
 if TYPE_CHECKING:
@@ -31,6 +31,13 @@ def sorted_by_customer() -> pa.Check:
     return pa.Check(lambda df: df["customer_id"].is_monotonic_increasing, error="rows sorted by customer_id")
 
 
+def _intervals_all_or_none(df: pd.DataFrame) -> bool:
+    values = df[list(INTERVAL_COLUMNS)].to_numpy(dtype=float)
+    if pd.isna(values).all():
+        return True
+    return bool(pd.notna(values).all() and (values[:, 0] <= values[:, 1]).all() and (values[:, 1] <= values[:, 2]).all())
+
+
 CLV_PREDICTIONS_SCHEMA = pa.DataFrameSchema(
     {
         "customer_id": pa.Column("str", unique=True),
@@ -41,11 +48,14 @@ CLV_PREDICTIONS_SCHEMA = pa.DataFrameSchema(
         "p_no_purchase": pa.Column("float64", _PROBABILITY),
         "expected_avg_spend": pa.Column("float64"),
         "clv": pa.Column("float64"),
+        # The interval columns are all NaN in a file without intervals (t_2), else finite and ordered.
+        **{name: pa.Column("float64", nullable=True) for name in INTERVAL_COLUMNS},
     },
     strict=True,
     ordered=True,
     checks=[
         sorted_by_customer(),
+        pa.Check(lambda df: _intervals_all_or_none(df), error="clv_p10..clv_p90 all NaN, or finite with p10 <= p50 <= p90"),
         pa.Check(lambda df: df["cutoff"].nunique() <= 1, error="one cutoff per file"),
         pa.Check(lambda df: df["model"].nunique() <= 1, error="one model per file"),
     ],
@@ -99,6 +109,8 @@ SEGMENTS_SCHEMA = pa.DataFrameSchema(
         "abc_class": pa.Column(str, pa.Check.isin(seg.ABC_CLASSES)),
         "lifecycle_state": pa.Column(str, pa.Check.isin(seg.LIFECYCLE_STATES)),
         "relationship_level": pa.Column(str, pa.Check.isin(seg.RELATIONSHIP_LEVELS)),
+        "quadrant_probability": pa.Column(float, _PROBABILITY, nullable=False),
+        "quadrant_uncertain": pa.Column("int64", pa.Check.isin([0, 1])),
     },
     strict=True,
     ordered=True,

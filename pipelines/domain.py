@@ -37,6 +37,15 @@ def clv_settings(params: Params) -> ClvSettings:
     )
 
 
+def interval_config(params: Params):
+    """How the clv stage computes clv_p10/p50/p90 (models/clv_intervals.py)."""
+    from models.clv_intervals import IntervalConfig
+
+    cfg = params.clv
+    return IntervalConfig(cfg.interval_draws, cfg.interval_process_draws, params.seed, cfg.fit_max_iterations,
+                          cfg.fit_time_budget_s)
+
+
 def churn_classifier_factory(params: Params) -> Callable[[], ChurnClassifier]:
     """Factory of unfitted churn classifiers configured from params.churn and params.seed."""
     from models.churn import ChurnClassifier
@@ -62,7 +71,7 @@ def segment_rules(params: Params, value_model_won: bool = False) -> seg.SegmentR
     method = s.growth_potential if s.growth_potential != "auto" else "value" if value_model_won else "combined"
     return seg.SegmentRules(
         growth_potential=method,
-        value_basis=s.value_basis,
+        **s.model_dump(include={"value_basis", "uncertain_below"}),
         margin=params.clv.margin,
         cut=seg.CutRule(**s.cut.model_dump()),
         pyramid=tuple(s.pyramid.model_dump().items()),

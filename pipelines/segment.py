@@ -38,6 +38,7 @@ MODEL_FILES = {
     scores_pyfunc.SPEND_ARTIFACT: "clv_spend_model",
     scores_pyfunc.CHURN_ARTIFACT: "churn_model",
     scores_pyfunc.REFERENCE_ARTIFACT: "segment_reference",
+    scores_pyfunc.INTERVAL_ARTIFACT: "clv_interval_draws",
 }
 VALUE_FILES = {scores_pyfunc.VALUE_ARTIFACT: "value_model"}  # in the chain when growth potential is the value model's
 

@@ -357,7 +357,8 @@ def test_the_fits_receive_only_distinct_patterns_from_the_engine(project):
     root, features = project
     paths = Catalog(root)
     params = parse_params(yaml.safe_load((root / "params.yaml").read_text()))
-    patterns, _ = stage.engine_tables(params, paths, pd.Timestamp(params.data.as_of))
+    as_of = pd.Timestamp(params.data.as_of)
+    patterns, _, _ = stage.engine_tables(params, paths, as_of, as_of - pd.Timedelta(days=params.data.horizon_days))
     for k in CUTOFF_OFFSETS:
         in_pandas = clv_select.patterns_of(features[k])
         pd.testing.assert_frame_equal(patterns[k].rfm, in_pandas.rfm, check_dtype=False)

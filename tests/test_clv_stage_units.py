@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 import pytest
@@ -65,7 +66,16 @@ def test_engine_tables_equal_the_in_memory_patterns_and_repeat_days(tmp_path):
         "amount": [5.0, 1.0, 0.0, 2.0, -3.0, 4.0, 4.0, 9.0, 2.0, 2.0],
     })  # fmt: skip
     files.write_parquet(tx, paths.TRANSACTIONS)
-    patterns, repeats = stage.engine_tables(PARAMS, paths, CUTOFF)
+    t1 = CUTOFF - pd.Timedelta(days=PARAMS.data.horizon_days)
+    patterns, repeats, period_spend = stage.engine_tables(PARAMS, paths, CUTOFF, t1)
+    # The spend of (t_1, t_0] by 30-day period, returns netted: day d (30 days before t_0) is in period 2
+    # (days 61..90 after t_1), t_0 in period 3, the day after t_0 nowhere.
+    day = tx["timestamp"].dt.floor("D")
+    window = tx[(day > t1) & (day <= CUTOFF)]
+    expected = window.groupby(((day[window.index] - t1).dt.days - 1) // 30)["amount"].sum()
+    by_period = period_spend.groupby("period")["spend"].sum()
+    pd.testing.assert_series_equal(by_period, expected, check_names=False, check_index_type=False)
+    assert by_period[2] == pytest.approx(2.0 - 3.0 + 9.0) and by_period[3] == pytest.approx(2.0)
     for k in CUTOFF_OFFSETS:
         expected = patterns_of(features)
         pd.testing.assert_frame_equal(patterns[k].rfm, expected.rfm, check_dtype=False)
@@ -108,10 +118,15 @@ def test_predictions_schema_rejects_unsorted_rows_and_bad_probabilities():
         {
             "customer_id": ["a", "b"], "cutoff": pd.Series([CUTOFF] * 2, dtype="datetime64[us]"), "model": "bgnbd",
             "p_alive": [0.5, 0.9], "expected_purchases": [0.1, 2.0], "p_no_purchase": [0.9, 0.2],
-            "expected_avg_spend": [30.0, 40.0], "clv": [1.0, 20.0],
+            "expected_avg_spend": [30.0, 40.0], "clv": [1.0, 20.0], "clv_p10": [0.0, 5.0], "clv_p50": [0.0, 18.0],
+            "clv_p90": [4.0, 40.0],
         }
     ).astype(contracts.CLV_PREDICTION_DTYPES)  # fmt: skip
     contracts.CLV_PREDICTIONS_SCHEMA.validate(good)
+    contracts.CLV_PREDICTIONS_SCHEMA.validate(good.assign(clv_p10=np.nan, clv_p50=np.nan, clv_p90=np.nan))  # t_2
+    for bad in (good.assign(clv_p50=[0.0, 50.0]), good.assign(clv_p10=[np.nan, 5.0])):  # unordered, partly missing
+        with pytest.raises(pa.errors.SchemaError, match="clv_p10..clv_p90"):
+            contracts.CLV_PREDICTIONS_SCHEMA.validate(bad)
     with pytest.raises(pa.errors.SchemaError, match="sorted"):
         contracts.CLV_PREDICTIONS_SCHEMA.validate(good.iloc[::-1].reset_index(drop=True))
     with pytest.raises(pa.errors.SchemaError, match="less_than_or_equal_to"):

@@ -19,9 +19,9 @@ from tests.test_export_fixture import copy_outputs, mlflow_store, project_env, s
 
 CONTRACT = [
     "customer_id", "as_of", "frequency", "recency", "T", "monetary_value", "p_alive", "expected_purchases",
-    "expected_avg_spend", "clv", "churn_probability", "current_value", "growth_potential", "quadrant",
-    "resource_allocation", "retention_strategy", "tier", "pyramid_level", "abc_class", "lifecycle_state",
-    "relationship_level", "model_version",
+    "expected_avg_spend", "clv", "clv_p10", "clv_p50", "clv_p90", "churn_probability", "current_value",
+    "growth_potential", "quadrant", "resource_allocation", "retention_strategy", "tier", "pyramid_level", "abc_class",
+    "lifecycle_state", "relationship_level", "quadrant_probability", "quadrant_uncertain", "model_version",
 ]  # fmt: skip
 AS_OF = pd.Timestamp("2000-06-30")
 
@@ -39,7 +39,8 @@ def tiny_inputs() -> dict[str, pd.DataFrame]:
     clv = pd.DataFrame({
         "customer_id": ["c1", "c2", "c3"], "cutoff": AS_OF, "model": "bgnbd", "p_alive": [1.0, 0.9, 0.5],
         "expected_purchases": [0.2, 1.5, 0.4], "p_no_purchase": [0.8, 0.2, 0.7],
-        "expected_avg_spend": [20.0, 38.0, 13.0], "clv": [1.1, 16.8, 1.5],
+        "expected_avg_spend": [20.0, 38.0, 13.0], "clv": [1.1, 16.8, 1.5], "clv_p10": [0.0, 2.0, 0.0],
+        "clv_p50": [0.0, 12.5, 0.0], "clv_p90": [3.5, 38.0, 5.2],
     })  # fmt: skip
     churn = pd.DataFrame({"customer_id": ["c2", "c3", "c1"], "cutoff": AS_OF, "churn_probability": [0.1, 0.6, 0.85]})
     segments = pd.DataFrame({
@@ -50,6 +51,7 @@ def tiny_inputs() -> dict[str, pd.DataFrame]:
                                "spare no effort to keep and grow the relationship", "rebuild / develop the relationship"],
         "tier": ["lead", "platinum", "iron"], "pyramid_level": ["small", "vip", "major"], "abc_class": ["C", "A", "B"],
         "lifecycle_state": ["new", "active", "drowsy"], "relationship_level": ["basic", "partnership", "reactive"],
+        "quadrant_probability": [1.0, 0.9, 0.35], "quadrant_uncertain": [0, 0, 1],
     })  # fmt: skip
     return {"features": features, "clv": clv, "churn": churn, "segments": segments}
 
@@ -59,7 +61,7 @@ def assemble(inputs: dict[str, pd.DataFrame], version: str = "cvp-clv/3;cvp-chur
     return sc.assemble_scores(inputs["features"], inputs["clv"], inputs["churn"], inputs["segments"], version, labels)
 
 
-def test_schema_lists_the_22_contract_columns_in_order():
+def test_schema_lists_the_27_contract_columns_in_order():
     assert list(contracts.SCORES_SCHEMA.columns) == CONTRACT
     assert sc.COLUMN_NAMES == tuple(CONTRACT)
 

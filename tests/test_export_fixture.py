@@ -124,6 +124,9 @@ def clv_predictions(features: pd.DataFrame, seed: int) -> pd.DataFrame:
             "p_no_purchase": 1 - p_alive * (1 - np.exp(-expected / np.maximum(p_alive, 1e-9))),
             "expected_avg_spend": spend,
             "clv": expected * spend * 0.30 * 0.98,
+            "clv_p10": 0.0,
+            "clv_p50": expected * spend * 0.30 * 0.5,
+            "clv_p90": expected * spend * 0.30 * 3.0,
         }
     )
 

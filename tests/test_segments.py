@@ -344,10 +344,16 @@ def test_concentration_top_share_and_negative_values():
 # --------------------------------------------------------------------------- full rules + summary
 
 
+def with_intervals(frame):
+    """CLV quantiles around the CLV (the clv stage's columns), as the segment input carries them."""
+    clv = frame["clv"]
+    return frame.assign(clv_p10=0.2 * clv, clv_p50=0.8 * clv, clv_p90=2.0 * clv)
+
+
 def small_base(n=40, seed=3):
     rng = np.random.default_rng(seed)
     repeat = rng.random(n) < 0.7
-    return pd.DataFrame(
+    return with_intervals(pd.DataFrame(
         {
             "customer_id": [f"{i:05d}" for i in range(n)][::-1],
             "spend_trailing": np.where(rng.random(n) < 0.4, 0.0, rng.gamma(2.0, 40.0, n)),
@@ -359,7 +365,7 @@ def small_base(n=40, seed=3):
             "p_no_purchase": rng.uniform(0.05, 0.95, n),
             "churn_probability": rng.uniform(0.05, 0.95, n),
         }
-    )
+    ))
 
 
 def test_segment_customers_composes_the_rules():
@@ -439,7 +445,7 @@ def tied_base(n: int = 300, seed: int = 3) -> pd.DataFrame:
     frame["spend_trailing"] = np.where(rng.uniform(size=n) < 0.6, 0.0, rng.choice([10.0, 25.0, 40.0], n))
     frame["clv"] = rng.choice([0.0, 5.0, 12.0, 30.0, 80.0], n)
     frame["customer_id"] = rng.permutation([f"k{i}" for i in range(n)])
-    return frame
+    return with_intervals(frame)
 
 
 @pytest.mark.parametrize("base", [small_base, tied_base], ids=["distinct", "tied"])

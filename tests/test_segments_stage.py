@@ -39,6 +39,9 @@ def _scores(rng, cutoff, n=N):
             "p_no_purchase": p_no,
             "expected_avg_spend": spend,
             "clv": expected * spend * 0.3 * 0.98,
+            "clv_p10": 0.0,
+            "clv_p50": expected * spend * 0.3 * 0.5,
+            "clv_p90": expected * spend * 0.3 * 3.0,
         }
     )
     churn = pd.DataFrame({"customer_id": _ids(n), "cutoff": cutoff, "churn_probability": rng.uniform(0.02, 0.98, n)})
@@ -112,13 +115,16 @@ def test_stage_writes_validated_deterministic_outputs_and_logs_to_mlflow(project
     # The written labels are the pure rules applied to the joined inputs.
     joined = (
         files["features_t0"]
-        .merge(files["clv_predictions_t0"][["customer_id", "clv", "p_no_purchase"]], on="customer_id")
+        .merge(files["clv_predictions_t0"][["customer_id", "clv", "p_no_purchase", "clv_p10", "clv_p50", "clv_p90"]],
+               on="customer_id")
         .merge(files["churn_predictions_t0"][["customer_id", "churn_probability"]], on="customer_id")
     )
     expected = seg.segment_customers(joined, domain.segment_rules(params)).customers
-    for column in ("quadrant", "tier", "pyramid_level", "abc_class", "lifecycle_state", "relationship_level"):
+    for column in ("quadrant", "tier", "pyramid_level", "abc_class", "lifecycle_state", "relationship_level",
+                   "quadrant_uncertain"):
         assert out[column].tolist() == expected[column].tolist(), column
     np.testing.assert_allclose(out["growth_potential"], expected["growth_potential"])
+    np.testing.assert_allclose(out["quadrant_probability"], expected["quadrant_probability"])
 
     summary = pd.read_parquet(paths.SEGMENT_SUMMARY)
     for _, part in summary.groupby("group_by"):
