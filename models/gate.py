@@ -9,6 +9,10 @@ money MAE). A challenger passes when every metric passes:
     lower is better:   challenger <= champion + allowance
     allowance = tolerance (absolute) or tolerance * |champion| (relative)
 
+A band rule has a target instead of a direction: the challenger passes when it lies within the
+tolerance of the target, whatever the champion's value (e.g. an interval's holdout coverage, which
+should equal its nominal level, not merely beat the champion's).
+
 Without a champion (first run) the challenger is promoted unconditionally; a forced promotion
 is promoted whatever the verdicts, and says so.
 """
@@ -32,6 +36,7 @@ class MetricRule:
     higher_is_better: bool
     tolerance: float
     relative: bool  # tolerance as a share of |champion| (True) or in the metric's units
+    target: float | None  # a band rule: the challenger must lie within tolerance of this, champion or not
 
     def __post_init__(self) -> None:
         if self.tolerance < 0:
@@ -94,10 +99,16 @@ def _number(value: object) -> float | None:
 
 
 def compare(rule: MetricRule, challenger: object, champion: object) -> MetricVerdict:
-    """Verdict of one metric. A missing challenger or champion value fails: it proves nothing."""
+    """Verdict of one metric. A missing challenger or champion value fails: it proves nothing. A band
+    rule (``rule.target``) checks the challenger alone: |challenger - target| <= tolerance."""
     chal, champ = _number(challenger), _number(champion)
     if chal is None:
         return MetricVerdict(rule.name, chal, champ, None, False, f"{rule.name}: challenger has no value")
+    if rule.target is not None:
+        passed = abs(chal - rule.target) <= rule.tolerance
+        verb = "within" if passed else "outside"
+        reason = f"{rule.name}: challenger {chal:.4g} {verb} {rule.target:.4g} +- {rule.tolerance:.4g}"
+        return MetricVerdict(rule.name, chal, champ, rule.tolerance, passed, reason)
     if champ is None:
         return MetricVerdict(rule.name, chal, champ, None, False, f"{rule.name}: champion has no value")
     limit = rule.limit(champ)

@@ -145,6 +145,13 @@ def challenger_metrics(holdout: Holdout, clv: pd.DataFrame, churn: pd.DataFrame,
     return {**churn_holdout_metrics(holdout, probability), **clv_holdout_metrics(holdout, clv, settings)}
 
 
+def interval_coverage(clv_metrics: Mapping[str, Any] | None) -> float | None:
+    """The P10-P90 interval's holdout coverage the clv stage measured on the same holdout (metrics/clv.json
+    ``intervals.holdout.coverage_pit``); None when the stage did not measure it."""
+    value = ((clv_metrics or {}).get("intervals") or {}).get("holdout", {}).get("coverage_pit")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def in_model_units(features: pd.DataFrame, days_per_unit: float, model_days_per_unit: float) -> pd.DataFrame:
     """recency and T converted from the pipeline's time unit to the model's."""
     if days_per_unit == model_days_per_unit:

@@ -309,6 +309,7 @@ class GateParams(_Section):
     churn_brier: float = Field(0.005, ge=0)
     clv_mae: float = Field(0.05, ge=0)
     clv_spearman: float = Field(0.02, ge=0)
+    interval_coverage: float | None = Field(0.05, ge=0)  # |P10-P90 holdout coverage - 0.80| at most this; null = not gated
 
 
 class RetrainParams(_Section):

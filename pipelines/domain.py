@@ -91,12 +91,20 @@ GATED_METRICS: tuple[tuple[str, bool, str, bool], ...] = (
 )
 
 
+#: The CLV interval's holdout coverage (metrics/clv.json intervals.holdout.coverage_pit) and its nominal level.
+INTERVAL_COVERAGE, INTERVAL_LEVEL = "clv.interval_coverage", 0.80
+
+
 def gate_rules(params: Params) -> tuple[gate.MetricRule, ...]:
-    """The four gated metrics with their directions and the tolerances of retrain.gate."""
+    """The gated metrics with their directions and the tolerances of retrain.gate, plus the band rule on
+    the P10-P90 interval's holdout coverage (retrain.gate.interval_coverage; null = not gated)."""
     from models import gate
 
     tolerance = params.retrain.gate.model_dump()
-    return tuple(gate.MetricRule(name, higher, tolerance[key], relative) for name, higher, key, relative in GATED_METRICS)
+    rules = [gate.MetricRule(name, higher, tolerance[key], relative, None) for name, higher, key, relative in GATED_METRICS]
+    if tolerance["interval_coverage"] is not None:
+        rules.append(gate.MetricRule(INTERVAL_COVERAGE, True, tolerance["interval_coverage"], False, INTERVAL_LEVEL))
+    return tuple(rules)
 
 
 def drift_thresholds(params: Params) -> drift.DriftThresholds:

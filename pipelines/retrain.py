@@ -238,6 +238,7 @@ class _Retrain:
         if overlap > 0:
             log.warning("the champion was trained on data %d day(s) into the holdout window; the comparison favours it", overlap)
         chal = rules.challenger_metrics(holdout, paths.read("clv_predictions_t1", params), paths.read("churn_predictions_t1", params), settings)
+        chal[domain.INTERVAL_COVERAGE] = rules.interval_coverage(files.read_json(paths.metrics_file("clv")))
         champ = None if champion.empty else rules.champion_metrics(champion, holdout, settings, load_champion(params, paths))
         decision = gate.decide(chal, champ, domain.gate_rules(params), force=self.force)
         record = {**rules.gate_record(decision, drift_report), "metrics_extra": {"challenger": chal, "champion": champ}}

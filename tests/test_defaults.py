@@ -98,9 +98,12 @@ def test_drift_gate_and_clv_settings_from_default_params_carry_the_config_values
     tolerances = GateParams()
     assert {name: r.tolerance for name, r in rules.items()} == {
         "churn.roc_auc": tolerances.churn_auc, "churn.brier": tolerances.churn_brier,
-        "clv.spend_mae": tolerances.clv_mae, "clv.spearman": tolerances.clv_spearman}
+        "clv.spend_mae": tolerances.clv_mae, "clv.spearman": tolerances.clv_spearman,
+        "clv.interval_coverage": tolerances.interval_coverage}
     assert [name for name, r in rules.items() if r.relative] == ["clv.spend_mae"]
-    assert [name for name, r in rules.items() if r.higher_is_better] == ["churn.roc_auc", "clv.spearman"]
+    assert [name for name, r in rules.items() if r.target is not None] == ["clv.interval_coverage"]
+    assert rules["clv.interval_coverage"].target == 0.80
+    assert [name for name, r in rules.items() if r.higher_is_better and r.target is None] == ["churn.roc_auc", "clv.spearman"]
     assert domain.clv_settings(PARAMS) == ClvSettings(days_per_unit=7.0, horizon_days=91, margin=0.3,
                                                       discount_rate=0.10, discount_period_days=30)
 

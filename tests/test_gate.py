@@ -5,10 +5,10 @@ import pytest
 from models.gate import PROMOTE, REFUSE, MetricRule, compare, decide
 
 RULES = (
-    MetricRule("churn.auc", higher_is_better=True, tolerance=0.01, relative=False),
-    MetricRule("churn.brier", higher_is_better=False, tolerance=0.005, relative=False),
-    MetricRule("clv.mae", higher_is_better=False, tolerance=0.05, relative=True),
-    MetricRule("clv.spearman", higher_is_better=True, tolerance=0.02, relative=False),
+    MetricRule("churn.auc", higher_is_better=True, tolerance=0.01, relative=False, target=None),
+    MetricRule("churn.brier", higher_is_better=False, tolerance=0.005, relative=False, target=None),
+    MetricRule("clv.mae", higher_is_better=False, tolerance=0.05, relative=True, target=None),
+    MetricRule("clv.spearman", higher_is_better=True, tolerance=0.02, relative=False, target=None),
 )
 CHAMPION = {"churn.auc": 0.80, "churn.brier": 0.150, "clv.mae": 2.00, "clv.spearman": 0.60}
 
@@ -53,12 +53,12 @@ def test_better_values_pass_in_both_directions():
 
 
 def test_limits_are_direction_aware_and_relative_where_asked():
-    assert MetricRule("auc", True, 0.01, False).limit(0.8) == pytest.approx(0.79)
-    assert MetricRule("brier", False, 0.005, False).limit(0.15) == pytest.approx(0.155)
-    assert MetricRule("mae", False, 0.05, relative=True).limit(2.0) == pytest.approx(2.1)
-    assert MetricRule("r", True, 0.1, relative=True).limit(-0.5) == pytest.approx(-0.55)
+    assert MetricRule("auc", True, 0.01, False, None).limit(0.8) == pytest.approx(0.79)
+    assert MetricRule("brier", False, 0.005, False, None).limit(0.15) == pytest.approx(0.155)
+    assert MetricRule("mae", False, 0.05, relative=True, target=None).limit(2.0) == pytest.approx(2.1)
+    assert MetricRule("r", True, 0.1, relative=True, target=None).limit(-0.5) == pytest.approx(-0.55)
     with pytest.raises(ValueError, match="tolerance"):
-        MetricRule("x", True, -0.1, False)
+        MetricRule("x", True, -0.1, False, None)
 
 
 @pytest.mark.parametrize("missing", [None, float("nan"), "0.8"])
@@ -99,3 +99,17 @@ def test_decision_as_dict():
             }
         },
     }
+
+
+def test_a_band_rule_checks_the_challenger_alone_against_its_target():
+    band = MetricRule("clv.interval_coverage", higher_is_better=True, tolerance=0.05, relative=False, target=0.80)
+    rules = (*RULES, band)
+    inside, outside = {**CHAMPION, "clv.interval_coverage": 0.76}, {**CHAMPION, "clv.interval_coverage": 0.86}
+    champion = {**CHAMPION, "clv.interval_coverage": 0.95}  # a champion far off its target does not matter
+    assert decide(inside, champion, rules).decision == PROMOTE
+    refused = decide(outside, champion, rules)
+    assert refused.decision == REFUSE
+    assert refused.reasons[-1] == "clv.interval_coverage: challenger 0.86 outside 0.8 +- 0.05"
+    # over-covering fails too (a higher value is not "better" for a band), and the champion may lack the value
+    assert not compare(band, 0.90, None).passed and compare(band, 0.80, None).passed
+    assert not compare(band, None, 0.80).passed

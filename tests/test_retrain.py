@@ -127,6 +127,8 @@ class FakePipeline:
             logged = self._log_real_models(data, paths) if self.real_models else {}
             paths.write("clv_predictions_t1", data["clv_t1"], self.params)
             paths.write("churn_predictions_t1", data["churn_t1"], self.params)
+            files.write_json({"intervals": {"holdout": {"coverage_pit": data.get("coverage_pit", 0.79)}}},
+                             paths.metrics_file("clv"))
             for model, (_, model_dir, name) in retrain.registered(self.params, paths).items():
                 version = logged.get(model) or self._register(name)
                 self.by_version[(name, version)] = data
@@ -282,13 +284,23 @@ def test_the_gate_uses_the_stage_metric_functions_on_the_same_holdout(project):
     spend = clv["expected_purchases"] * clv["expected_avg_spend"]
     assert report["metrics"]["clv.spend_mae"]["challenger"] == pytest.approx(np.abs(spend - labels["spend"]).mean())
     assert report["metrics"]["clv.spearman"]["challenger"] == pytest.approx(clv_eval.spearman_rho(clv["clv"], labels["spend"]))
+    assert report["metrics"]["clv.interval_coverage"]["challenger"] == 0.79  # metrics/clv.json of the same holdout
 
     # Second round on identical data: the champion scores exactly the same, so it passes.
     fake.round = _round_data("1998-06-30", quality=0.7)
     report = retrain.run(params, paths)
     assert report["decision"] == "promote"
-    for verdict in report["metrics"].values():
-        assert verdict["challenger"] == pytest.approx(verdict["champion"])
+    for name, verdict in report["metrics"].items():
+        if name != "clv.interval_coverage":  # a band rule: the champion's value is not compared
+            assert verdict["challenger"] == pytest.approx(verdict["champion"])
+    assert _aliases(params) == {"cvp-clv": "2", "cvp-churn": "2", "cvp-scores": "2"}
+
+    # Third round, as good but with intervals that cover 0.90 of the holdout, not 0.80: refused.
+    fake.round = {**_round_data("1998-09-29", quality=0.7), "coverage_pit": 0.90}
+    with pytest.raises(retrain.ChallengerRefused):
+        retrain.run(params, paths)
+    written = files.read_json(paths.RETRAIN_REPORT)
+    assert {k for k, v in written["metrics"].items() if not v["passed"]} == {"clv.interval_coverage"}
     assert _aliases(params) == {"cvp-clv": "2", "cvp-churn": "2", "cvp-scores": "2"}
 
 
@@ -325,7 +337,8 @@ def test_the_champion_is_loaded_by_its_alias_and_scores_as_the_batch_did(store, 
     pd.testing.assert_series_equal(probability, expected, check_names=False, check_exact=False, rtol=0, atol=1e-12)
     assert probability.nunique() > 50  # a real model, not a constant
     for metric, verdict in report["metrics"].items():
-        assert verdict["champion"] == pytest.approx(verdict["challenger"], rel=1e-12, abs=1e-12), metric
+        if metric != "clv.interval_coverage":  # a band rule: no champion value
+            assert verdict["champion"] == pytest.approx(verdict["challenger"], rel=1e-12, abs=1e-12), metric
     assert report["decision"] == "promote" and _aliases(params) == {"cvp-clv": "2", "cvp-churn": "2", "cvp-scores": "2"}
 
 
@@ -391,6 +404,15 @@ def test_gate_rules_follow_the_params(tmp_path):
     assert rules["clv.spend_mae"].tolerance == 0.1
     assert rules["churn.roc_auc"].higher_is_better and not rules["churn.roc_auc"].relative
     assert not rules["churn.brier"].higher_is_better
+    assert rules["clv.interval_coverage"].target == 0.80
+    assert "clv.interval_coverage" not in {r.name for r in domain.gate_rules(_params(tmp_path, interval_coverage=None))}
+
+
+def test_the_gated_interval_coverage_is_the_clv_stages_holdout_figure():
+    from models.retrain_rules import interval_coverage
+
+    assert interval_coverage({"intervals": {"holdout": {"coverage_pit": 0.7986, "coverage": 0.94}}}) == 0.7986
+    assert interval_coverage({"holdout": {}}) is None and interval_coverage(None) is None
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,7 @@ def test_decision_records():
     failing = drift.DriftReport((drift.Check("psi.x", 0.4, 0.25, "max"), drift.Check("rows.drop", 0.0, 0.1, "max")))
     assert rules.drift_refusal(failing) == {"decision": "refuse", "stopped_by": "drift", "forced": False,
                                             "reasons": ["drift: psi.x = 0.4 > 0.25"]}  # fmt: skip
-    rule = gate.MetricRule("m", higher_is_better=True, tolerance=0.0, relative=False)
+    rule = gate.MetricRule("m", higher_is_better=True, tolerance=0.0, relative=False, target=None)
     forced = gate.decide({"m": 0.5}, {"m": 0.9}, [rule], force=True)
     record = rules.gate_record(forced, failing)
     assert record["decision"] == "promote" and record["stopped_by"] is None and record["forced"] is True
