@@ -191,7 +191,21 @@ def clv_tables(clv: Mapping[str, Any] | None) -> list[Table]:
                  fmt(dig(v, "rmse")), pct(dig(v, "aggregate_error"))] for name, v in candidates.items()]  # fmt: skip
         tables.append(Table("Purchase-model candidates on the holdout", ["model", "status", "MAE", "RMSE", "aggregate error"],
                             rows, css_id="clv-selection-table"))  # fmt: skip
-    return tables
+    intervals = interval_table(dig(clv, "intervals", "holdout"))
+    return tables + ([intervals] if intervals else [])
+
+
+def interval_table(holdout: Mapping[str, Any] | None) -> Table | None:
+    """Holdout coverage of [clv_p10, clv_p90], overall and by repeat purchases (metrics/clv.json intervals)."""
+    if not isinstance(holdout, Mapping) or "coverage_pit" not in holdout:
+        return None
+    groups = {"all customers": holdout, **{f"{k} repeat purchase days": v for k, v in dig(holdout, "by_frequency", default={}).items()}}
+    rows = [[name, fmt(g.get("customers")), pct(g.get("coverage_pit")), pct(g.get("coverage")), pct(g.get("expected_coverage")),
+             fmt(g.get("mean_width"))] for name, g in groups.items() if isinstance(g, Mapping)]  # fmt: skip
+    caption = ("CLV interval [P10, P90] on the holdout: the share of customers whose realised value falls inside "
+               "(target 80%; a realised 0 counted by the share of the zero mass between P10 and P90)")
+    return Table(caption, ["customers", "n", "coverage", "coverage, every realised 0 at P10 = 0 inside",
+                           "the model's own expectation of that", "mean width"], rows, css_id="clv-interval-table")  # fmt: skip
 
 
 CHURN_MEASURES = ("roc_auc", "average_precision", "brier", "log_loss", "top_decile_lift", "top_decile_capture")

@@ -264,3 +264,15 @@ def test_unreadable_or_missing_sources_are_skipped_with_a_warning(tmp_path, capl
     assert sources.plots == {"clv": {}, "churn": {}, "segment": {}}
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "metrics/clv.json is not valid JSON" in messages and "metrics/churn.json not found" in messages
+
+
+def test_the_interval_table_shows_holdout_coverage_overall_and_by_repeat_purchases():
+    from pipelines.report_models import interval_table
+
+    holdout = {"customers": 100, "coverage_pit": 0.7986, "coverage": 0.94, "expected_coverage": 0.9402, "mean_width": 7.05,
+               "by_frequency": {"0": {"customers": 60, "coverage_pit": 0.80, "coverage": 0.97, "expected_coverage": 0.96,
+                                      "mean_width": 0.0}}}  # fmt: skip
+    table = interval_table(holdout)
+    assert [row[0] for row in table.rows] == ["all customers", "0 repeat purchase days"]
+    assert table.rows[0][1:3] == ["100", "79.9%"] and table.rows[1][2:5] == ["80%", "97%", "96%"]
+    assert interval_table({"coverage": 0.9}) is None and interval_table(None) is None
