@@ -110,11 +110,20 @@ def check_no_window_columns(columns: Iterable[str]) -> None:
 # --------------------------------------------------------------------------- feature prep
 
 
+def _is_date(values: pd.Series) -> bool:
+    """True for datetime64 columns and for object columns of dates (``datetime.date``, as Arrow's
+    date32 arrives in pandas): both are turned into day counts, never into categories."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    return values.dtype == object and pd.api.types.infer_dtype(values, skipna=True) in ("date", "datetime")
+
+
 def prepare_features(features: pd.DataFrame, clv: pd.DataFrame | None = None) -> pd.DataFrame:
     """Model input: one row per customer (index customer_id, sorted), no ids, no raw dates.
 
     Joins the CLV outputs (expected_purchases, p_alive, p_no_purchase, clv); turns date
-    columns into days before the cutoff (dropped when that day count is already a feature);
+    columns (datetime64, or objects holding dates) into days before the cutoff (dropped when
+    that day count is already a feature);
     numbers become float64, text becomes ``category`` (the classifier fixes the categories).
     """
     frame = features.copy()
@@ -134,7 +143,7 @@ def prepare_features(features: pd.DataFrame, clv: pd.DataFrame | None = None) ->
         if col in ID_COLUMNS:
             continue
         values = frame[col]
-        if pd.api.types.is_datetime64_any_dtype(values):
+        if _is_date(values):
             target = DATE_AS_DAYS.get(col, f"{col}_days_before_cutoff")
             if target not in frame:
                 out[target] = (cutoff - pd.to_datetime(values)).dt.days.astype("float64")
@@ -271,6 +280,9 @@ def choose_calibration(margin: np.ndarray, y: np.ndarray, seed: int) -> tuple[st
 
 # --------------------------------------------------------------------------- complexity
 
+BOOST_COLUMNS = {"p_no_purchase": "p_no_purchase", "expected_purchases": "expected_purchases"}  # boost_from -> column
+BOOST_CLIP = 1e-6  # the boosting start is the logit of the baseline's probability clipped to [1e-6, 1 - 1e-6]
+
 MIN_CHILD_FLOOR = 5  # fewest customers in a leaf whatever the share says (a leaf of 1-4 is noise)
 
 
@@ -328,6 +340,13 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
     learning rate small, so beyond some hundred thousand customers more rows cost time and
     change little.
 
+    ``boost_from`` (``p_no_purchase`` | ``expected_purchases`` | None) starts every customer's
+    boosting at that CLV baseline's log-odds of churn (LightGBM ``init_score``; the probability
+    clipped to [BOOST_CLIP, 1 - BOOST_CLIP]), so the trees learn corrections to the baseline and
+    a model whose trees add nothing predicts the baseline itself. The start is part of every
+    margin (:meth:`predict_margin`): at fit, on the eval set's learning curve, in the calibration
+    map's input and in every prediction; the LightGBM booster alone holds only the corrections.
+
     ``min_child_samples`` is LightGBM's leaf minimum; with ``min_child_share`` set it is the cap
     of a minimum that scales with the customers of each fit (:func:`scaled_min_child_samples`).
     With fewer than 4 churned or retained customers ``auto`` holds nothing out (method none).
@@ -358,6 +377,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         n_jobs: int = 2,
         tree_tolerance: float | None = None,
         max_fit_customers: int | None = 200000,
+        boost_from: str | None = "p_no_purchase",
     ):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
@@ -374,8 +394,31 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.tree_tolerance = tree_tolerance
         self.max_fit_customers = max_fit_customers
+        self.boost_from = boost_from
 
     # -- fitting
+
+    def _init_score(self, Xt: pd.DataFrame) -> np.ndarray | None:
+        """Where the boosting starts for each row of a transformed frame: the log-odds of the CLV
+        baseline ``boost_from`` (its probability clipped to [BOOST_CLIP, 1 - BOOST_CLIP]); None
+        (``boost_from`` None) starts from LightGBM's average."""
+        if self.boost_from is None:
+            return None
+        column = BOOST_COLUMNS.get(self.boost_from)
+        if column is None:
+            raise ValueError(f"boost_from must be one of {sorted(BOOST_COLUMNS)} or None (got {self.boost_from!r})")
+        if column not in Xt.columns:
+            raise DataError(
+                f"features: column '{column}' is missing, the churn classifier boosts from it (boost_from="
+                f"{self.boost_from}); join the CLV predictions or set churn.lightgbm.boost_from: null"
+            )
+        probability = _baseline_probability(Xt, self.boost_from)
+        if not np.isfinite(probability).all():
+            raise DataError(
+                f"features: column '{column}' has missing or infinite values; the churn classifier boosts from it "
+                "(boost_from): rebuild the CLV predictions or set churn.lightgbm.boost_from: null"
+            )
+        return logit(np.clip(probability, BOOST_CLIP, 1 - BOOST_CLIP))
 
     def _lightgbm(self, n_customers: int, n_trees: int | None = None) -> lgb.LGBMClassifier:
         """LightGBM for a fit on ``n_customers`` (the leaf minimum scales with it, see
@@ -432,16 +475,22 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         labels = y.to_numpy()
         fit_pos = capped_rows(y.index.get_indexer(fit_ids), labels, self.max_fit_customers, self.random_state)
         self.n_trees_, self.learning_curve_ = self.n_estimators, None
+        start = self._init_score(Xt)
+        start_fit = None if start is None else start[fit_pos]
         if eval_set is None or self.tree_tolerance is None:  # no choice to make: no curve (it costs ~a fit)
-            self.booster_ = self._lightgbm(len(fit_pos)).fit(Xt.iloc[fit_pos], y.iloc[fit_pos].to_numpy())
+            self.booster_ = self._lightgbm(len(fit_pos)).fit(
+                Xt.iloc[fit_pos], y.iloc[fit_pos].to_numpy(), init_score=start_fit
+            )
         else:
             X_eval = self._transform(eval_set[0])
             y_eval = _aligned_labels(eval_set[1], X_eval.index).to_numpy()
             eval_pos = capped_rows(np.arange(len(y_eval)), y_eval, self.max_fit_customers, self.random_state)
             if len(eval_pos) < len(y_eval):  # the curve of a seeded sample of the eval customers
                 X_eval, y_eval = X_eval.iloc[eval_pos], y_eval[eval_pos]
+            start_eval = self._init_score(X_eval)
             self.booster_ = self._lightgbm(len(fit_pos)).fit(
-                Xt.iloc[fit_pos], y.iloc[fit_pos].to_numpy(), eval_X=X_eval, eval_y=y_eval, eval_metric="binary_logloss"
+                Xt.iloc[fit_pos], y.iloc[fit_pos].to_numpy(), init_score=start_fit, eval_X=X_eval, eval_y=y_eval,
+                eval_init_score=None if start_eval is None else [start_eval], eval_metric="binary_logloss",
             )
             self.learning_curve_ = np.asarray(self.booster_.evals_result_["valid_0"]["binary_logloss"], dtype=np.float64)
             self.n_trees_ = choose_n_trees(self.learning_curve_, self.tree_tolerance)
@@ -465,7 +514,8 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
             else:  # nothing to calibrate: the held-out customers go back into the LightGBM fit
                 all_pos = capped_rows(np.arange(len(y)), labels, self.max_fit_customers, self.random_state)
                 X_all = Xt if len(all_pos) == len(y) else Xt.iloc[all_pos]
-                self.booster_ = self._lightgbm(len(all_pos), self.n_trees_).fit(X_all, labels[all_pos])
+                start_all = None if start is None else start[all_pos]
+                self.booster_ = self._lightgbm(len(all_pos), self.n_trees_).fit(X_all, labels[all_pos], init_score=start_all)
                 self.n_fit_ = len(all_pos)
         log.debug(
             "churn classifier: %d fit, %d calibration rows, calibration %s",
@@ -510,17 +560,21 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         return pd.DataFrame(out, index=X.index)
 
     def _margin(self, Xt: pd.DataFrame) -> np.ndarray:
-        """Raw score of the first ``n_trees_`` trees (all of them unless an eval set chose fewer)."""
+        """Log-odds of churn: the start of the boosting (:meth:`_init_score`, 0 when ``boost_from``
+        is None) plus the raw score of the first ``n_trees_`` trees (all of them unless an eval set
+        chose fewer). Every prediction goes through here, so the start is never left out."""
         trees = getattr(self, "n_trees_", None)
-        return np.asarray(self.booster_.predict(Xt, raw_score=True, num_iteration=trees), dtype=np.float64)
+        raw = np.asarray(self.booster_.predict(Xt, raw_score=True, num_iteration=trees), dtype=np.float64)
+        start = self._init_score(Xt)
+        return raw if start is None else raw + start
 
     def predict_margin(self, X: pd.DataFrame) -> np.ndarray:
-        """Raw LightGBM score (log-odds of churn)."""
+        """Log-odds of churn before calibration: the CLV baseline's start (``boost_from``) plus the trees."""
         self._check_fitted()
         return self._margin(self._transform(X))
 
     def predict_proba_raw(self, X: pd.DataFrame) -> np.ndarray:
-        """Uncalibrated P(churn) from LightGBM, shape (n,)."""
+        """Uncalibrated P(churn): the sigmoid of :meth:`predict_margin`, shape (n,)."""
         return expit(self.predict_margin(X))
 
     def _calibrated(self, margin: np.ndarray) -> np.ndarray:
@@ -556,12 +610,19 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
     def shap_values(self, X: pd.DataFrame) -> pd.DataFrame:
         """TreeSHAP contributions in log-odds units: one column per feature plus 'bias'.
 
-        Each row sums to the raw margin (:meth:`predict_margin`).
+        Each row sums to the margin (:meth:`predict_margin`): with ``boost_from`` set, 'bias' holds
+        the customer's start (the CLV baseline's log-odds) plus the trees' constant, and the feature
+        columns what the trees add to that start.
         """
         self._check_fitted()
         Xt = self._transform(X)
-        contrib = self.booster_.predict(Xt, pred_contrib=True, num_iteration=getattr(self, "n_trees_", None))
-        return pd.DataFrame(np.asarray(contrib, dtype=np.float64), index=X.index, columns=[*self.feature_names_in_, "bias"])
+        contrib = np.array(
+            self.booster_.predict(Xt, pred_contrib=True, num_iteration=getattr(self, "n_trees_", None)), dtype=np.float64
+        )
+        start = self._init_score(Xt)
+        if start is not None:
+            contrib[:, -1] += start
+        return pd.DataFrame(contrib, index=X.index, columns=[*self.feature_names_in_, "bias"])
 
 
 # --------------------------------------------------------------------------- evaluation

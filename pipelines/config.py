@@ -139,6 +139,7 @@ class LightGBMParams(_Section):
     n_jobs: int = Field(2, gt=0)
     tree_tolerance: float | None = Field(None, ge=0)  # trees: fewest within this log loss of the out-of-time minimum; null = the cap
     max_fit_customers: int | None = Field(200000, gt=0)  # customers of one LightGBM fit (seeded stratified sample); null = all
+    boost_from: Literal["p_no_purchase", "expected_purchases"] | None = "p_no_purchase"  # start the boosting from this CLV baseline's log-odds
 
 
 class ChurnParams(_Section):

@@ -168,7 +168,7 @@ def _exported(build, t1: ce.Snapshot, t0: ce.Snapshot, clv_file: str = "clv_t0.p
 
 def test_a_constant_classifier_exports_the_best_baseline_calibrated_on_the_same_labels():
     t1, t0 = _snapshot(300, 6), _snapshot(200, 7, k=0)
-    ev, final, scores_t0, exported = _exported(_build(min_child_samples=5000), t1, t0)
+    ev, final, scores_t0, exported = _exported(_build(min_child_samples=5000, boost_from=None), t1, t0)
     assert is_constant(scores_t0)
     best = ev.results["baseline_p_no_purchase"]["roc_auc"] >= ev.results["baseline_expected_purchases"]["roc_auc"]
     assert exported.source == ("baseline:p_no_purchase" if best else "baseline:expected_purchases")
@@ -198,7 +198,7 @@ def test_a_constant_classifier_and_a_constant_baseline_stop_naming_the_clv_file(
     for snap in (t1, t0):
         snap.X["p_no_purchase"], snap.X["expected_purchases"] = 0.8, 0.25
     with pytest.raises(DataError, match=r"^clv_t0.parquet: the churn classifier is not usable \(the classifier's churn"):
-        _exported(_build(min_child_samples=5000), t1, t0)
+        _exported(_build(min_child_samples=5000, boost_from=None), t1, t0)
 
 
 def test_stage_metrics_report_the_evaluation_the_comparison_and_the_final_model():

@@ -32,7 +32,8 @@ CUTOFF = dt.date(2021, 3, 31)
 HORIZON = 30
 # Any feature settings do here (the churn checks do not depend on them): the config's defaults.
 SPEC = FeatureSpec(horizon_days=HORIZON, days_per_unit=7.0, windows_days=DEFAULT_WINDOWS_DAYS, trend_days=182, trend_purchases=3)
-FAST = {"n_estimators": 40, "learning_rate": 0.1, "num_leaves": 4, "min_child_samples": 20, "min_child_share": None}
+FAST = {"n_estimators": 40, "learning_rate": 0.1, "num_leaves": 4, "min_child_samples": 20, "min_child_share": None,
+        "boost_from": None}  # the synthetic frames below have no CLV columns to boost from
 
 
 def _execute(expr) -> pd.DataFrame:
@@ -245,7 +246,7 @@ def test_calibration_improves_brier_of_an_overconfident_model():
     """An overfitted LightGBM is overconfident; the held-out calibration must fix most of it."""
     X, y = _synthetic(3000, 4)
     X_test, y_test = _synthetic(3000, 5)
-    overfit = {"n_estimators": 150, "learning_rate": 0.3, "num_leaves": 63, "min_child_samples": 2}
+    overfit = {"n_estimators": 150, "learning_rate": 0.3, "num_leaves": 63, "min_child_samples": 2, "boost_from": None}
     for method in ("isotonic", "sigmoid", "auto"):
         model = ChurnClassifier(**overfit, calibration=method, random_state=0).fit(X, y)
         raw = metrics.brier(y_test, model.predict_proba_raw(X_test))

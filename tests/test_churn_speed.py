@@ -45,7 +45,8 @@ def test_an_eval_set_records_the_curve_without_changing_the_model():
     X, y = _synthetic(600, 0)
     X_next, y_next = _synthetic(500, 1)
     plain = ChurnClassifier(**FAST, calibration="none", random_state=0).fit(X, y)
-    untracked = ChurnClassifier(**FAST, calibration="none", random_state=0).fit(X, y, eval_set=(X_next, y_next))
+    untracked = ChurnClassifier(**FAST, calibration="none", tree_tolerance=None, random_state=0)
+    untracked.fit(X, y, eval_set=(X_next, y_next))
     assert untracked.learning_curve_ is None and untracked.n_trees_ == FAST["n_estimators"]  # tolerance null: no curve
     tracked = ChurnClassifier(**FAST, calibration="none", tree_tolerance=0.0, random_state=0)
     tracked.fit(X, y, eval_set=(X_next, y_next))

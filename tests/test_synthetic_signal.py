@@ -3,9 +3,10 @@ churn behaviours (tests/signal_study.py; the measured table is in docs/churn.md)
 
 Targets: on the pure BG/NBD world the classifier does not invent a signal (ROC-AUC within
 churn.auc_tolerance of the best BTYD baseline); with each behaviour switched on it never trails
-the baseline by more than the tolerance, and the oracle (the same LightGBM given the generator's
-true behaviour state) beats the baseline. Where the measurement falls short, the test holds the
-measured level (MEASURED). The feature columns are whatever the churn stage's features are.
+the baseline by more than the tolerance, the oracle (the same LightGBM given the generator's
+true behaviour state) beats the baseline, and the classifier is within ORACLE_GAP of the oracle.
+Where the measurement falls short, the test holds the measured level (MEASURED). The feature
+columns are whatever the churn stage's features are.
 """
 
 from __future__ import annotations
@@ -22,20 +23,21 @@ from tests import signal_study
 CUSTOMERS = 10_000
 SEED = 42
 # ROC-AUC differences from the best BTYD baseline measured on these worlds (seed 42, 10,000
-# customers) with the churn stage's features, behavioural columns included:
-# (classifier - baseline, oracle - baseline). The targets are classifier >= baseline -
-# churn.auc_tolerance and oracle > baseline; where the measurement falls short of a target, the
-# floor is the measured value rounded down to 0.001, and docs/churn.md says which targets are
-# not met.
+# customers) with the churn stage's features, behavioural columns included, and the classifier
+# boosted from P(no purchase): (classifier - baseline, oracle - baseline). The targets are
+# classifier >= baseline - churn.auc_tolerance and oracle > baseline; where the measurement falls
+# short of a target, the floor is the measured value rounded down to 0.001, and docs/churn.md says
+# which targets are not met (all of these are met).
 MEASURED = {
-    "none": (-0.0055, -0.0055),
-    "slowdown": (-0.0084, -0.0040),
-    "basket": (-0.0046, 0.0020),
-    "returns": (-0.0044, -0.0040),
-    "seasonal": (-0.0092, 0.0031),
-    "growth": (-0.0051, -0.0037),
-    "all": (-0.0117, 0.0110),
+    "none": (-0.0002, -0.0001),
+    "slowdown": (-0.0014, 0.0077),
+    "basket": (0.0014, 0.0102),
+    "returns": (0.0016, 0.0025),
+    "seasonal": (0.0037, 0.0113),
+    "growth": (-0.0007, 0.0009),
+    "all": (0.0021, 0.0203),
 }
+ORACLE_GAP = 0.02  # the issue's target: the classifier's ROC-AUC within this of the oracle's (all: 0.0183)
 
 
 def floor(measured: float, target: float) -> float:
@@ -59,6 +61,7 @@ def test_classifier_and_oracle_against_the_best_btyd_baseline(world, tolerance):
         assert r["classifier"] - r["baseline"] <= tolerance, report
     else:
         assert r["oracle"] - r["baseline"] >= floor(oracle_gap, 1e-4), report
+    assert r["oracle"] - r["classifier"] <= ORACLE_GAP, report
 
 
 def test_oracle_features_at_a_cutoff():
