@@ -40,6 +40,7 @@ import pandas as pd
 
 from models import _lifetimes, btyd
 from models.clv import (
+    EXPECTED_COLUMNS,
     HISTORY_COLUMNS,
     INTERVAL_COLUMNS,
     ClvSettings,
@@ -47,6 +48,7 @@ from models.clv import (
     SpendModel,
     _period_ends_days,
     _spend_modelled,
+    discounted_expected_purchases,
     period_discount_rate,
     resolve_time_scale,
 )
@@ -317,10 +319,54 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     return out, zero, inside
 
 
-def interval_frame(draws: ParameterDraws, features: pd.DataFrame, settings: IntervalSettings) -> pd.DataFrame:
-    """customer_id and clv_p10, clv_p50, clv_p90 for rows of a features frame, in its row order."""
-    q, _, _ = clv_quantiles(draws, *(features[c] for c in (*HISTORY_COLUMNS, "monetary_value")), settings)
-    out = pd.DataFrame(q, columns=list(INTERVAL_COLUMNS), index=features.index)
+# --------------------------------------------------------------------------- parameter uncertainty alone
+
+
+def expected_clv_draws(draws: ParameterDraws, frequency, recency, T, monetary_value, point_spend,
+                       settings: IntervalSettings) -> np.ndarray:  # fmt: skip
+    """(n customers, B) expected CLV of each customer under each parameter draw: the clv column's
+    closed form (margin x E[mean spend] x discounted expected purchases, models/clv.py) with the
+    draw's purchase and Gamma-Gamma parameters; column 0 is the point estimate. The purchase model
+    is evaluated once per distinct history and draw (B vectorised calls); without Gamma-Gamma
+    draws (a spend fallback) every draw uses ``point_spend`` (the clv stage's expected_avg_spend)."""
+    frequency, recency, T, monetary_value, point_spend = (
+        np.asarray(v, dtype=float).ravel() for v in (frequency, recency, T, monetary_value, point_spend))  # fmt: skip
+    keys = pd.DataFrame({"frequency": frequency, "recency": recency, "T": T})
+    grouped = keys.groupby(["frequency", "recency", "T"], sort=True)
+    codes = grouped.ngroup().to_numpy()
+    hist = grouped.size().reset_index()
+    hx, hr, hT = (hist[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+    rate = period_discount_rate(settings.discount_rate, settings.discount_period_days)
+    out = np.empty((len(frequency), draws.n_draws))
+    for b in range(draws.n_draws):
+        model = PurchaseModel.from_params(draws.model, draws.purchase_params(b))
+        discounted = discounted_expected_purchases(model, hx, hr, hT, settings.horizon_days, settings.days_per_unit,
+                                                   rate, settings.discount_period_days)  # fmt: skip
+        if draws.spend is None:
+            spend = point_spend
+        else:
+            params = dict(zip(_lifetimes.SPEND_PARAMS, (float(v) for v in draws.spend[b])))
+            spend = SpendModel.from_params(params).expected_avg_spend(frequency, monetary_value)
+        out[:, b] = settings.margin * spend * discounted[codes]
+    return out
+
+
+def expected_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value, point_spend,
+                       settings: IntervalSettings) -> np.ndarray:
+    """(n customers, 2): the 10% and 90% quantiles (linear interpolation) of :func:`expected_clv_draws`
+    over the parameter draws: how sure the model is of the customer's EXPECTED value."""
+    values = expected_clv_draws(draws, frequency, recency, T, monetary_value, point_spend, settings)
+    return np.maximum.accumulate(np.quantile(values, (QUANTILES[0], QUANTILES[-1]), axis=1).T, axis=1)
+
+
+def interval_frame(draws: ParameterDraws, features: pd.DataFrame, settings: IntervalSettings,
+                   point_spend) -> pd.DataFrame:  # fmt: skip
+    """customer_id, clv_p10, clv_p50, clv_p90, clv_expected_p10, clv_expected_p90 for rows of a features
+    frame, in its row order (``point_spend``: the clv's expected_avg_spend of the same rows)."""
+    history = [features[c] for c in (*HISTORY_COLUMNS, "monetary_value")]
+    q, _, _ = clv_quantiles(draws, *history, settings)
+    e = expected_quantiles(draws, *history, point_spend, settings)
+    out = pd.DataFrame(np.hstack([q, e]), columns=[*INTERVAL_COLUMNS, *EXPECTED_COLUMNS], index=features.index)
     return pd.concat([features[["customer_id"]], out], axis=1)
 
 
@@ -434,12 +480,21 @@ def from_served_artifact(data: Mapping, clv: ClvSettings) -> tuple[ParameterDraw
     return ParameterDraws.from_dict(data["draws"]), config.settings(clv)
 
 
-def fill_intervals(predictions: pd.DataFrame, features: pd.DataFrame, quantiles: np.ndarray) -> pd.DataFrame:
-    """``predictions`` with the interval columns from ``quantiles`` (rows of ``features``), matched by customer_id."""
+def fill_intervals(predictions: pd.DataFrame, features: pd.DataFrame, quantiles: np.ndarray,
+                   columns: Sequence[str] = (*INTERVAL_COLUMNS, *EXPECTED_COLUMNS)) -> pd.DataFrame:  # fmt: skip
+    """``predictions`` with ``columns`` from ``quantiles`` (rows of ``features``), matched by customer_id."""
     rows = pd.Index(features["customer_id"]).get_indexer(predictions["customer_id"])
     if (rows < 0).any():
         raise ValueError("predictions hold customers the features do not")
-    return predictions.assign(**{c: quantiles[rows, i] for i, c in enumerate(INTERVAL_COLUMNS)})
+    return predictions.assign(**{c: quantiles[rows, i] for i, c in enumerate(columns)})
+
+
+def point_spend_of(predictions: pd.DataFrame, features: pd.DataFrame) -> np.ndarray:
+    """The predictions' expected_avg_spend in the row order of ``features`` (matched by customer_id)."""
+    rows = pd.Index(predictions["customer_id"]).get_indexer(features["customer_id"])
+    if (rows < 0).any():
+        raise ValueError("features hold customers the predictions do not")
+    return predictions["expected_avg_spend"].to_numpy(dtype=float)[rows]
 
 
 def realised_matrix(customer_id: pd.Series, period_spend: pd.DataFrame, n_periods: int) -> np.ndarray:
@@ -479,10 +534,14 @@ def stage_intervals(models: Mapping[int, tuple[PurchaseModel, SpendModel]], feat
                                         config.time_budget_s)  # fmt: skip
         boot = time.perf_counter()
         f = features[k]
-        q, p_zero, inside = clv_quantiles(draws[k], *(f[c] for c in (*HISTORY_COLUMNS, "monetary_value")), settings)
-        out[k] = fill_intervals(predictions[k], f, q)
-        log.info("intervals at t_%d: %d parameter draws in %.1f s, %d process draws per history in %.1f s", k,
-                 draws[k].n_draws, boot - started, config.process_draws, time.perf_counter() - boot)  # fmt: skip
+        history = [f[c] for c in (*HISTORY_COLUMNS, "monetary_value")]
+        q, p_zero, inside = clv_quantiles(draws[k], *history, settings)
+        simulated = time.perf_counter()
+        e = expected_quantiles(draws[k], *history, point_spend_of(predictions[k], f), settings)
+        out[k] = fill_intervals(predictions[k], f, np.hstack([q, e]))
+        log.info("intervals at t_%d: %d parameter draws in %.1f s, %d process draws per history in %.1f s, "
+                 "expected-value quantiles in %.1f s", k, draws[k].n_draws, boot - started, config.process_draws,
+                 simulated - boot, time.perf_counter() - simulated)  # fmt: skip
         extra[k] = (q, p_zero, inside)
     f1 = features[1]
     n_periods = len(_period_ends_days(clv.horizon_days, clv.discount_period_days))
