@@ -124,6 +124,34 @@ def test_a_refit_on_the_original_counts_returns_the_point_estimate_and_the_draws
     np.testing.assert_array_equal(same.purchase, draws.purchase)
 
 
+def test_the_m_out_of_n_bootstrap_rescales_a_smaller_resample_to_the_full_spread():
+    assert ci._shrink(np.array([2.0, 3.0]), np.array([8.0, 3.0]), 0.5) == pytest.approx([4.0, 3.0])  # log midpoint
+    features, _ = simulate_world(4000, seed=4)
+    purchase = PurchaseModel("bgnbd").fit(features["frequency"], features["recency"], features["T"])
+    spend = SpendModel().fit(features["frequency"], features["monetary_value"])
+    rfm, spend_rows = compress(features, HISTORY), compress(features, ["frequency", "monetary_value"])
+    full = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 12, seed=1)
+    # m >= n is the ordinary bootstrap, draw for draw.
+    np.testing.assert_array_equal(ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 12, seed=1,
+                                                          sample=10_000).purchase, full.purchase)  # fmt: skip
+    small = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 12, seed=1, sample=1000)
+    np.testing.assert_array_equal(small.purchase[0], full.purchase[0])
+    spread = [np.log(d.purchase[1:]).std(axis=0).mean() for d in (full, small)]
+    # Rescaled by sqrt(1000 / 4000), the quarter-size resamples spread as the full ones (11 draws each: loose).
+    assert 0.5 < spread[1] / spread[0] < 2.0
+
+
+def test_histories_of_one_frequency_t_group_share_the_process_and_differ_by_p_alive():
+    """Same frequency and T, recency 2 vs 40 (= T): the group's draws are kept where its alive uniform
+    is below each history's P(alive), so the more recent buyer's draws dominate the other's, quantile
+    by quantile; a customer alone still gets its batch values."""
+    draws = draws_of("bgnbd", n=4)
+    x, recency, T, m = np.array([3, 3]), np.array([2.0, 40.0]), np.array([40.0, 40.0]), np.array([30.0, 30.0])
+    q, zero, _ = quantiles(draws, x, recency, T, m)
+    assert (q[1] >= q[0]).all() and zero[1] < zero[0] and q[1, 2] > q[0, 2]
+    assert np.array_equal(quantiles(draws, x[:1], recency[:1], T[:1], m[:1])[0][0], q[0])
+
+
 # --------------------------------------------------------------------------- coverage
 
 
