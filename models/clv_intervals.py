@@ -17,14 +17,19 @@ Pure code (arrays and frames in, arrays out), seeded and deterministic.
    the Gamma-Gamma posterior of the customer's mean spend nu ~ Gamma(q + p_s x, v + x m), and
    the clv stage's margin and discount per period (the spend of a draw's purchases is discounted
    by their mean period factor, which keeps its mean exact).
-3. Quantiles per customer.
+3. Quantiles per customer (once per distinct history and mean spend).
 
-Work is per distinct (frequency, recency, T, spend-modelled) history, not per customer: the spend
-of a draw is margin * (v + x m) * S / H with S (the discounted sum of Gamma(p_s n_i, 1) spends)
-and H ~ Gamma(q + p_s x, 1) drawn per history, so a customer's draws are A + m C for the
-history's draw vectors A and C. Each history's random stream is seeded by the seed and the
-history itself, so a customer gets the same quantiles whoever else is scored with them (the
-served chain scores one customer as the batch does).
+The random work is per distinct (frequency, T, spend-modelled) group, not per customer: given alive
+at T the process depends on the history through (frequency, T) only, and recency through P(alive)
+only, so each history of a group keeps the group's draw j when the group's alive uniform u_j is
+below its own P(alive). The spend of a draw is margin * (v + x m) * S / H with S (the discounted
+sum of Gamma(p_s n_i, 1) spends) and H ~ Gamma(q + p_s x, 1) drawn per group, so a customer's draws
+are (A + m C) * alive. Each group's random stream is seeded by the seed and the group itself, so a
+customer gets the same quantiles whoever else is scored with them (the served chain scores one
+customer as the batch does).
+
+4. The expected CLV under each parameter draw (:func:`expected_quantiles`): parameter uncertainty
+   alone, what the segment stage's quadrant probability reads.
 """
 
 from __future__ import annotations
@@ -602,7 +607,7 @@ def stage_intervals(models: Mapping[int, tuple[PurchaseModel, SpendModel]], feat
         simulated = time.perf_counter()
         e = expected_quantiles(draws[k], *history, point_spend_of(predictions[k], f), settings)
         out[k] = fill_intervals(predictions[k], f, np.hstack([q, e]))
-        log.info("intervals at t_%d: %d parameter draws in %.1f s, %d process draws per history in %.1f s, "
+        log.info("intervals at t_%d: %d parameter draws in %.1f s, %d process draws per (frequency, T) group in %.1f s, "
                  "expected-value quantiles in %.1f s", k, draws[k].n_draws, boot - started, config.process_draws,
                  simulated - boot, time.perf_counter() - simulated)  # fmt: skip
         extra[k] = (q, p_zero, inside)
