@@ -17,14 +17,19 @@ Pure code (arrays and frames in, arrays out), seeded and deterministic.
    the Gamma-Gamma posterior of the customer's mean spend nu ~ Gamma(q + p_s x, v + x m), and
    the clv stage's margin and discount per period (the spend of a draw's purchases is discounted
    by their mean period factor, which keeps its mean exact).
-3. Quantiles per customer.
+3. Quantiles per customer (once per distinct history and mean spend).
 
-Work is per distinct (frequency, recency, T, spend-modelled) history, not per customer: the spend
-of a draw is margin * (v + x m) * S / H with S (the discounted sum of Gamma(p_s n_i, 1) spends)
-and H ~ Gamma(q + p_s x, 1) drawn per history, so a customer's draws are A + m C for the
-history's draw vectors A and C. Each history's random stream is seeded by the seed and the
-history itself, so a customer gets the same quantiles whoever else is scored with them (the
-served chain scores one customer as the batch does).
+The random work is per distinct (frequency, T, spend-modelled) group, not per customer: given alive
+at T the process depends on the history through (frequency, T) only, and recency through P(alive)
+only, so each history of a group keeps the group's draw j when the group's alive uniform u_j is
+below its own P(alive). The spend of a draw is margin * (v + x m) * S / H with S (the discounted
+sum of Gamma(p_s n_i, 1) spends) and H ~ Gamma(q + p_s x, 1) drawn per group, so a customer's draws
+are (A + m C) * alive. Each group's random stream is seeded by the seed and the group itself, so a
+customer gets the same quantiles whoever else is scored with them (the served chain scores one
+customer as the batch does).
+
+4. The expected CLV under each parameter draw (:func:`expected_quantiles`): parameter uncertainty
+   alone, what the segment stage's quadrant probability reads.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import pandas as pd
 
 from models import _lifetimes, btyd
 from models.clv import (
+    EXPECTED_COLUMNS,
     HISTORY_COLUMNS,
     INTERVAL_COLUMNS,
     ClvSettings,
@@ -47,6 +53,7 @@ from models.clv import (
     SpendModel,
     _period_ends_days,
     _spend_modelled,
+    discounted_expected_purchases,
     period_discount_rate,
     resolve_time_scale,
 )
@@ -133,14 +140,27 @@ def _refit_spend(model: SpendModel, rows: pd.DataFrame, counts: np.ndarray) -> n
     return values
 
 
+def _shrink(point: np.ndarray, values: np.ndarray, factor: float) -> np.ndarray:
+    """``values`` moved towards ``point`` by ``factor`` on log scale (positive parameters stay positive,
+    and a Gamma-Gamma q > 1 between two values > 1 stays > 1)."""
+    if factor >= 1.0:
+        return values
+    return np.exp(np.log(point) + factor * (np.log(values) - np.log(point)))
+
+
 def bootstrap_parameters(purchase: PurchaseModel, spend: SpendModel, rfm: pd.DataFrame, spend_rows: pd.DataFrame,
-                         n_draws: int, seed: int, max_iterations: int = 1000,
-                         time_budget_s: float = 300.0) -> ParameterDraws:  # fmt: skip
+                         n_draws: int, seed: int, max_iterations: int = 1000, time_budget_s: float = 300.0,
+                         sample: int | None = None) -> ParameterDraws:  # fmt: skip
     """``n_draws`` parameter sets (the point estimate first, then ``n_draws - 1`` bootstrap refits).
 
     ``rfm``: distinct frequency, recency, T with ``count``; ``spend_rows``: distinct frequency,
     monetary_value with ``count`` (the clv stage's Patterns). A resample whose refit fails is
-    replaced by the next one (at most ``n_draws`` extra attempts); their number is ``n_failed``."""
+    replaced by the next one (at most ``n_draws`` extra attempts); their number is ``n_failed``.
+
+    ``sample`` (m): with more customers than m, each resample draws m customers, not n (the m-out-of-n
+    bootstrap: a refit then holds at most m distinct rows, so its cost stops growing with the base), and
+    the refit's deviation from the point estimate is scaled by sqrt(m / n) on log scale, the spread
+    of an n-customer resample (estimates converge at the rate 1 / sqrt(n)). None: always n."""
     rng = np.random.default_rng(seed)
     name = purchase.model_
     point = np.array([purchase.params_[k] for k in _lifetimes.PURCHASE_PARAMS[name]])
@@ -149,13 +169,18 @@ def bootstrap_parameters(purchase: PurchaseModel, spend: SpendModel, rfm: pd.Dat
     p_rfm = rfm["count"].to_numpy(dtype=float)
     p_spend = spend_rows["count"].to_numpy(dtype=float)
     n_customers = int(round(p_rfm.sum()))
+    n_spend = int(round(p_spend.sum()))
+    m_rfm, m_spend = (n if sample is None else min(n, int(sample)) for n in (n_customers, n_spend))
     draws, spend_draws, failed, started = [point], [spend_point], 0, time.perf_counter()
     while len(draws) < n_draws and failed <= n_draws:
-        counts = rng.multinomial(n_customers, p_rfm / p_rfm.sum())
-        spend_counts = rng.multinomial(int(round(p_spend.sum())), p_spend / p_spend.sum())
+        counts = rng.multinomial(m_rfm, p_rfm / p_rfm.sum())
+        spend_counts = rng.multinomial(m_spend, p_spend / p_spend.sum())
         try:
-            values = _refit_purchase(purchase, rfm, counts, max_iterations, time_budget_s)
-            spend_values = _refit_spend(spend, spend_rows, spend_counts) if has_gg else None
+            values = _shrink(point, _refit_purchase(purchase, rfm, counts, max_iterations, time_budget_s),
+                             np.sqrt(m_rfm / n_customers))  # fmt: skip
+            spend_values = None
+            if has_gg:
+                spend_values = _shrink(spend_point, _refit_spend(spend, spend_rows, spend_counts), np.sqrt(m_spend / n_spend))
             btyd.check_params(dict(zip("abcd", values)))
         except (*_lifetimes.FIT_FAILURES, btyd.FitBudgetExceeded) as exc:
             failed += 1
@@ -165,8 +190,8 @@ def bootstrap_parameters(purchase: PurchaseModel, spend: SpendModel, rfm: pd.Dat
         spend_draws.append(spend_values)
     if failed:
         log.warning("%d bootstrap refits failed and were replaced", failed)
-    log.info("parameter bootstrap: %d draws of %s and Gamma-Gamma in %.1f s", len(draws), name,
-             time.perf_counter() - started)  # fmt: skip
+    log.info("parameter bootstrap: %d draws of %s and Gamma-Gamma (resamples of %d of %d customers) in %.1f s",
+             len(draws), name, m_rfm, n_customers, time.perf_counter() - started)  # fmt: skip
     return ParameterDraws(name, np.vstack(draws), np.vstack(spend_draws) if has_gg else None,
                           float(spend.population_mean_spend_), failed)  # fmt: skip
 
@@ -189,22 +214,22 @@ class IntervalSettings:
     quantiles: tuple[float, ...] = QUANTILES
 
 
-def _history_seed(seed: int, x: float, t_x: float, T: float, modelled: bool) -> list[int]:
-    """Entropy of one history's random stream: the seed and the history's exact float bits."""
-    bits = np.array([t_x, T], dtype=np.float64).view(np.uint64)
-    return [int(seed), int(x), int(bits[0]), int(bits[1]), int(modelled)]
+def _group_seed(seed: int, x: float, T: float, modelled: bool) -> list[int]:
+    """Entropy of one (frequency, T, spend-modelled) group's random stream: the seed and the group's exact float bits."""
+    bits = np.array([T], dtype=np.float64).view(np.uint64)
+    return [int(seed), int(x), int(bits[0]), int(modelled)]
 
 
 class _Process:
-    """The per-draw constants of the simulation (parameter row j mod B for draw j), and one history's draws."""
+    """The per-draw constants of the simulation (parameter row j mod B for draw j), and one group's draws."""
 
     def __init__(self, model: str, params: np.ndarray, spend: np.ndarray | None, lengths: np.ndarray,
                  starts: np.ndarray, factors: np.ndarray):  # fmt: skip
         self.model, self.d = model, len(params)
         self.params, self.spend = params, spend
         self.lengths, self.starts, self.factors = lengths, starts, factors
-        # Gamma shapes drawn in one call per history: lambda, then p's two Beta gammas (BG/MBG) or mu
-        # (Pareto/NBD), then H (Gamma-Gamma); the history's frequency is added in place.
+        # Gamma shapes drawn in one call per group: lambda, then p's two Beta gammas (BG/MBG) or mu
+        # (Pareto/NBD), then H (Gamma-Gamma); the group's frequency is added in place.
         blocks = [params[:, 0], params[:, 2]] + ([params[:, 3]] if model != "paretonbd" else [])
         if spend is not None:
             blocks.append(spend[:, 1])
@@ -212,10 +237,9 @@ class _Process:
         self.shapes = self.base_shapes.copy()
         self.shift = 1.0 if model == "mbgnbd" else 0.0
 
-    def draw(self, rng: np.random.Generator, p_alive: np.ndarray, x: float, T: float,
-             x_spend: float) -> np.ndarray:  # fmt: skip
-        """S / H per draw (discounted spend per unit of (v + x m)), or, without Gamma-Gamma
-        parameters, the discounted number of purchases."""
+    def draw(self, rng: np.random.Generator, x: float, T: float, x_spend: float) -> tuple[np.ndarray, np.ndarray]:
+        """(S / H per draw given alive at T (discounted spend per unit of (v + x m)), or, without
+        Gamma-Gamma parameters, the discounted number of purchases; the uniforms deciding alive)."""
         d, params, spend = self.d, self.params, self.spend
         shapes = self.shapes
         np.add(self.base_shapes[:d], x, out=shapes[:d])  # lambda | alive ~ Gamma(r + x, alpha + T)
@@ -226,7 +250,6 @@ class _Process:
             np.add(self.base_shapes[-d:], spend[:, 0] * x_spend, out=shapes[-d:])
         g = rng.standard_gamma(shapes)
         u = rng.random(2 * d)
-        alive = u[:d] < p_alive
         lam = g[:d] / (params[:, 1] + T)
         if pareto:  # mu | alive ~ Gamma(s, beta + T); the lifetime left is exponential with rate mu
             life = -np.log1p(-u[d:]) * (params[:, 3] + T) / g[d:2 * d]
@@ -241,16 +264,44 @@ class _Process:
             bought = np.minimum(np.cumsum(counts, axis=1), last[:, None])  # cumulative purchases by period end
             n = bought.copy()
             n[:, 1:] -= bought[:, :-1]
-        n *= alive[:, None]
         discounted = n @ self.factors
         if spend is None:
-            return discounted
+            return discounted, u[:d]
         total = n.sum(axis=1)
         # The spend of all the horizon's purchases, Gamma(p_s * purchases, 1) per unit of 1/nu, discounted by
         # its purchases' mean factor (one draw instead of one per period: the factors differ by < 3%).
         mean_factor = np.divide(discounted, total, out=np.zeros(d), where=total > 0)
         spends = rng.standard_gamma(spend[:, 0] * total) * mean_factor  # shape 0 gives 0
-        return spends / g[-d:]
+        return spends / g[-d:], u[:d]
+
+
+@dataclass(frozen=True)
+class _Histories:
+    """Customers as distinct (frequency, recency, T) histories and as (frequency, T, spend-modelled) groups,
+    with each history's P(alive) under every parameter draw (B, histories)."""
+
+    codes: np.ndarray  # history of each customer
+    group_codes: np.ndarray  # group of each customer
+    x: np.ndarray  # per history
+    recency: np.ndarray
+    T: np.ndarray
+    history_group: np.ndarray  # group of each history
+    groups: pd.DataFrame  # frequency, T, modelled per group
+    p_alive: np.ndarray
+
+
+def _histories(draws: ParameterDraws, frequency, recency, T, modelled) -> _Histories:
+    keys = pd.DataFrame({"frequency": frequency, "T": T, "modelled": modelled, "recency": recency})
+    grouped = keys.groupby(["frequency", "T", "modelled", "recency"], sort=True)
+    codes = grouped.ngroup().to_numpy()
+    hist = grouped.size().reset_index()
+    group_of = hist.groupby(["frequency", "T", "modelled"], sort=True)
+    history_group = group_of.ngroup().to_numpy()
+    groups = group_of.size().reset_index()
+    hx, hr, hT = (hist[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+    p_alive = np.vstack([btyd.p_alive(draws.model, draws.purchase_params(b), hx, hr, hT)
+                         for b in range(draws.n_draws)])  # fmt: skip
+    return _Histories(codes, history_group[codes], hx, hr, hT, history_group, groups, p_alive)
 
 
 def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
@@ -261,25 +312,23 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     P10-P90 when the point mass at 0 exceeds 0.1).
 
     Inputs are one value per customer (time in the caller's unit). Draw j of every history uses
-    parameter row j mod B (B = draws.n_draws), so every parameter draw is used alike."""
+    parameter row j mod B (B = draws.n_draws), so every parameter draw is used alike.
+
+    Given alive at T, the process depends on the history through (frequency, T) only (the posteriors
+    of lambda, p or mu, and of the mean spend), and recency only through P(alive): the process is
+    simulated once per (frequency, T, spend-modelled) group, and each history of the group keeps draw
+    j when the group's alive uniform u_j < its own P(alive) under parameter row j mod B."""
     frequency, recency, T, monetary_value = (np.asarray(v, dtype=float).ravel()
                                              for v in (frequency, recency, T, monetary_value))  # fmt: skip
     modelled = _spend_modelled(frequency, monetary_value) & (draws.spend is not None)
-    x_spend = np.where(modelled, frequency, 0.0)
     m = np.where(modelled, monetary_value, 0.0)
-    keys = pd.DataFrame({"frequency": frequency, "recency": recency, "T": T, "modelled": modelled})
-    grouped = keys.groupby(["frequency", "recency", "T", "modelled"], sort=True)
-    codes = grouped.ngroup().to_numpy()
-    hist = grouped.size().reset_index()
-    hx, hr, hT, hm = (hist[c].to_numpy() for c in ("frequency", "recency", "T", "modelled"))
+    h = _histories(draws, frequency, recency, T, modelled)
+    gx, gT, gm = (h.groups[c].to_numpy() for c in ("frequency", "T", "modelled"))
 
     d = int(settings.process_draws)
     rows = np.arange(d) % draws.n_draws
     params = draws.purchase[rows]
     spend = None if draws.spend is None else draws.spend[rows]
-    # P(alive) of every history under every parameter draw (closed forms, vectorised per draw).
-    p_alive = np.vstack([btyd.p_alive(draws.model, draws.purchase_params(b), hx, hr, hT)
-                         for b in range(draws.n_draws)])  # fmt: skip
     ends = _period_ends_days(settings.horizon_days, settings.discount_period_days) / settings.days_per_unit
     starts = np.concatenate([[0.0], ends[:-1]])
     lengths = ends - starts
@@ -287,40 +336,104 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     factors = (1.0 + rate) ** -np.arange(1, len(ends) + 1, dtype=float)
 
     process = _Process(draws.model, params, spend, lengths, starts, factors)
-    out = np.empty((len(frequency), len(settings.quantiles)))
-    zero, inside = np.empty(len(frequency)), np.empty(len(frequency))
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(len(hist) + 1))
+    n_groups = len(gx)
+    base = np.empty((n_groups, d))
+    scale = np.empty((n_groups, d)) if spend is not None else None
+    alive_u = np.empty((n_groups, d))
+    for g in range(n_groups):
+        rng = np.random.default_rng(_group_seed(settings.seed, gx[g], gT[g], bool(gm[g])))
+        xs = gx[g] if gm[g] else 0.0
+        ratio, alive_u[g] = process.draw(rng, gx[g], gT[g], xs)
+        if spend is None:
+            base[g] = settings.margin * draws.population_mean_spend * ratio
+        else:
+            base[g] = settings.margin * spend[:, 2] * ratio  # A: draws for m = 0 (v of each draw)
+            scale[g] = settings.margin * xs * ratio  # C: per unit of m
+
+    # Customers with the same history and mean spend have the same draws: one row per such unit.
+    units = pd.DataFrame({"h": h.codes, "m": m}).groupby(["h", "m"], sort=True)
+    unit_codes = units.ngroup().to_numpy()
+    unit_rows = units.size().reset_index()
+    uh, um = unit_rows["h"].to_numpy(), unit_rows["m"].to_numpy(dtype=float)
+    n_units = len(uh)
+    q_units = np.empty((n_units, len(settings.quantiles)))
+    zero_units, inside_units = np.empty(n_units), np.empty(n_units)
     chunk = max(1, _CHUNK_DRAW_CELLS // d)
-    for first in range(0, len(hist), chunk):
-        last = min(first + chunk, len(hist))
-        base = np.empty((last - first, d))
-        scale = np.empty((last - first, d)) if spend is not None else None
-        for i, h in enumerate(range(first, last)):
-            rng = np.random.default_rng(_history_seed(settings.seed, hx[h], hr[h], hT[h], bool(hm[h])))
-            xs = hx[h] if hm[h] else 0.0
-            ratio = process.draw(rng, p_alive[rows, h], hx[h], hT[h], xs)
-            if spend is None:
-                base[i] = settings.margin * draws.population_mean_spend * ratio
-            else:
-                base[i] = settings.margin * spend[:, 2] * ratio  # A: draws for m = 0 (v of each draw)
-                scale[i] = settings.margin * xs * ratio  # C: per unit of m
-        customers = order[bounds[first]:bounds[last]]
-        local = codes[customers] - first
-        values = base[local]
+    for first in range(0, n_units, chunk):
+        sl = slice(first, min(first + chunk, n_units))
+        hist, group = uh[sl], h.history_group[uh[sl]]
+        values = base[group]
         if scale is not None:
-            values = values + m[customers, None] * scale[local]
+            values += um[sl, None] * scale[group]
+        values *= alive_u[group] < h.p_alive[rows[:, None], hist[None, :]].T
         q = np.maximum.accumulate(np.quantile(values, settings.quantiles, axis=1).T, axis=1)  # exact order
-        out[customers] = q
-        zero[customers] = (values <= 0.0).mean(axis=1)
-        inside[customers] = ((values >= q[:, :1]) & (values <= q[:, -1:])).mean(axis=1)
+        q_units[sl] = q
+        zero_units[sl] = (values <= 0.0).mean(axis=1)
+        inside_units[sl] = ((values >= q[:, :1]) & (values <= q[:, -1:])).mean(axis=1)
+    out, zero, inside = q_units[unit_codes], zero_units[unit_codes], inside_units[unit_codes]
     return out, zero, inside
 
 
-def interval_frame(draws: ParameterDraws, features: pd.DataFrame, settings: IntervalSettings) -> pd.DataFrame:
-    """customer_id and clv_p10, clv_p50, clv_p90 for rows of a features frame, in its row order."""
-    q, _, _ = clv_quantiles(draws, *(features[c] for c in (*HISTORY_COLUMNS, "monetary_value")), settings)
-    out = pd.DataFrame(q, columns=list(INTERVAL_COLUMNS), index=features.index)
+# --------------------------------------------------------------------------- parameter uncertainty alone
+
+
+def expected_clv_draws(draws: ParameterDraws, frequency, recency, T, monetary_value, point_spend,
+                       settings: IntervalSettings, units: bool = False):  # fmt: skip
+    """(n customers, B) expected CLV of each customer under each parameter draw: the clv column's
+    closed form (margin x E[mean spend] x discounted expected purchases, models/clv.py) with the
+    draw's purchase and Gamma-Gamma parameters; column 0 is the point estimate (to rounding).
+
+    The conditional expectation of every model is P(alive | x, t_x, T) x the expectation given
+    alive, which depends on (x, T) only: the discounted expected purchases are evaluated once per
+    (frequency, T) and draw (at t_x = T, or 0 without repeat purchase) and scaled by each history's
+    P(alive) ratio. Without Gamma-Gamma draws (a spend fallback) every draw uses ``point_spend``
+    (the clv stage's expected_avg_spend). ``units``: (one row per distinct customer, the row of each
+    customer) instead."""
+    frequency, recency, T, monetary_value, point_spend = (
+        np.asarray(v, dtype=float).ravel() for v in (frequency, recency, T, monetary_value, point_spend))  # fmt: skip
+    h = _histories(draws, frequency, recency, T, np.zeros(len(frequency), dtype=bool))
+    gx, gT = (h.groups[c].to_numpy(dtype=float) for c in ("frequency", "T"))
+    g_tx = np.where(gx > 0, gT, 0.0)
+    # Customers with the same history, mean spend and point spend have the same draws: one row per such unit.
+    grouped = pd.DataFrame({"h": h.codes, "m": monetary_value, "s": point_spend}).groupby(["h", "m", "s"], sort=True,
+                                                                                          dropna=False)  # fmt: skip
+    unit_codes = grouped.ngroup().to_numpy()
+    first = np.zeros(grouped.ngroups, dtype=np.int64)
+    first[unit_codes[::-1]] = np.arange(len(unit_codes))[::-1]  # a customer of each unit
+    uh, ux, um, us = h.codes[first], frequency[first], monetary_value[first], point_spend[first]
+    rate = period_discount_rate(settings.discount_rate, settings.discount_period_days)
+    out = np.empty((len(first), draws.n_draws))
+    for b in range(draws.n_draws):
+        model = PurchaseModel.from_params(draws.model, draws.purchase_params(b))
+        discounted = discounted_expected_purchases(model, gx, g_tx, gT, settings.horizon_days, settings.days_per_unit,
+                                                   rate, settings.discount_period_days)  # fmt: skip
+        given_alive = discounted / model.p_alive(gx, g_tx, gT)
+        if draws.spend is None:
+            spend = us
+        else:
+            params = dict(zip(_lifetimes.SPEND_PARAMS, (float(v) for v in draws.spend[b])))
+            spend = SpendModel.from_params(params).expected_avg_spend(ux, um)
+        out[:, b] = settings.margin * spend * (h.p_alive[b] * given_alive[h.history_group])[uh]
+    return (out, unit_codes) if units else out[unit_codes]
+
+
+def expected_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value, point_spend,
+                       settings: IntervalSettings) -> np.ndarray:
+    """(n customers, 2): the 10% and 90% quantiles (linear interpolation) of :func:`expected_clv_draws`
+    over the parameter draws: how sure the model is of the customer's EXPECTED value."""
+    values = expected_clv_draws(draws, frequency, recency, T, monetary_value, point_spend, settings, units=True)
+    q = np.maximum.accumulate(np.quantile(values[0], (QUANTILES[0], QUANTILES[-1]), axis=1).T, axis=1)
+    return q[values[1]]
+
+
+def interval_frame(draws: ParameterDraws, features: pd.DataFrame, settings: IntervalSettings,
+                   point_spend) -> pd.DataFrame:  # fmt: skip
+    """customer_id, clv_p10, clv_p50, clv_p90, clv_expected_p10, clv_expected_p90 for rows of a features
+    frame, in its row order (``point_spend``: the clv's expected_avg_spend of the same rows)."""
+    history = [features[c] for c in (*HISTORY_COLUMNS, "monetary_value")]
+    q, _, _ = clv_quantiles(draws, *history, settings)
+    e = expected_quantiles(draws, *history, point_spend, settings)
+    out = pd.DataFrame(np.hstack([q, e]), columns=[*INTERVAL_COLUMNS, *EXPECTED_COLUMNS], index=features.index)
     return pd.concat([features[["customer_id"]], out], axis=1)
 
 
@@ -415,6 +528,7 @@ class IntervalConfig:
     seed: int
     max_iterations: int = 1000
     time_budget_s: float = 300.0
+    bootstrap_sample: int | None = None
 
     def settings(self, clv: ClvSettings) -> IntervalSettings:
         return IntervalSettings(clv.days_per_unit, clv.horizon_days, clv.margin, clv.discount_rate,
@@ -434,12 +548,21 @@ def from_served_artifact(data: Mapping, clv: ClvSettings) -> tuple[ParameterDraw
     return ParameterDraws.from_dict(data["draws"]), config.settings(clv)
 
 
-def fill_intervals(predictions: pd.DataFrame, features: pd.DataFrame, quantiles: np.ndarray) -> pd.DataFrame:
-    """``predictions`` with the interval columns from ``quantiles`` (rows of ``features``), matched by customer_id."""
+def fill_intervals(predictions: pd.DataFrame, features: pd.DataFrame, quantiles: np.ndarray,
+                   columns: Sequence[str] = (*INTERVAL_COLUMNS, *EXPECTED_COLUMNS)) -> pd.DataFrame:  # fmt: skip
+    """``predictions`` with ``columns`` from ``quantiles`` (rows of ``features``), matched by customer_id."""
     rows = pd.Index(features["customer_id"]).get_indexer(predictions["customer_id"])
     if (rows < 0).any():
         raise ValueError("predictions hold customers the features do not")
-    return predictions.assign(**{c: quantiles[rows, i] for i, c in enumerate(INTERVAL_COLUMNS)})
+    return predictions.assign(**{c: quantiles[rows, i] for i, c in enumerate(columns)})
+
+
+def point_spend_of(predictions: pd.DataFrame, features: pd.DataFrame) -> np.ndarray:
+    """The predictions' expected_avg_spend in the row order of ``features`` (matched by customer_id)."""
+    rows = pd.Index(predictions["customer_id"]).get_indexer(features["customer_id"])
+    if (rows < 0).any():
+        raise ValueError("features hold customers the predictions do not")
+    return predictions["expected_avg_spend"].to_numpy(dtype=float)[rows]
 
 
 def realised_matrix(customer_id: pd.Series, period_spend: pd.DataFrame, n_periods: int) -> np.ndarray:
@@ -476,13 +599,17 @@ def stage_intervals(models: Mapping[int, tuple[PurchaseModel, SpendModel]], feat
     for k in (1, 0):
         started = time.perf_counter()
         draws[k] = bootstrap_parameters(*models[k], *patterns[k], config.draws, config.seed + k, config.max_iterations,
-                                        config.time_budget_s)  # fmt: skip
+                                        config.time_budget_s, config.bootstrap_sample)  # fmt: skip
         boot = time.perf_counter()
         f = features[k]
-        q, p_zero, inside = clv_quantiles(draws[k], *(f[c] for c in (*HISTORY_COLUMNS, "monetary_value")), settings)
-        out[k] = fill_intervals(predictions[k], f, q)
-        log.info("intervals at t_%d: %d parameter draws in %.1f s, %d process draws per history in %.1f s", k,
-                 draws[k].n_draws, boot - started, config.process_draws, time.perf_counter() - boot)  # fmt: skip
+        history = [f[c] for c in (*HISTORY_COLUMNS, "monetary_value")]
+        q, p_zero, inside = clv_quantiles(draws[k], *history, settings)
+        simulated = time.perf_counter()
+        e = expected_quantiles(draws[k], *history, point_spend_of(predictions[k], f), settings)
+        out[k] = fill_intervals(predictions[k], f, np.hstack([q, e]))
+        log.info("intervals at t_%d: %d parameter draws in %.1f s, %d process draws per (frequency, T) group in %.1f s, "
+                 "expected-value quantiles in %.1f s", k, draws[k].n_draws, boot - started, config.process_draws,
+                 simulated - boot, time.perf_counter() - simulated)  # fmt: skip
         extra[k] = (q, p_zero, inside)
     f1 = features[1]
     n_periods = len(_period_ends_days(clv.horizon_days, clv.discount_period_days))

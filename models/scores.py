@@ -70,7 +70,7 @@ SCORE_COLUMNS: tuple[ScoreColumn, ...] = (
     ScoreColumn("abc_class", "str", "segment", "A: customers making the first 80% of value, B: the next 15%, C: the rest.", ABC_CLASSES),
     ScoreColumn("lifecycle_state", "str", "segment", "Lifecycle state from the gap since the last purchase vs the customer's own cycle.", LIFECYCLE_STATES),
     ScoreColumn("relationship_level", "str", "segment", "Recommended depth of relationship (segment size x margin).", RELATIONSHIP_LEVELS),
-    ScoreColumn("quadrant_probability", "float64", "segment", "Probability that the customer belongs to its quadrant (its growth potential on the same side of the cut, from clv_p10/p50/p90).", unit_interval=True),
+    ScoreColumn("quadrant_probability", "float64", "segment", "Probability that the customer belongs to its quadrant given the CLV model's parameter uncertainty (its expected growth potential on the same side of the cut, from the bootstrap parameter draws).", unit_interval=True),
     ScoreColumn("quadrant_uncertain", "int64", "segment", "1 when quadrant_probability is below segment.uncertain_below, else 0.", unit_interval=True),
     ScoreColumn("model_version", "str", "export", "Registered models that produced the scores, e.g. cvp-clv/3;cvp-churn/2."),
 )

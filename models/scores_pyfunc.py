@@ -7,7 +7,8 @@ come from the :class:`~models.segments.SegmentReference` of the population score
 a customer is labelled as in the batch whoever else is in the request.
 
 Artifacts: the pickled purchase, spend and churn models, the reference as JSON, and the clv stage's
-parameter draws (JSON) from which the chain recomputes clv_p10/p50/p90 (models/clv_intervals.py); when
+parameter draws (JSON) from which the chain recomputes clv_p10/p50/p90 and clv_expected_p10/p90
+(models/clv_intervals.py); when
 growth potential is the value model's (segment.growth_potential value, or auto after it won on the
 holdout), its pickle too: the chain then predicts it from the features and the CLV outputs.
 """
@@ -23,7 +24,8 @@ import pandas as pd
 
 from models.churn import prepare_features
 from models.clv import ClvSettings
-from models.clv_intervals import ParameterDraws, fill_intervals, from_served_artifact, interval_frame
+from models.clv_columns import EXPECTED_COLUMNS, INTERVAL_COLUMNS
+from models.clv_intervals import ParameterDraws, fill_intervals, from_served_artifact, interval_frame, point_spend_of
 from models.scores import assemble_scores
 from models.segments import VALUE_PREDICTION, SegmentReference, SegmentRules, segment_customers
 from models.value import prepare_value_features
@@ -70,8 +72,10 @@ class ScoringChain:
         features["cutoff"] = pd.to_datetime(features["cutoff"])
         clv = self.clv.predict(self.purchase_model, self.spend_model, features)
         if self.intervals is not None:  # the clv stage's P10/P50/P90, history by history as in the batch
-            quantiles = interval_frame(self.intervals[0], features, self.intervals[1])
-            clv = fill_intervals(clv, features, quantiles[["clv_p10", "clv_p50", "clv_p90"]].to_numpy())
+            spend = point_spend_of(clv, features)
+            quantiles = interval_frame(self.intervals[0], features, self.intervals[1], spend)
+            columns = [*INTERVAL_COLUMNS, *EXPECTED_COLUMNS]
+            clv = fill_intervals(clv, features, quantiles[columns].to_numpy(), columns)
         X = prepare_features(features, clv)
         churn = pd.DataFrame(
             {
@@ -80,7 +84,7 @@ class ScoringChain:
                 "churn_probability": self.churn_classifier.predict_churn_probability(X),
             }
         )
-        clv_columns = ["customer_id", "clv", "p_no_purchase", "clv_p10", "clv_p50", "clv_p90"]
+        clv_columns = ["customer_id", "clv", "p_no_purchase", *INTERVAL_COLUMNS, *EXPECTED_COLUMNS]
         inputs = features.merge(clv[clv_columns], on="customer_id", validate="one_to_one")
         inputs = inputs.merge(churn[["customer_id", "churn_probability"]], on="customer_id", validate="one_to_one")
         if self.rules.growth_potential == "value":

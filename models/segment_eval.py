@@ -31,7 +31,7 @@ HIGH_GROWTH_QUADRANTS = ("II", "IV")
 # The columns each input contributes (customer_id and cutoff first).
 SCORING_COLUMNS = {
     "features": ("customer_id", "cutoff", "spend_trailing", "margin_trailing", "days_since_first", "days_since_last", "ipi_mean"),
-    "clv": ("customer_id", "cutoff", "clv", "p_no_purchase", "clv_p10", "clv_p50", "clv_p90"),
+    "clv": ("customer_id", "cutoff", "clv", "p_no_purchase", "clv_expected_p10", "clv_expected_p90"),
     "churn": ("customer_id", "cutoff", "churn_probability"),
 }
 VALUE_COLUMNS = ("customer_id", "cutoff", "predicted_value")  # of the value predictions, when growth potential uses them

@@ -449,9 +449,8 @@ def relationship_level(customers: pd.Series, margin: pd.Series) -> pd.Series:
 # --------------------------------------------------------------------------- all rules
 
 
-#: The CLV quantile columns (models/clv_intervals.py) and their levels.
-INTERVAL_COLUMNS = ("clv_p10", "clv_p50", "clv_p90")
-INTERVAL_LEVELS = (0.1, 0.5, 0.9)
+#: The expected CLV's 10% and 90% quantiles over the parameter draws (models/clv_intervals.py).
+EXPECTED_COLUMNS = ("clv_expected_p10", "clv_expected_p90")
 SEGMENT_INPUT_COLUMNS = (
     "customer_id",
     "spend_trailing",
@@ -462,7 +461,7 @@ SEGMENT_INPUT_COLUMNS = (
     "clv",
     "p_no_purchase",
     "churn_probability",
-    *INTERVAL_COLUMNS,
+    *EXPECTED_COLUMNS,
 )
 
 
@@ -616,52 +615,53 @@ def segment_customers(frame: pd.DataFrame, rules: SegmentRules, reference: Segme
 
 # --------------------------------------------------------------------------- quadrant probability
 
-def cdf_from_quantiles(c, p10, p50, p90, lower_bound: float | None = 0.0) -> np.ndarray:
-    """P(X <= c) for a distribution known by its 10%, 50% and 90% quantiles (arrays, one per customer).
-
-    The CDF is linear between the knots (P10, 0.1), (P50, 0.5), (P90, 0.9), and in the tails with the
-    density of the adjacent segment, down to 0 at P10 - (P50 - P10) / 4 (not below ``lower_bound``:
-    CLV with a non-negative margin is >= 0, so P10 = 0 is a point mass at 0 of at least 0.1) and up
-    to 1 at P90 + (P90 - P50) / 4. Tied quantiles are point masses (a right-continuous step)."""
-    c, p10, p50, p90 = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in (c, p10, p50, p90)))
-    low = p10 - (p50 - p10) / 4.0
-    if lower_bound is not None:
-        low = np.maximum(low, np.minimum(lower_bound, p10))
-    knots = (low, p10, p50, p90, p90 + (p90 - p50) / 4.0)
-    levels = (0.0, *INTERVAL_LEVELS, 1.0)
-    out = np.zeros(c.shape)
-    for (x0, f0), (x1, f1) in zip(zip(knots, levels), zip(knots[1:], levels[1:])):
-        width = x1 - x0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inside = np.where(width > 0, f0 + (f1 - f0) * (c - x0) / width, f1)
-        out = np.maximum(out, np.where(c >= x1, f1, np.where(c > x0, inside, np.where(c >= x0, f0, 0.0))))
-    return np.clip(out, 0.0, 1.0)
+#: The standard normal quantile of the upper interval level (0.9): (log P90 - log P10) / (2 Z_90) is the
+#: log-scale standard deviation of a log-normal with those quantiles.
+Z_90 = 1.2815515655446004
 
 
-def quadrant_probability(growth: pd.Series, clv: pd.Series, p10: pd.Series, p50: pd.Series, p90: pd.Series,
-                         cut: float) -> pd.Series:  # fmt: skip
-    """Probability that the customer's growth potential lies on the same side of the cut as its point
-    value (the current-value axis is observed: certain), so the probability of the quadrant.
+def log_spread(p10, p90) -> np.ndarray:
+    """Log-scale standard deviation of a log-normal with 10% and 90% quantiles ``p10``, ``p90``: 0 when
+    they are equal (every draw the same, or one draw), inf when only ``p10`` is 0 (a draw at 0)."""
+    p10, p90 = (np.asarray(v, dtype=float) for v in (p10, p90))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = (np.log(p90) - np.log(p10)) / (2.0 * Z_90)
+    return np.where((p90 <= p10) | ~np.isfinite(p10) | ~np.isfinite(p90), 0.0, np.where(p10 > 0, spread, np.inf))
 
-    The growth potential's quantiles are the CLV's scaled by growth / clv (exact for the ``clv`` and
-    ``combined`` rules, which multiply the CLV by a per-customer factor; 1 where clv <= 0); its CDF
-    is :func:`cdf_from_quantiles`. High means strictly above the cut, as in :func:`is_high`."""
-    g, v = growth.to_numpy(dtype=float), clv.to_numpy(dtype=float)
-    ratio = np.divide(g, v, out=np.ones(len(g)), where=v > 0)
-    below = cdf_from_quantiles(cut, *(s.to_numpy(dtype=float) * ratio for s in (p10, p50, p90)))
-    prob = np.where(g > cut, 1.0 - below, below)
+
+def quadrant_probability(growth: pd.Series, p10: pd.Series, p90: pd.Series, cut: float) -> pd.Series:
+    """Probability that the customer's EXPECTED growth potential lies on the same side of the cut as
+    its point value (the current-value axis is observed: certain), so the probability of its quadrant
+    given the parameter uncertainty of the CLV model.
+
+    ``p10``, ``p90`` are the 10% and 90% quantiles of the expected CLV over the bootstrap parameter
+    draws (clv_expected_p10/p90). The growth potential's draws are the CLV's scaled by growth / clv,
+    which leaves the log-scale spread unchanged, so the growth potential under parameter uncertainty
+    is taken as log-normal centred on its point value g with the CLV draws' log spread s
+    (:func:`log_spread`): P = Phi(|log g - log cut| / s). At the cut it is 0.5; it reaches 0.9 when
+    the cut is as far from g as the draws' P10 or P90 (on log scale); s = 0 (no spread) gives 1. High
+    means strictly above the cut, as in :func:`is_high`; a point value or a cut <= 0 is certain (the
+    draws are non-negative multiples of the point value)."""
+    from scipy.special import ndtr  # lazily: pipelines/contracts.py imports this module
+
+    g = growth.to_numpy(dtype=float)
+    s = log_spread(p10.to_numpy(dtype=float), p90.to_numpy(dtype=float))
+    certain = (g <= 0) | (cut <= 0) | (s == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(np.log(np.where(certain, 1.0, g)) - math.log(cut if cut > 0 else 1.0)) / np.where(certain, 1.0, s)
+    prob = np.where(certain, 1.0, ndtr(z))
     return pd.Series(prob, index=growth.index, name="quadrant_probability")
 
 
 def with_quadrant_probability(labelled: pd.DataFrame, frame: pd.DataFrame, cut: float,
                               uncertain_below: float) -> pd.DataFrame:  # fmt: skip
     """``labelled`` (segment_customers' rows) with quadrant_probability and quadrant_uncertain (1 when
-    the probability is below ``uncertain_below``), from the CLV quantile columns of ``frame`` (same rows)."""
-    missing = [c for c in ("clv", *INTERVAL_COLUMNS) if c not in frame.columns]
+    the probability is below ``uncertain_below``), from the expected-CLV quantile columns of ``frame``
+    (same rows)."""
+    missing = [c for c in EXPECTED_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"segment input lacks columns {missing}")
-    intervals = (frame[c] for c in INTERVAL_COLUMNS)
-    prob = quadrant_probability(labelled["growth_potential"], frame["clv"], *intervals, cut)
+    prob = quadrant_probability(labelled["growth_potential"], *(frame[c] for c in EXPECTED_COLUMNS), cut)
     prob.index = labelled.index
     return labelled.assign(quadrant_probability=prob, quadrant_uncertain=(prob < uncertain_below).astype("int64"))
 

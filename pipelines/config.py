@@ -121,7 +121,8 @@ class ClvParams(_Section):
     min_customers: int = Field(100, gt=0)
     selection_max_customers: int = Field(200_000, gt=0)
     interval_draws: int = Field(20, gt=0)  # parameter draws of the customer bootstrap (1 = point estimate only)
-    interval_process_draws: int = Field(200, ge=20)  # purchase-process draws per distinct history
+    interval_process_draws: int = Field(200, ge=20)  # purchase-process draws per distinct (frequency, T) group
+    interval_bootstrap_sample: int | None = Field(50_000, gt=0)  # m of the m-out-of-n bootstrap; null = n
     model_name: str = "cvp-clv"
     register_model: bool = True
 

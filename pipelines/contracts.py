@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
@@ -18,7 +19,7 @@ from features.customer import LABELS_SCHEMA, features_schema
 from features.errors import DataError, contract_problem
 from features.ingest import TRANSACTIONS_SCHEMA
 from models import segments as seg
-from models.clv_columns import CANDIDATE_ORDER, INTERVAL_COLUMNS, PREDICTION_DTYPES
+from models.clv_columns import CANDIDATE_ORDER, EXPECTED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_DTYPES
 from models.scores import SCORE_COLUMNS, ScoreColumn, value_checks
 
 if TYPE_CHECKING:
@@ -31,11 +32,11 @@ def sorted_by_customer() -> pa.Check:
     return pa.Check(lambda df: df["customer_id"].is_monotonic_increasing, error="rows sorted by customer_id")
 
 
-def _intervals_all_or_none(df: pd.DataFrame) -> bool:
-    values = df[list(INTERVAL_COLUMNS)].to_numpy(dtype=float)
+def _intervals_all_or_none(df: pd.DataFrame, columns=INTERVAL_COLUMNS) -> bool:
+    values = df[list(columns)].to_numpy(dtype=float)
     if pd.isna(values).all():
         return True
-    return bool(pd.notna(values).all() and (values[:, 0] <= values[:, 1]).all() and (values[:, 1] <= values[:, 2]).all())
+    return bool(pd.notna(values).all() and (np.diff(values, axis=1) >= 0).all())
 
 
 CLV_PREDICTIONS_SCHEMA = pa.DataFrameSchema(
@@ -49,13 +50,15 @@ CLV_PREDICTIONS_SCHEMA = pa.DataFrameSchema(
         "expected_avg_spend": pa.Column("float64"),
         "clv": pa.Column("float64"),
         # The interval columns are all NaN in a file without intervals (t_2), else finite and ordered.
-        **{name: pa.Column("float64", nullable=True) for name in INTERVAL_COLUMNS},
+        **{name: pa.Column("float64", nullable=True) for name in (*INTERVAL_COLUMNS, *EXPECTED_COLUMNS)},
     },
     strict=True,
     ordered=True,
     checks=[
         sorted_by_customer(),
         pa.Check(lambda df: _intervals_all_or_none(df), error="clv_p10..clv_p90 all NaN, or finite with p10 <= p50 <= p90"),
+        pa.Check(lambda df: _intervals_all_or_none(df, EXPECTED_COLUMNS),
+                 error="clv_expected_p10, clv_expected_p90 both NaN, or finite with p10 <= p90"),
         pa.Check(lambda df: df["cutoff"].nunique() <= 1, error="one cutoff per file"),
         pa.Check(lambda df: df["model"].nunique() <= 1, error="one model per file"),
     ],

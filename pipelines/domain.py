@@ -43,7 +43,7 @@ def interval_config(params: Params):
 
     cfg = params.clv
     return IntervalConfig(cfg.interval_draws, cfg.interval_process_draws, params.seed, cfg.fit_max_iterations,
-                          cfg.fit_time_budget_s)
+                          cfg.fit_time_budget_s, cfg.interval_bootstrap_sample)
 
 
 def churn_classifier_factory(params: Params) -> Callable[[], ChurnClassifier]:

@@ -66,7 +66,7 @@ def stand_in_clv(features: pd.DataFrame) -> pd.DataFrame:
             "p_no_purchase": 1 - p_alive * (1 - np.exp(-rate * HORIZON)),
             "expected_avg_spend": features["avg_spend"],
             "clv": expected * features["avg_spend"] * 0.3,
-            **dict.fromkeys(("clv_p10", "clv_p50", "clv_p90"), np.nan),  # no intervals: the churn stage does not read them
+            **dict.fromkeys(("clv_p10", "clv_p50", "clv_p90", "clv_expected_p10", "clv_expected_p90"), np.nan),  # no intervals: the churn stage does not read them
         }
     )
 

@@ -124,6 +124,34 @@ def test_a_refit_on_the_original_counts_returns_the_point_estimate_and_the_draws
     np.testing.assert_array_equal(same.purchase, draws.purchase)
 
 
+def test_the_m_out_of_n_bootstrap_rescales_a_smaller_resample_to_the_full_spread():
+    assert ci._shrink(np.array([2.0, 3.0]), np.array([8.0, 3.0]), 0.5) == pytest.approx([4.0, 3.0])  # log midpoint
+    features, _ = simulate_world(4000, seed=4)
+    purchase = PurchaseModel("bgnbd").fit(features["frequency"], features["recency"], features["T"])
+    spend = SpendModel().fit(features["frequency"], features["monetary_value"])
+    rfm, spend_rows = compress(features, HISTORY), compress(features, ["frequency", "monetary_value"])
+    full = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 12, seed=1)
+    # m >= n is the ordinary bootstrap, draw for draw.
+    np.testing.assert_array_equal(ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 12, seed=1,
+                                                          sample=10_000).purchase, full.purchase)  # fmt: skip
+    small = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 12, seed=1, sample=1000)
+    np.testing.assert_array_equal(small.purchase[0], full.purchase[0])
+    spread = [np.log(d.purchase[1:]).std(axis=0).mean() for d in (full, small)]
+    # Rescaled by sqrt(1000 / 4000), the quarter-size resamples spread as the full ones (11 draws each: loose).
+    assert 0.5 < spread[1] / spread[0] < 2.0
+
+
+def test_histories_of_one_frequency_t_group_share_the_process_and_differ_by_p_alive():
+    """Same frequency and T, recency 2 vs 40 (= T): the group's draws are kept where its alive uniform
+    is below each history's P(alive), so the more recent buyer's draws dominate the other's, quantile
+    by quantile; a customer alone still gets its batch values."""
+    draws = draws_of("bgnbd", n=4)
+    x, recency, T, m = np.array([3, 3]), np.array([2.0, 40.0]), np.array([40.0, 40.0]), np.array([30.0, 30.0])
+    q, zero, _ = quantiles(draws, x, recency, T, m)
+    assert (q[1] >= q[0]).all() and zero[1] < zero[0] and q[1, 2] > q[0, 2]
+    assert np.array_equal(quantiles(draws, x[:1], recency[:1], T[:1], m[:1])[0][0], q[0])
+
+
 # --------------------------------------------------------------------------- coverage
 
 
@@ -178,29 +206,68 @@ def test_coverage_holds_with_every_purchase_model_on_a_larger_base(model):
 # --------------------------------------------------------------------------- quadrant probability
 
 
-def test_cdf_from_quantiles_by_hand():
-    p10, p50, p90 = np.array([0.0]), np.array([10.0]), np.array([20.0])
-    got = [float(seg.cdf_from_quantiles(c, p10, p50, p90)[0]) for c in (-1.0, 0.0, 5.0, 10.0, 20.0, 21.25, 30.0)]
-    # P10 = 0 is a point mass of 0.1 at 0 (no negative CLV); linear between the knots; the upper tail
-    # reaches 1 at 20 + (20 - 10) / 4 = 22.5.
-    assert got == pytest.approx([0.0, 0.1, 0.3, 0.5, 0.9, 0.95, 1.0])
-    # All three equal: a point mass.
-    assert seg.cdf_from_quantiles(np.array([0.9, 1.0]), *(np.ones(2),) * 3).tolist() == [0.0, 1.0]
-    # Without the lower bound, the lower tail runs down to P10 - (P50 - P10) / 4.
-    p10, p50, p90 = np.array([8.0]), np.array([24.0]), np.array([30.0])
-    assert float(seg.cdf_from_quantiles(4.0, p10, p50, p90, None)[0]) == pytest.approx(0.0)
-    assert float(seg.cdf_from_quantiles(6.0, p10, p50, p90, None)[0]) == pytest.approx(0.05)
+def test_expected_draws_are_the_clv_closed_form_under_each_parameter_set_and_batch_invariant():
+    """Column b is what models/clv.py predicts with draw b's parameters; column 0 is the point clv."""
+    from models.clv import ClvSettings
+
+    draws = draws_of("bgnbd", n=4, spend={"p": 6.0, "q": 3.9, "v": 15.0})
+    draws = ci.ParameterDraws(draws.model, draws.purchase, draws.spend * np.array([1.0, 1.05, 0.97])[None, :], 36.0)
+    features = pd.DataFrame({"customer_id": list("abcd"), "cutoff": pd.Timestamp("2020-01-01"),
+                             "frequency": [0, 2, 5, 2], "recency": [0.0, 8.0, 30.0, 8.0], "T": [20.0, 40.0, 60.0, 40.0],
+                             "monetary_value": [0.0, 20.0, 35.0, 90.0]})  # fmt: skip
+    args = [features[c] for c in (*HISTORY, "monetary_value")]
+    got = ci.expected_clv_draws(draws, *args, np.zeros(4), SETTINGS)
+    assert got.shape == (4, 4)
+    for b in range(4):
+        purchase = PurchaseModel.from_params("bgnbd", draws.purchase_params(b))
+        spend = SpendModel.from_params(dict(zip("pqv", draws.spend[b])))
+        want = ClvSettings(7.0, 91, 0.3, 0.1, 30).predict(purchase, spend, features)["clv"].to_numpy()
+        np.testing.assert_allclose(got[:, b], want, rtol=1e-12)
+    q = ci.expected_quantiles(draws, *args, np.zeros(4), SETTINGS)
+    np.testing.assert_allclose(q, np.quantile(got, [0.1, 0.9], axis=1).T)
+    for i in range(4):  # a customer alone gets its batch values
+        alone = ci.expected_quantiles(draws, *(a.iloc[[i]] for a in args), np.zeros(1), SETTINGS)
+        assert np.array_equal(alone[0], q[i])
+    # Without Gamma-Gamma draws every draw uses the point spend given.
+    fallback = ci.ParameterDraws("bgnbd", draws.purchase, None, 36.0)
+    flat = ci.expected_clv_draws(fallback, *args, np.full(4, 10.0), SETTINGS)
+    purchase = PurchaseModel.from_params("bgnbd", draws.purchase_params(2))
+    assert flat[1, 2] == pytest.approx(0.3 * 10.0 * purchase_discounted(purchase, 2.0, 8.0, 40.0))
 
 
-def test_quadrant_probability_is_the_share_on_the_point_side_of_the_cut():
-    growth = pd.Series([12.0, 3.0, 20.0, 0.0])
-    clv = pd.Series([12.0, 3.0, 10.0, 0.0])  # the third: growth = 2 x clv (combined rule), so its quantiles double
-    p10, p50, p90 = pd.Series([0.0] * 4), pd.Series([10.0, 2.0, 2.5, 0.0]), pd.Series([20.0, 8.0, 10.0, 0.0])
-    got = seg.quadrant_probability(growth, clv, p10, p50, p90, cut=5.0)
-    # 1: high, P(X > 5) = 1 - 0.3; 2: low, P(X <= 5) = 0.5 + 0.4 * 3 / 6 = 0.7; 3: quantiles 0, 5, 20, high,
-    # P(X > 5) = 0.5; 4: a certain zero, low.
-    np.testing.assert_allclose(got, [0.7, 0.7, 0.5, 1.0])
+def purchase_discounted(model, x, r, T):
+    from models.clv import discounted_expected_purchases, period_discount_rate
+
+    rate = period_discount_rate(0.1, 30)
+    return float(discounted_expected_purchases(model, np.array([x]), np.array([r]), np.array([T]), 91, 7.0, rate, 30)[0])
+
+
+def test_log_spread_by_hand():
+    # P10 = 1, P90 = e^(2 Z_90): spread 1; equal quantiles: 0; a P10 at 0 below a positive P90: inf.
+    got = seg.log_spread(np.array([1.0, 5.0, 0.0, 0.0]), np.array([np.exp(2 * seg.Z_90), 5.0, 3.0, 0.0]))
+    assert got.tolist() == [pytest.approx(1.0), 0.0, np.inf, 0.0]
+
+
+def test_quadrant_probability_by_hand():
+    """Log-normal on log scale centred on the point value with the draws' log spread."""
+    cut = 10.0
+    e = np.exp(2 * seg.Z_90)  # P90 / P10 of a log spread of 1
+    growth = pd.Series([20.0, 5.0, 10.0 * np.exp(seg.Z_90), 10.0, 10.0 + 1e-12, 400.0, 0.0, 30.0])
+    p10 = pd.Series([15.0, 2.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    p90 = pd.Series([15.0, 2.0, e, e, e, e, 0.0, 50.0])
+    got = seg.quadrant_probability(growth, p10, p90, cut).to_numpy()
+    # 1, 2: every draw the same (no spread): certain, above or below; 3: the cut is Z_90 log spreads below the
+    # point, i.e. at the draws' P10: 0.9; 4, 5: at the cut: 0.5 (low side, and just above); 6: log(40) = 3.7
+    # spreads above the cut: certain to 1e-4; 7: a point value 0 (no purchase expected): certain;
+    # 8: a draw at 0 (infinite log spread): 0.5.
+    np.testing.assert_allclose(got, [1.0, 1.0, 0.9, 0.5, 0.5, 0.99989, 1.0, 0.5], atol=1e-5)
     labelled = pd.DataFrame({"growth_potential": growth})
-    frame = pd.DataFrame({"clv": clv, "clv_p10": p10, "clv_p50": p50, "clv_p90": p90})
-    flagged = seg.with_quadrant_probability(labelled, frame, 5.0, 0.6)
-    assert flagged["quadrant_uncertain"].tolist() == [0, 0, 1, 0]
+    frame = pd.DataFrame({"clv_expected_p10": p10, "clv_expected_p90": p90})
+    flagged = seg.with_quadrant_probability(labelled, frame, cut, 0.8)
+    assert flagged["quadrant_uncertain"].tolist() == [0, 0, 0, 1, 1, 0, 0, 1]
+    # All draws on one side of the cut: the share is 1 and the probability is above 0.9 (the P10 is above
+    # the cut); a customer whose P10 and P90 straddle the cut symmetrically: 0.5.
+    draws = np.array([[12.0, 14.0, 16.0, 18.0, 20.0], [5.0, 7.0, 10.0, 14.0, 20.0]])
+    q = np.quantile(draws, [0.1, 0.9], axis=1).T
+    prob = seg.quadrant_probability(pd.Series([16.0, 10.0]), pd.Series(q[:, 0]), pd.Series(q[:, 1]), cut)
+    assert prob[0] > 0.9 and prob[1] == pytest.approx(0.5)

@@ -205,7 +205,8 @@ def test_predict_customers_follows_the_contract(fitted_weekly):
     out = predict_customers(purchase, spend, shuffled, horizon_days=91, days_per_unit=7, margin=0.3,
                             annual_discount_rate=0.10, period_days=30)
     # The point predictions; the interval columns come from models/clv_intervals.py.
-    assert list(out.columns) == [c for c in PREDICTION_COLUMNS if c not in ("clv_p10", "clv_p50", "clv_p90")]
+    assert list(out.columns) == [c for c in PREDICTION_COLUMNS if c not in ("clv_p10", "clv_p50", "clv_p90", "clv_expected_p10",
+                                                                         "clv_expected_p90")]
     assert out["customer_id"].tolist() == shuffled["customer_id"].tolist()
     assert out.index.equals(shuffled.index) and (out["model"] == "mbgnbd").all()
     assert out["customer_id"].dtype == shuffled["customer_id"].dtype

@@ -119,13 +119,17 @@ def test_predictions_schema_rejects_unsorted_rows_and_bad_probabilities():
             "customer_id": ["a", "b"], "cutoff": pd.Series([CUTOFF] * 2, dtype="datetime64[us]"), "model": "bgnbd",
             "p_alive": [0.5, 0.9], "expected_purchases": [0.1, 2.0], "p_no_purchase": [0.9, 0.2],
             "expected_avg_spend": [30.0, 40.0], "clv": [1.0, 20.0], "clv_p10": [0.0, 5.0], "clv_p50": [0.0, 18.0],
-            "clv_p90": [4.0, 40.0],
+            "clv_p90": [4.0, 40.0], "clv_expected_p10": [0.8, 16.0], "clv_expected_p90": [1.3, 25.0],
         }
     ).astype(contracts.CLV_PREDICTION_DTYPES)  # fmt: skip
     contracts.CLV_PREDICTIONS_SCHEMA.validate(good)
-    contracts.CLV_PREDICTIONS_SCHEMA.validate(good.assign(clv_p10=np.nan, clv_p50=np.nan, clv_p90=np.nan))  # t_2
+    contracts.CLV_PREDICTIONS_SCHEMA.validate(good.assign(clv_p10=np.nan, clv_p50=np.nan, clv_p90=np.nan,
+                                                          clv_expected_p10=np.nan, clv_expected_p90=np.nan))  # t_2
     for bad in (good.assign(clv_p50=[0.0, 50.0]), good.assign(clv_p10=[np.nan, 5.0])):  # unordered, partly missing
         with pytest.raises(pa.errors.SchemaError, match="clv_p10..clv_p90"):
+            contracts.CLV_PREDICTIONS_SCHEMA.validate(bad)
+    for bad in (good.assign(clv_expected_p90=[0.5, 25.0]), good.assign(clv_expected_p10=[np.nan, 16.0])):
+        with pytest.raises(pa.errors.SchemaError, match="clv_expected_p10, clv_expected_p90"):
             contracts.CLV_PREDICTIONS_SCHEMA.validate(bad)
     with pytest.raises(pa.errors.SchemaError, match="sorted"):
         contracts.CLV_PREDICTIONS_SCHEMA.validate(good.iloc[::-1].reset_index(drop=True))

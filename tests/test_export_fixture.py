@@ -127,6 +127,8 @@ def clv_predictions(features: pd.DataFrame, seed: int) -> pd.DataFrame:
             "clv_p10": 0.0,
             "clv_p50": expected * spend * 0.30 * 0.5,
             "clv_p90": expected * spend * 0.30 * 3.0,
+            "clv_expected_p10": expected * spend * 0.30 * 0.7,
+            "clv_expected_p90": expected * spend * 0.30 * 1.4,
         }
     )
 

@@ -144,7 +144,7 @@ def _labelled(n=60):
         "days_since_last": rng.integers(0, 300, n).astype(float), "ipi_mean": rng.uniform(10, 90, n),
         "clv": rng.gamma(2.0, 8.0, n), "p_no_purchase": rng.uniform(0.1, 0.9, n), "churn_probability": rng.uniform(0.1, 0.9, n),
     })  # fmt: skip
-    base = base.assign(clv_p10=0.0, clv_p50=0.5 * base["clv"], clv_p90=3.0 * base["clv"])
+    base = base.assign(clv_expected_p10=0.6 * base["clv"], clv_expected_p90=1.5 * base["clv"])
     return seg.segment_customers(base, RULES)
 
 

@@ -345,9 +345,10 @@ def test_concentration_top_share_and_negative_values():
 
 
 def with_intervals(frame):
-    """CLV quantiles around the CLV (the clv stage's columns), as the segment input carries them."""
+    """Expected-CLV quantiles over parameter draws around the CLV (the clv stage's columns), as the segment
+    input carries them."""
     clv = frame["clv"]
-    return frame.assign(clv_p10=0.2 * clv, clv_p50=0.8 * clv, clv_p90=2.0 * clv)
+    return frame.assign(clv_expected_p10=0.7 * clv, clv_expected_p90=1.4 * clv)
 
 
 def small_base(n=40, seed=3):

@@ -42,6 +42,8 @@ def _scores(rng, cutoff, n=N):
             "clv_p10": 0.0,
             "clv_p50": expected * spend * 0.3 * 0.5,
             "clv_p90": expected * spend * 0.3 * 3.0,
+            "clv_expected_p10": expected * spend * 0.3 * 0.7,
+            "clv_expected_p90": expected * spend * 0.3 * 1.4,
         }
     )
     churn = pd.DataFrame({"customer_id": _ids(n), "cutoff": cutoff, "churn_probability": rng.uniform(0.02, 0.98, n)})
@@ -115,7 +117,7 @@ def test_stage_writes_validated_deterministic_outputs_and_logs_to_mlflow(project
     # The written labels are the pure rules applied to the joined inputs.
     joined = (
         files["features_t0"]
-        .merge(files["clv_predictions_t0"][["customer_id", "clv", "p_no_purchase", "clv_p10", "clv_p50", "clv_p90"]],
+        .merge(files["clv_predictions_t0"][["customer_id", "clv", "p_no_purchase", "clv_expected_p10", "clv_expected_p90"]],
                on="customer_id")
         .merge(files["churn_predictions_t0"][["customer_id", "churn_probability"]], on="customer_id")
     )
