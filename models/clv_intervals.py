@@ -71,7 +71,8 @@ class ParameterDraws:
 
     ``purchase``: (B, 4) in the model's parameter order and the caller's time unit; ``spend``:
     (B, 3) Gamma-Gamma p, q, v, or None when the spend model is the population-mean fallback
-    (then every purchase is worth ``population_mean_spend``)."""
+    (then every purchase is worth the customer's point expected spend: the credibility or population-mean
+    fallback of models.clv.SpendModel, ``population_mean_spend`` when none is given)."""
 
     model: str
     purchase: np.ndarray
@@ -305,7 +306,7 @@ def _histories(draws: ParameterDraws, frequency, recency, T, modelled) -> _Histo
 
 
 def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
-                  settings: IntervalSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+                  settings: IntervalSettings, point_spend=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(n customers, len(quantiles)) quantiles of each customer's discounted margin over the horizon,
     the share of the customer's draws at 0 (P(value = 0), the point mass of no purchase) and the
     share inside [first, last quantile] (the coverage the model itself expects: above 0.8 for
@@ -322,6 +323,9 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
                                              for v in (frequency, recency, T, monetary_value))  # fmt: skip
     modelled = _spend_modelled(frequency, monetary_value) & (draws.spend is not None)
     m = np.where(modelled, monetary_value, 0.0)
+    if draws.spend is None:  # a spend fallback: each purchase is worth the customer's point expected spend
+        fallback = draws.population_mean_spend if point_spend is None else point_spend
+        m = np.broadcast_to(np.asarray(fallback, dtype=float), frequency.shape).ravel()
     h = _histories(draws, frequency, recency, T, modelled)
     gx, gT, gm = (h.groups[c].to_numpy() for c in ("frequency", "T", "modelled"))
 
@@ -338,14 +342,14 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     process = _Process(draws.model, params, spend, lengths, starts, factors)
     n_groups = len(gx)
     base = np.empty((n_groups, d))
-    scale = np.empty((n_groups, d)) if spend is not None else None
+    scale = np.empty((n_groups, d))
     alive_u = np.empty((n_groups, d))
     for g in range(n_groups):
         rng = np.random.default_rng(_group_seed(settings.seed, gx[g], gT[g], bool(gm[g])))
         xs = gx[g] if gm[g] else 0.0
         ratio, alive_u[g] = process.draw(rng, gx[g], gT[g], xs)
-        if spend is None:
-            base[g] = settings.margin * draws.population_mean_spend * ratio
+        if spend is None:  # value = m x margin x discounted purchases, m the customer's point spend
+            base[g], scale[g] = 0.0, settings.margin * ratio
         else:
             base[g] = settings.margin * spend[:, 2] * ratio  # A: draws for m = 0 (v of each draw)
             scale[g] = settings.margin * xs * ratio  # C: per unit of m
@@ -362,9 +366,7 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     for first in range(0, n_units, chunk):
         sl = slice(first, min(first + chunk, n_units))
         hist, group = uh[sl], h.history_group[uh[sl]]
-        values = base[group]
-        if scale is not None:
-            values += um[sl, None] * scale[group]
+        values = base[group] + um[sl, None] * scale[group]
         values *= alive_u[group] < h.p_alive[rows[:, None], hist[None, :]].T
         q = np.maximum.accumulate(np.quantile(values, settings.quantiles, axis=1).T, axis=1)  # exact order
         q_units[sl] = q
@@ -431,7 +433,7 @@ def interval_frame(draws: ParameterDraws, features: pd.DataFrame, settings: Inte
     """customer_id, clv_p10, clv_p50, clv_p90, clv_expected_p10, clv_expected_p90 for rows of a features
     frame, in its row order (``point_spend``: the clv's expected_avg_spend of the same rows)."""
     history = [features[c] for c in (*HISTORY_COLUMNS, "monetary_value")]
-    q, _, _ = clv_quantiles(draws, *history, settings)
+    q, _, _ = clv_quantiles(draws, *history, settings, point_spend)
     e = expected_quantiles(draws, *history, point_spend, settings)
     out = pd.DataFrame(np.hstack([q, e]), columns=[*INTERVAL_COLUMNS, *EXPECTED_COLUMNS], index=features.index)
     return pd.concat([features[["customer_id"]], out], axis=1)
@@ -603,9 +605,10 @@ def stage_intervals(models: Mapping[int, tuple[PurchaseModel, SpendModel]], feat
         boot = time.perf_counter()
         f = features[k]
         history = [f[c] for c in (*HISTORY_COLUMNS, "monetary_value")]
-        q, p_zero, inside = clv_quantiles(draws[k], *history, settings)
+        point_spend = point_spend_of(predictions[k], f)
+        q, p_zero, inside = clv_quantiles(draws[k], *history, settings, point_spend)
         simulated = time.perf_counter()
-        e = expected_quantiles(draws[k], *history, point_spend_of(predictions[k], f), settings)
+        e = expected_quantiles(draws[k], *history, point_spend, settings)
         out[k] = fill_intervals(predictions[k], f, np.hstack([q, e]))
         log.info("intervals at t_%d: %d parameter draws in %.1f s, %d process draws per (frequency, T) group in %.1f s, "
                  "expected-value quantiles in %.1f s", k, draws[k].n_draws, boot - started, config.process_draws,

@@ -73,6 +73,28 @@ def test_a_customer_with_a_huge_history_has_a_narrow_interval_and_a_median_near_
     assert heavy[1] == pytest.approx(clv, rel=0.15)
 
 
+def test_a_spend_fallback_values_each_purchase_at_the_customers_own_point_spend():
+    """Without Gamma-Gamma draws (the credibility fallback of a heavy-tailed base) a heavy buyer who
+    spends 5,000 per purchase day keeps that level: its median is near its CLV, not the mean's."""
+    gg = draws_of("bgnbd", n=1)
+    fallback = ci.ParameterDraws("bgnbd", gg.purchase, None, 36.0)
+    history = ([300, 300], [100.0, 100.0], [100.0, 100.0], [5000.0, 50.0])
+    q, _, _ = ci.clv_quantiles(fallback, *history, SETTINGS, point_spend=np.array([5000.0, 50.0]))
+    np.testing.assert_allclose(q[0], 100.0 * q[1], rtol=1e-12)  # same draws, 100 times the spend
+    purchase = PurchaseModel.from_params("bgnbd", PARAMS["bgnbd"])
+    features = pd.DataFrame({"customer_id": ["h"], "cutoff": pd.Timestamp("2020-01-01"), "frequency": [300],
+                             "recency": [100.0], "T": [100.0], "monetary_value": [5000.0]})  # fmt: skip
+    from models.clv import ClvSettings
+
+    spend = SpendModel(fallback="credibility")  # own mean spend for a repeat buyer when k = 0
+    spend.params_, spend.population_mean_spend_, spend.credibility_k_, spend.source_ = {}, 36.0, 0.0, "fallback:credibility"
+    clv = ClvSettings(7.0, 91, 0.3, 0.1, 30).predict(purchase, spend, features)["clv"].iloc[0]
+    assert q[0][1] == pytest.approx(clv, rel=0.15)
+    without, _, _ = ci.clv_quantiles(fallback, *history, SETTINGS)  # no point spend given: the population mean
+    np.testing.assert_allclose(without[0], without[1], rtol=1e-12)
+    assert without[0][1] == pytest.approx(q[0][1] * 36.0 / 5000.0, rel=1e-12)
+
+
 def test_same_seed_same_quantiles_and_a_customer_alone_gets_its_batch_quantiles():
     draws = draws_of("mbgnbd", n=4)
     x = np.array([0, 2, 5, 2, 11])
