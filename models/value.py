@@ -367,8 +367,10 @@ BOOTSTRAP_RESAMPLES = 200
 
 def metric_value(metric: str, actual: pd.Series, score: pd.Series, customer_id: pd.Series) -> float:
     """One ranking metric of ``score`` against ``actual`` (see :func:`forecast_metrics`)."""
-    if metric == "spearman":
-        return seg.rank_forecasts(actual, {"f": score}, customer_id)["f"]["spearman"]
+    if metric == "spearman":  # as seg.rank_forecasts computes it, without the captures it also computes
+        from scipy.stats import spearmanr
+
+        return float(spearmanr(score.to_numpy(dtype=float), actual.to_numpy(dtype=float)).statistic)
     if metric == "top_share_capture":
         return seg.top_share_of_total(score, actual, customer_id)
     if metric == "normalized_gini":
@@ -390,7 +392,8 @@ def bootstrap_gain(actual: pd.Series, score: pd.Series, reference: pd.Series, cu
     for i in range(resamples):
         take = np.sort(rng.integers(0, n, size))
         # a customer drawn twice counts twice; distinct ids keep the tie-break by customer_id well defined
-        cid = pd.Series(ids.to_numpy()[take]) + "#" + pd.Series(np.arange(size)).astype(str)
+        # (Spearman has no tie-break by customer: its ids are not built)
+        cid = None if metric == "spearman" else pd.Series(ids.to_numpy()[take]) + "#" + pd.Series(np.arange(size)).astype(str)
         sub = [x.iloc[take].reset_index(drop=True) for x in (a, s, r)]
         gains[i] = metric_value(metric, sub[0], sub[1], cid) - metric_value(metric, sub[0], sub[2], cid)
     tail = (1.0 - level) / 2.0

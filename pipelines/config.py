@@ -127,19 +127,24 @@ class ClvParams(_Section):
     register_model: bool = True
 
 
-class LightGBMParams(_Section):
+class _BoostingParams(_Section):
+    """LightGBM settings the churn classifier and the value model share (their leaf minimums differ)."""
+
     n_estimators: int = Field(300, gt=0)
     learning_rate: float = Field(0.02, gt=0)
     num_leaves: int = Field(4, gt=1)
-    min_child_samples: int = Field(300, gt=0)  # cap of the leaf minimum
-    min_child_share: float | None = Field(0.05, gt=0, le=1)  # leaf minimum as a share of the fit customers; null = absolute
     subsample: float = Field(0.8, gt=0, le=1)
     subsample_freq: int = Field(1, ge=0)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
     n_jobs: int = Field(2, gt=0)
-    tree_tolerance: float | None = Field(None, ge=0)  # trees: fewest within this log loss of the out-of-time minimum; null = the cap
     max_fit_customers: int | None = Field(200000, gt=0)  # customers of one LightGBM fit (seeded stratified sample); null = all
+
+
+class LightGBMParams(_BoostingParams):
+    min_child_samples: int = Field(300, gt=0)  # cap of the leaf minimum
+    min_child_share: float | None = Field(0.05, gt=0, le=1)  # leaf minimum as a share of the fit customers; null = absolute
+    tree_tolerance: float | None = Field(None, ge=0)  # trees: fewest within this log loss of the out-of-time minimum; null = the cap
     boost_from: Literal["p_no_purchase", "expected_purchases"] | None = "p_no_purchase"  # start the boosting from this CLV baseline's log-odds
 
 
@@ -158,20 +163,11 @@ class ChurnParams(_Section):
     register_model: bool = True
 
 
-class ValueLightGBMParams(_Section):
+class ValueLightGBMParams(_BoostingParams):
     kind: Literal["two_part", "single"] = "two_part"
-    n_estimators: int = Field(300, gt=0)
-    learning_rate: float = Field(0.02, gt=0)
-    num_leaves: int = Field(4, gt=1)
     min_child_samples: int = Field(100, gt=0)  # cap of the leaf minimum
     min_child_share: float | None = Field(0.02, gt=0, le=1)  # leaf minimum as a share of the fit rows; null = absolute
-    subsample: float = Field(0.8, gt=0, le=1)
-    subsample_freq: int = Field(1, ge=0)
-    colsample_bytree: float = Field(0.8, gt=0, le=1)
-    reg_lambda: float = Field(1.0, ge=0)
-    n_jobs: int = Field(2, gt=0)
     boost_from_btyd: bool = True
-    max_fit_customers: int | None = Field(200_000, gt=0)  # seeded sample, stratified by buyer; null = everyone
 
 
 class ValueParams(_Section):

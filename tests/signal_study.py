@@ -153,15 +153,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join([head, *lines])
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def run_study(description: str, measure_world, tabulate, default_worlds: str, argv: list[str] | None = None) -> None:
+    """The command line of a study: --customers, --seed, --worlds; prints the table of one row per world."""
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--worlds", default=",".join(WORLDS), help="comma list of: " + ", ".join(WORLDS))
+    parser.add_argument("--worlds", default=default_worlds, help="comma list of: " + ", ".join(WORLDS))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows = [measure(w, args.customers, args.seed) for w in args.worlds.split(",")]
-    print(table(rows))
+    print(tabulate([measure_world(w, args.customers, args.seed) for w in args.worlds.split(",")]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_study(__doc__, measure, table, ",".join(WORLDS), argv)
 
 
 if __name__ == "__main__":

@@ -196,16 +196,23 @@ def test_realised_value_is_discounted_per_period_as_the_clv_is():
     np.testing.assert_allclose(got, [30 / (1 + rate), 30 / (1 + rate) ** 4])
 
 
-def test_p10_p90_covers_80_percent_of_a_base_simulated_from_the_model():
-    """5,000 customers from known BG/NBD + Gamma-Gamma; models fitted on them, intervals, holdout."""
-    features, period_spend = simulate_world(5000, seed=11)
-    purchase = PurchaseModel("bgnbd").fit(features["frequency"], features["recency"], features["T"])
+def holdout_coverage(purchase: PurchaseModel, customers: int, world_seed: int, n_draws: int):
+    """(coverage summary, fitted purchase model): a base simulated from known BG/NBD + Gamma-Gamma
+    parameters, the models fitted on it, their intervals against the simulated holdout."""
+    features, period_spend = simulate_world(customers, seed=world_seed)
+    purchase.fit(features["frequency"], features["recency"], features["T"])
     spend = SpendModel().fit(features["frequency"], features["monetary_value"])
     rfm, spend_rows = compress(features, HISTORY), compress(features, ["frequency", "monetary_value"])
-    draws = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 10, seed=2)
+    draws = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, n_draws, seed=2)
     q, p_zero, inside = quantiles(draws, *(features[c] for c in ("frequency", "recency", "T", "monetary_value")))
     realised = ci.realised_value(period_spend, 0.3, 0.1, 30)
     summary, _ = ci.coverage(features["frequency"], q[:, 0], q[:, 1], q[:, 2], realised, p_zero, inside)
+    return summary, purchase
+
+
+def test_p10_p90_covers_80_percent_of_a_base_simulated_from_the_model():
+    """5,000 customers from known BG/NBD + Gamma-Gamma; models fitted on them, intervals, holdout."""
+    summary, purchase = holdout_coverage(PurchaseModel("bgnbd"), 5000, world_seed=11, n_draws=10)
     assert summary["coverage_pit"] == pytest.approx(0.80, abs=0.03)
     assert summary["coverage"] == pytest.approx(summary["expected_coverage"], abs=0.03)
     assert TRUE_BGNBD["r"] == pytest.approx(purchase.params_["r"], rel=0.25)  # the fit found the truth
@@ -214,14 +221,7 @@ def test_p10_p90_covers_80_percent_of_a_base_simulated_from_the_model():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["mbgnbd", "paretonbd"])
 def test_coverage_holds_with_every_purchase_model_on_a_larger_base(model):
-    features, period_spend = simulate_world(20000, seed=5)
-    purchase = PurchaseModel(model, random_state=0).fit(features["frequency"], features["recency"], features["T"])
-    spend = SpendModel().fit(features["frequency"], features["monetary_value"])
-    rfm, spend_rows = compress(features, HISTORY), compress(features, ["frequency", "monetary_value"])
-    draws = ci.bootstrap_parameters(purchase, spend, rfm, spend_rows, 20, seed=2)
-    q, p_zero, inside = quantiles(draws, *(features[c] for c in ("frequency", "recency", "T", "monetary_value")))
-    realised = ci.realised_value(period_spend, 0.3, 0.1, 30)
-    summary, _ = ci.coverage(features["frequency"], q[:, 0], q[:, 1], q[:, 2], realised, p_zero, inside)
+    summary, _ = holdout_coverage(PurchaseModel(model, random_state=0), 20000, world_seed=5, n_draws=20)
     assert summary["coverage_pit"] == pytest.approx(0.80, abs=0.05)
 
 

@@ -13,9 +13,6 @@ Spearman, top-20% capture and normalized Gini of each.
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 import pandas as pd
 
 from models import churn_eval as ce
@@ -24,7 +21,7 @@ from models import value_eval as ve
 from pipelines import domain
 from pipelines.value import model_factory
 from pipelines.config import Params, load_params
-from tests.signal_study import WORLDS, make_world, world_frames
+from tests.signal_study import make_world, run_study, world_frames
 
 FORECASTS = ("value_model", "clv", "combined", "quick_estimate")
 
@@ -65,14 +62,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--customers", type=int, default=10_000)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--worlds", default="none,all", help="comma list of: " + ", ".join(WORLDS))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    rows = [measure(w, args.customers, args.seed) for w in args.worlds.split(",")]
-    print(table(rows))
+    run_study(__doc__, measure, table, "none,all", argv)
 
 
 if __name__ == "__main__":
