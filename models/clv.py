@@ -522,6 +522,11 @@ def period_discount_rate(annual_rate, period_days) -> float:
     return float((1.0 + annual_rate) ** (period_days / DAYS_PER_YEAR) - 1.0)
 
 
+def period_discount_factors(n_periods: int, period_rate: float) -> np.ndarray:
+    """(1 + period_rate)^-i for the periods i = 1 .. n_periods: what a value of period i is worth at the cutoff."""
+    return (1.0 + period_rate) ** -np.arange(1, n_periods + 1, dtype=float)
+
+
 def _period_ends_days(horizon_days: float, period_days: float) -> np.ndarray:
     """End of each discount period in days: period_days, 2 period_days, ..., capped at the horizon."""
     if not (horizon_days > 0 and period_days > 0):
@@ -540,7 +545,7 @@ def _cumulative_expected_purchases(purchase_model, frequency, recency, T, horizo
 def _discount(cumulative: np.ndarray, period_rate: float) -> np.ndarray:
     """sum_i (E[X(T, T+end_i)] - E[X(T, T+start_i)]) / (1 + period_rate)^i."""
     per_period = np.diff(cumulative, axis=0, prepend=0.0)
-    factors = (1.0 + period_rate) ** -np.arange(1, len(cumulative) + 1, dtype=float)
+    factors = period_discount_factors(len(cumulative), period_rate)
     # A period-by-period sum, not a matrix product: BLAS sums in an order that depends on the
     # number of customers, and a customer scored alone must get the batch's value to the last bit.
     return np.sum(factors[:, None] * per_period, axis=0)

@@ -54,6 +54,7 @@ from models.clv import (
     _period_ends_days,
     _spend_modelled,
     discounted_expected_purchases,
+    period_discount_factors,
     period_discount_rate,
     resolve_time_scale,
 )
@@ -337,7 +338,7 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     starts = np.concatenate([[0.0], ends[:-1]])
     lengths = ends - starts
     rate = period_discount_rate(settings.discount_rate, settings.discount_period_days)
-    factors = (1.0 + rate) ** -np.arange(1, len(ends) + 1, dtype=float)
+    factors = period_discount_factors(len(ends), rate)
 
     process = _Process(draws.model, params, spend, lengths, starts, factors)
     n_groups = len(gx)
@@ -457,7 +458,7 @@ def frequency_bin(frequency: np.ndarray, bins: Sequence[int] = FREQUENCY_BINS) -
 def realised_value(period_spend: np.ndarray, margin: float, discount_rate: float, period_days: float) -> np.ndarray:
     """margin x spend of each discount period (columns), discounted as the clv is."""
     rate = period_discount_rate(discount_rate, period_days)
-    factors = (1.0 + rate) ** -np.arange(1, period_spend.shape[1] + 1, dtype=float)
+    factors = period_discount_factors(period_spend.shape[1], rate)
     return margin * (np.asarray(period_spend, dtype=float) * factors[None, :]).sum(axis=1)
 
 

@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from features.errors import DataError
 from models import segments as seg
 from models.churn import capped_rows, check_no_window_columns, prepare_features, scaled_min_child_samples
-from models.clv import period_discount_rate
+from models.clv import _period_ends_days, period_discount_factors, period_discount_rate
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +57,9 @@ MIN_BUYERS = 10
 def mean_discount_factor(horizon_days: float, annual_rate: float, period_days: float) -> float:
     """Mean of (1 + period rate)^-i over the horizon's days, period i = 1, 2, ... covering
     ``period_days`` days each (the last one cut at the horizon), weighted by the days it covers."""
-    if not (horizon_days > 0 and period_days > 0):
-        raise ValueError("horizon_days and period_days must be > 0")
-    rate = period_discount_rate(annual_rate, period_days)
-    n = int(np.ceil(horizon_days / period_days - 1e-9))
-    ends = np.minimum(np.arange(1, n + 1) * float(period_days), float(horizon_days))
-    days = np.diff(ends, prepend=0.0)
-    return float(np.sum(days * (1.0 + rate) ** -np.arange(1, n + 1, dtype=float)) / horizon_days)
+    ends = _period_ends_days(horizon_days, period_days)
+    factors = period_discount_factors(len(ends), period_discount_rate(annual_rate, period_days))
+    return float(np.sum(np.diff(ends, prepend=0.0) * factors) / horizon_days)
 
 
 def realised_value(labels: pd.DataFrame, margin: float, discount: float) -> pd.Series:
