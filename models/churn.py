@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import lightgbm as lgb
@@ -308,6 +308,44 @@ def _as_text(values: pd.Series) -> list[str | None]:
     return [None if pd.isna(v) else str(v) for v in values.astype("object")]
 
 
+def text_categories(X: pd.DataFrame) -> dict[str, list[str]]:
+    """The categories a model fixes at fit time: each categorical column's values, as sorted text."""
+    return {c: sorted({v for v in _as_text(X[c]) if v is not None})
+            for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)}  # fmt: skip
+
+
+def encode_columns(X: pd.DataFrame, feature_names, categories: Mapping[str, list[str]], model: str) -> pd.DataFrame:
+    """A fitted model's input: ``feature_names`` in training order, categorical columns fixed to
+    ``categories`` (unseen values become missing), numbers as float64; a one-line DataError naming
+    the ``model`` when a training column is absent."""
+    missing = [c for c in feature_names if c not in X.columns]
+    if missing:
+        raise DataError(f"features: missing column(s) {missing} that the {model} model was trained on; rebuild the features")
+    out = {}
+    for col in feature_names:
+        if col in categories:
+            known = set(categories[col])
+            values = [v if v in known else None for v in _as_text(X[col])]
+            out[col] = pd.Categorical(values, categories=categories[col])
+        else:
+            out[col] = pd.to_numeric(X[col], errors="raise").astype("float64")
+    return pd.DataFrame(out, index=X.index)
+
+
+def lightgbm_settings(model, n_rows: int) -> dict:
+    """LightGBM keyword arguments from a project estimator's parameters (n_estimators, learning_rate,
+    num_leaves, min_child_samples / min_child_share, subsample, subsample_freq, colsample_bytree,
+    reg_lambda, random_state, n_jobs) for a fit on ``n_rows``: the leaf minimum scaled by
+    :func:`scaled_min_child_samples`; deterministic, row-wise histograms, quiet."""
+    return dict(
+        n_estimators=model.n_estimators, learning_rate=model.learning_rate, num_leaves=model.num_leaves,
+        min_child_samples=scaled_min_child_samples(n_rows, model.min_child_samples, model.min_child_share),
+        subsample=model.subsample, subsample_freq=model.subsample_freq, colsample_bytree=model.colsample_bytree,
+        reg_lambda=model.reg_lambda, random_state=model.random_state, n_jobs=model.n_jobs, deterministic=True,
+        force_row_wise=True, verbose=-1,
+    )  # fmt: skip
+
+
 def _aligned_labels(y, index: pd.Index) -> pd.Series:
     """0/1 labels as an int8 Series on ``index`` (a Series is aligned by label, else by position)."""
     if isinstance(y, pd.Series) and not y.index.equals(index):
@@ -424,23 +462,11 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         """LightGBM for a fit on ``n_customers`` (the leaf minimum scales with it, see
         :func:`scaled_min_child_samples`) with ``n_trees`` trees (default ``n_estimators``);
         records the leaf minimum used in ``min_child_samples_``."""
-        self.min_child_samples_ = scaled_min_child_samples(n_customers, self.min_child_samples, self.min_child_share)
-        return lgb.LGBMClassifier(
-            objective="binary",
-            n_estimators=self.n_estimators if n_trees is None else n_trees,
-            learning_rate=self.learning_rate,
-            num_leaves=self.num_leaves,
-            min_child_samples=self.min_child_samples_,
-            subsample=self.subsample,
-            subsample_freq=self.subsample_freq,
-            colsample_bytree=self.colsample_bytree,
-            reg_lambda=self.reg_lambda,
-            random_state=self.random_state,
-            n_jobs=self.n_jobs,
-            deterministic=True,
-            force_row_wise=True,
-            verbose=-1,
-        )
+        settings = lightgbm_settings(self, n_customers)
+        self.min_child_samples_ = settings["min_child_samples"]
+        if n_trees is not None:
+            settings["n_estimators"] = n_trees
+        return lgb.LGBMClassifier(objective="binary", **settings)
 
     def fit(self, X: pd.DataFrame, y, eval_set: tuple[pd.DataFrame, object] | None = None) -> "ChurnClassifier":
         """Fit on a prepared feature frame (see :func:`prepare_features`) and 0/1 churn labels.
@@ -457,11 +483,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
             raise DataError("churn labels hold one class only; a classifier needs churned and retained customers")
         self.feature_names_in_ = np.array(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
-        self.categories_ = {
-            c: sorted({v for v in _as_text(X[c]) if v is not None})
-            for c in X.columns
-            if isinstance(X[c].dtype, pd.CategoricalDtype)
-        }
+        self.categories_ = text_categories(X)
         self.classes_ = np.array([0, 1])
         Xt = self._transform(X)
         too_few = int(y.value_counts().min()) < MIN_CALIBRATION_CLASS
@@ -544,20 +566,7 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
 
     def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
         """Columns in training order; categories fixed to those seen in training; numbers as float64."""
-        missing = [c for c in self.feature_names_in_ if c not in X.columns]
-        if missing:
-            raise DataError(
-                f"features: missing column(s) {missing} that the churn model was trained on; rebuild the features"
-            )
-        out = {}
-        for col in self.feature_names_in_:
-            if col in self.categories_:
-                known = set(self.categories_[col])  # unseen values become missing
-                values = [v if v in known else None for v in _as_text(X[col])]
-                out[col] = pd.Categorical(values, categories=self.categories_[col])
-            else:
-                out[col] = pd.to_numeric(X[col], errors="raise").astype("float64")
-        return pd.DataFrame(out, index=X.index)
+        return encode_columns(X, self.feature_names_in_, self.categories_, "churn")
 
     def _margin(self, Xt: pd.DataFrame) -> np.ndarray:
         """Log-odds of churn: the start of the boosting (:meth:`_init_score`, 0 when ``boost_from``

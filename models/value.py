@@ -33,7 +33,8 @@ from sklearn.base import BaseEstimator, RegressorMixin
 
 from features.errors import DataError
 from models import segments as seg
-from models.churn import capped_rows, check_no_window_columns, prepare_features, scaled_min_child_samples
+from models.churn import (capped_rows, check_no_window_columns, encode_columns, lightgbm_settings, prepare_features,
+                          text_categories)
 from models.clv import _period_ends_days, period_discount_factors, period_discount_rate
 
 log = logging.getLogger(__name__)
@@ -136,29 +137,9 @@ class ValueModel(RegressorMixin, BaseEstimator):
         self.random_state = random_state
         self.n_jobs = n_jobs
 
-    def _settings(self, n_rows: int) -> dict:
-        return dict(
-            n_estimators=self.n_estimators, learning_rate=self.learning_rate, num_leaves=self.num_leaves,
-            min_child_samples=scaled_min_child_samples(n_rows, self.min_child_samples, self.min_child_share),
-            subsample=self.subsample, subsample_freq=self.subsample_freq, colsample_bytree=self.colsample_bytree,
-            reg_lambda=self.reg_lambda, random_state=self.random_state, n_jobs=self.n_jobs, deterministic=True,
-            force_row_wise=True, verbose=-1,
-        )  # fmt: skip
-
     def _transform(self, X: pd.DataFrame) -> pd.DataFrame:
         """Training columns in training order; categories fixed to those seen in training."""
-        missing = [c for c in self.feature_names_in_ if c not in X.columns]
-        if missing:
-            raise DataError(f"features: missing column(s) {missing} that the value model was trained on; rebuild the features")
-        out = {}
-        for col in self.feature_names_in_:
-            if col in self.categories_:
-                known = self.categories_[col]
-                values = X[col].astype("object").where(X[col].astype("object").isin(known))
-                out[col] = pd.Categorical(values, categories=known)
-            else:
-                out[col] = pd.to_numeric(X[col], errors="raise").astype("float64")
-        return pd.DataFrame(out, index=X.index)
+        return encode_columns(X, self.feature_names_in_, self.categories_, "value")
 
     def _init_scores(self, X: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(purchase, value) start of the boosting: the BTYD model's own prediction on the model's
@@ -192,9 +173,7 @@ class ValueModel(RegressorMixin, BaseEstimator):
             raise DataError("value model: no customers to fit")
         self.feature_names_in_ = np.array(X.columns, dtype=object)
         self.n_features_in_ = X.shape[1]
-        self.categories_ = {
-            c: sorted({str(v) for v in X[c].dropna()}) for c in X.columns if isinstance(X[c].dtype, pd.CategoricalDtype)
-        }
+        self.categories_ = text_categories(X)
         rows = capped_rows(np.arange(len(values)), (values > 0).astype(int), self.max_fit_customers, self.random_state)
         if len(rows) < len(values):
             log.info("value model: fitting on a seeded sample of %d of %d customers (max_fit_customers), stratified "
@@ -207,7 +186,7 @@ class ValueModel(RegressorMixin, BaseEstimator):
         if self.kind == "single":
             self.n_buyers_ = int((values > 0).sum())
             self.p_buy_, self.buyer_mean_ = 1.0, float(values.mean())
-            self.regressor_ = lgb.LGBMRegressor(objective="regression", **self._settings(len(values))).fit(
+            self.regressor_ = lgb.LGBMRegressor(objective="regression", **lightgbm_settings(self, len(values))).fit(
                 Xt, values, init_score=start_value
             )
             return self
@@ -215,14 +194,14 @@ class ValueModel(RegressorMixin, BaseEstimator):
         self.n_buyers_ = int(bought.sum())
         self.p_buy_ = float(bought.mean())
         if 0 < self.n_buyers_ < len(values):
-            self.classifier_ = lgb.LGBMClassifier(objective="binary", **self._settings(len(values))).fit(
+            self.classifier_ = lgb.LGBMClassifier(objective="binary", **lightgbm_settings(self, len(values))).fit(
                 Xt, bought.astype(int), init_score=start_buy
             )
         self.buyer_mean_ = float(values[bought].mean()) if self.n_buyers_ else 0.0
         if self.n_buyers_ >= MIN_BUYERS:
             log_value = np.log1p(values[bought])
             start = None if start_value is None else start_value[bought]
-            self.regressor_ = lgb.LGBMRegressor(objective="regression", **self._settings(self.n_buyers_)).fit(
+            self.regressor_ = lgb.LGBMRegressor(objective="regression", **lightgbm_settings(self, self.n_buyers_)).fit(
                 Xt.loc[bought], log_value, init_score=start
             )
             residual = log_value - self._raw(self.regressor_, Xt.loc[bought], start)
