@@ -123,7 +123,7 @@ def growth_potential_source(configured: str, value_metrics: Mapping | None, valu
         reason = f"{value_file} not found: combined"
     else:
         reason = f"value model {'won' if won else 'did not win'}: {value_metrics.get('reason')}"
-    used = configured if configured != "auto" else "value" if won else "combined"
+    used = seg.resolve_growth_potential(configured, won)
     out = {"configured": configured, "used": used, "reason": reason, "value_model_won": won}
     if value_metrics and value_metrics.get("comparison"):
         out["value_holdout"] = {k: value_metrics[k] for k in ("comparison", "evaluation")}

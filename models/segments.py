@@ -144,6 +144,14 @@ def growth_potential_combined(
 VALUE_PREDICTION = "value_prediction"
 
 
+def resolve_growth_potential(configured: str, value_model_won: bool) -> str:
+    """segment.growth_potential as a method: ``auto`` is ``value`` when the value model won on the
+    holdout (metrics/value.json), else ``combined``; any other setting is itself."""
+    if configured != "auto":
+        return configured
+    return "value" if value_model_won else "combined"
+
+
 def growth_potential(
     method: str, clv: pd.Series, p_no_purchase: pd.Series, churn_probability: pd.Series,
     value_prediction: pd.Series | None = None,

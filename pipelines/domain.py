@@ -68,9 +68,8 @@ def segment_rules(params: Params, value_model_won: bool = False) -> seg.SegmentR
     from models import segments as seg
 
     s = params.segment
-    method = s.growth_potential if s.growth_potential != "auto" else "value" if value_model_won else "combined"
     return seg.SegmentRules(
-        growth_potential=method,
+        growth_potential=seg.resolve_growth_potential(s.growth_potential, value_model_won),
         **s.model_dump(include={"value_basis", "uncertain_below"}),
         margin=params.clv.margin,
         cut=seg.CutRule(**s.cut.model_dump()),
