@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.errors import DataError
+from models.clv_columns import EXPECTED_COLUMNS  # the expected CLV's 10% and 90% quantiles over the parameter draws
 
 QUADRANTS = ("I", "II", "III", "IV")
 TIERS = ("platinum", "gold", "iron", "lead")
@@ -457,8 +458,6 @@ def relationship_level(customers: pd.Series, margin: pd.Series) -> pd.Series:
 # --------------------------------------------------------------------------- all rules
 
 
-#: The expected CLV's 10% and 90% quantiles over the parameter draws (models/clv_intervals.py).
-EXPECTED_COLUMNS = ("clv_expected_p10", "clv_expected_p90")
 SEGMENT_INPUT_COLUMNS = (
     "customer_id",
     "spend_trailing",

@@ -104,15 +104,16 @@ def run(params: Params, paths: Catalog) -> None:
         fits = clv_select.fit_cutoffs(features, labels, patterns, fitting, settings, sources)
         models = {0: (fits.purchase_t0, fits.spend_t0), 1: (fits.chosen.model, fits.spend_t1)}
         compressed = {k: (patterns[k].rfm, patterns[k].spend) for k in models}
+        interval_config = domain.interval_config(params)
         intervals = clv_intervals.stage_intervals(models, features, compressed, fits.predictions, labels, period_spend,
-                                                  domain.interval_config(params), settings)  # fmt: skip
+                                                  interval_config, settings)  # fmt: skip
         holdout = clv_eval.holdout_frame(f1, fits.predictions[1], labels)
         evaluation = clv_eval.evaluate(holdout, data.horizon_days, cfg.margin)
         curve = clv_eval.tracking_table(f1, None, fits.chosen.model, t0, data.days_per_unit, repeat_counts=repeats)
 
         for k in CUTOFF_OFFSETS:
             paths.write(f"clv_predictions_t{k}", intervals.predictions[k], params)
-        files.write_text(clv_intervals.served_artifact(intervals.draws_t0, domain.interval_config(params)),
+        files.write_text(clv_intervals.served_artifact(intervals.draws_t0, interval_config),
                          paths.path("clv_interval_draws"))  # fmt: skip
         model_files = {key: paths.path(f"clv_{key}") for key in ("purchase_model", "spend_model")}
         for key, fitted in (("purchase_model", fits.purchase_t0), ("spend_model", fits.spend_t0)):
