@@ -280,7 +280,7 @@ def choose_calibration(margin: np.ndarray, y: np.ndarray, seed: int) -> tuple[st
 
 # --------------------------------------------------------------------------- complexity
 
-BOOST_COLUMNS = {"p_no_purchase": "p_no_purchase", "expected_purchases": "expected_purchases"}  # boost_from -> column
+BOOST_FROM = ("expected_purchases", "p_no_purchase")  # the CLV baselines (columns) the boosting may start from
 BOOST_CLIP = 1e-6  # the boosting start is the logit of the baseline's probability clipped to [1e-6, 1 - 1e-6]
 
 MIN_CHILD_FLOOR = 5  # fewest customers in a leaf whatever the share says (a leaf of 1-4 is noise)
@@ -442,9 +442,9 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         (``boost_from`` None) starts from LightGBM's average."""
         if self.boost_from is None:
             return None
-        column = BOOST_COLUMNS.get(self.boost_from)
-        if column is None:
-            raise ValueError(f"boost_from must be one of {sorted(BOOST_COLUMNS)} or None (got {self.boost_from!r})")
+        column = self.boost_from
+        if column not in BOOST_FROM:
+            raise ValueError(f"boost_from must be one of {list(BOOST_FROM)} or None (got {self.boost_from!r})")
         if column not in Xt.columns:
             raise DataError(
                 f"features: column '{column}' is missing, the churn classifier boosts from it (boost_from="
