@@ -440,9 +440,9 @@ class ChurnClassifier(ClassifierMixin, BaseEstimator):
         """Where the boosting starts for each row of a transformed frame: the log-odds of the CLV
         baseline ``boost_from`` (its probability clipped to [BOOST_CLIP, 1 - BOOST_CLIP]); None
         (``boost_from`` None) starts from LightGBM's average."""
-        if self.boost_from is None:
+        column = getattr(self, "boost_from", None)  # a model pickled before boosting (a champion) has no start
+        if column is None:
             return None
-        column = self.boost_from
         if column not in BOOST_FROM:
             raise ValueError(f"boost_from must be one of {list(BOOST_FROM)} or None (got {self.boost_from!r})")
         if column not in Xt.columns:

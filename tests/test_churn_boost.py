@@ -127,3 +127,13 @@ def test_dates_held_as_objects_become_day_counts_not_categories():
     expected = prepare_features(frame)
     pd.testing.assert_frame_equal(prepare_features(as_objects), expected)
     assert "first_purchase" not in expected and expected["signup_days_before_cutoff"].tolist()[0] == 10.0
+
+
+def test_a_model_pickled_before_boosting_predicts_from_its_trees_alone():
+    """A champion registered before boost_from existed has no such attribute: it must still load and
+    score as it did (no start), not fail at serving or at the retraining gate."""
+    X, y = _world(1000, 4)
+    unboosted = ChurnClassifier(**FAST, boost_from=None, calibration="none", random_state=0).fit(X, y)
+    old = pickle.loads(pickle.dumps(unboosted))
+    del old.__dict__["boost_from"]
+    np.testing.assert_array_equal(old.predict_churn_probability(X), unboosted.predict_churn_probability(X))
