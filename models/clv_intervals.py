@@ -15,16 +15,20 @@ Pure code (arrays and frames in, arrays out), seeded and deterministic.
    days of each discount period (a Poisson process, stopped after each purchase with
    probability p, or at an exponential lifetime of rate mu), the spend of each purchase from
    the Gamma-Gamma posterior of the customer's mean spend nu ~ Gamma(q + p_s x, v + x m), and
-   the clv stage's margin and discount per period (the spend of a draw's purchases is discounted
-   by their mean period factor, which keeps its mean exact).
+   the clv stage's margin and discount per period.
 3. Quantiles per customer (once per distinct history and mean spend).
 
-The random work is per distinct (frequency, T, spend-modelled) group, not per customer: given alive
-at T the process depends on the history through (frequency, T) only, and recency through P(alive)
-only, so each history of a group keeps the group's draw j when the group's alive uniform u_j is
-below its own P(alive). The spend of a draw is margin * (v + x m) * S / H with S (the discounted
-sum of Gamma(p_s n_i, 1) spends) and H ~ Gamma(q + p_s x, 1) drawn per group, so a customer's draws
-are (A + m C) * alive. Each group's random stream is seeded by the seed and the group itself, so a
+The random work is per distinct (frequency, spend-modelled) key, not per customer: given alive at T
+the process depends on the history through (frequency, T) only, and recency through P(alive) only;
+the frequency sets the shapes of every distribution and T only rescales the rates. So the random
+numbers are drawn once per key (the gammas, the alive and dropout uniforms, the purchase arrivals
+of a unit-rate Poisson process and the Gamma(p_s, 1) spend of each arrival), and each (frequency,
+T) group reads them with its own rates (common random numbers across T; each customer's
+distribution is exact). Each history keeps draw j when the key's alive uniform u_j is below its
+own P(alive). The spend of a draw is margin * (v + x m) * S / H with S the discounted sum of the
+spends of its purchases (each discounted by its own period's factor) and H ~ Gamma(q + p_s x, 1),
+so a customer's draws are (A + m C) * alive. Each key's stream is seeded by the seed and the key
+itself, and arrivals are drawn in fixed blocks until every customer of the batch is covered, so a
 customer gets the same quantiles whoever else is scored with them (the served chain scores one
 customer as the batch does).
 
@@ -43,7 +47,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from models import _lifetimes, btyd
+from models import _lifetimes, btyd, btyd_fit
 from models.clv import (
     EXPECTED_COLUMNS,
     HISTORY_COLUMNS,
@@ -125,9 +129,12 @@ def _refit_purchase(model: PurchaseModel, rows: pd.DataFrame, counts: np.ndarray
     if name != "paretonbd":  # lifetimes searches log-parameters with time divided by max T
         start = np.log(np.where(is_rate, start / T.max(), start))
     penalizer = getattr(model, "penalizer_", 0.0)
-    fitted = _lifetimes.fit_purchase(name, f, r, T, counts[keep].astype(float), penalizer, start,
-                                     max_iterations=max_iterations, time_budget_s=time_budget_s)  # fmt: skip
-    values = np.array([fitted[k] for k in _lifetimes.PURCHASE_PARAMS[name]])
+    if name in btyd_fit.PURCHASE_NLL:
+        values = btyd_fit.fit_purchase(name, f, r, T, counts[keep].astype(float), penalizer, start, max_iterations)
+    else:
+        fitted = _lifetimes.fit_purchase(name, f, r, T, counts[keep].astype(float), penalizer, start,
+                                         max_iterations=max_iterations, time_budget_s=time_budget_s)  # fmt: skip
+        values = np.array([fitted[k] for k in _lifetimes.PURCHASE_PARAMS[name]])
     return np.where(is_rate, values * scale, values)
 
 
@@ -135,8 +142,7 @@ def _refit_spend(model: SpendModel, rows: pd.DataFrame, counts: np.ndarray) -> n
     f, m = rows["frequency"].to_numpy(dtype=float), rows["monetary_value"].to_numpy(dtype=float)
     keep = (counts > 0) & _spend_modelled(f, m)
     start = np.log([model.params_[k] for k in _lifetimes.SPEND_PARAMS])
-    fitted = _lifetimes.fit_spend(f[keep], m[keep], counts[keep].astype(float), model.penalizer_ or 0.0, start)
-    values = np.array([fitted[k] for k in _lifetimes.SPEND_PARAMS])
+    values = btyd_fit.fit_spend(f[keep], m[keep], counts[keep].astype(float), model.penalizer_ or 0.0, start)
     if not (np.isfinite(values).all() and (values > 0).all() and values[1] > 1.0):
         raise FloatingPointError(f"Gamma-Gamma refit gave {values}")
     return values
@@ -216,22 +222,34 @@ class IntervalSettings:
     quantiles: tuple[float, ...] = QUANTILES
 
 
-def _group_seed(seed: int, x: float, T: float, modelled: bool) -> list[int]:
-    """Entropy of one (frequency, T, spend-modelled) group's random stream: the seed and the group's exact float bits."""
-    bits = np.array([T], dtype=np.float64).view(np.uint64)
-    return [int(seed), int(x), int(bits[0]), int(modelled)]
+def _key_seed(seed: int, x: float, modelled: bool) -> list[int]:
+    """Entropy of one (frequency, spend-modelled) key's random stream: the seed and the key."""
+    return [int(seed), int(x), int(modelled)]
+
+
+_ARRIVAL_BLOCK = 32  # purchase arrivals drawn per block and draw
 
 
 class _Process:
-    """The per-draw constants of the simulation (parameter row j mod B for draw j), and one group's draws."""
+    """The per-draw constants of the simulation (parameter row j mod B for draw j) and the draws of
+    the groups of one (frequency, spend-modelled) key.
 
-    def __init__(self, model: str, params: np.ndarray, spend: np.ndarray | None, lengths: np.ndarray,
-                 starts: np.ndarray, factors: np.ndarray):  # fmt: skip
+    Given alive at T, every random quantity of a history is a draw from a distribution whose shape
+    depends on the frequency x alone; T only rescales it (lambda = G_r / (alpha + T), mu = G_s /
+    (beta + T)). So the random numbers are drawn once per key, from the key's own stream, and each
+    group (x, T) of the key transforms them: common random numbers across T, exact marginals. The
+    purchases of a draw are the arrivals of a unit-rate Poisson process (exponential gaps, drawn in
+    blocks of ``_ARRIVAL_BLOCK``) read in operational time lambda * t; each arrival carries its
+    Gamma(p_s, 1) spend. Blocks are drawn until every group of the batch is covered, and a block's
+    numbers do not depend on how many follow it, so a customer's draws do not depend on the batch."""
+
+    def __init__(self, model: str, params: np.ndarray, spend: np.ndarray | None, ends: np.ndarray,
+                 factors: np.ndarray):  # fmt: skip
         self.model, self.d = model, len(params)
         self.params, self.spend = params, spend
-        self.lengths, self.starts, self.factors = lengths, starts, factors
-        # Gamma shapes drawn in one call per group: lambda, then p's two Beta gammas (BG/MBG) or mu
-        # (Pareto/NBD), then H (Gamma-Gamma); the group's frequency is added in place.
+        self.ends, self.factors = ends, factors
+        # Gamma shapes drawn in one call per key: lambda, then p's two Beta gammas (BG/MBG) or mu
+        # (Pareto/NBD), then H (Gamma-Gamma); the key's frequency is added in place.
         blocks = [params[:, 0], params[:, 2]] + ([params[:, 3]] if model != "paretonbd" else [])
         if spend is not None:
             blocks.append(spend[:, 1])
@@ -239,9 +257,10 @@ class _Process:
         self.shapes = self.base_shapes.copy()
         self.shift = 1.0 if model == "mbgnbd" else 0.0
 
-    def draw(self, rng: np.random.Generator, x: float, T: float, x_spend: float) -> tuple[np.ndarray, np.ndarray]:
-        """(S / H per draw given alive at T (discounted spend per unit of (v + x m)), or, without
-        Gamma-Gamma parameters, the discounted number of purchases; the uniforms deciding alive)."""
+    def draw(self, rng: np.random.Generator, x: float, T: np.ndarray, x_spend: float) -> tuple[np.ndarray, np.ndarray]:
+        """For the key's groups of ages ``T`` (G,): (G, d) S / H per draw given alive at T (discounted
+        spend per unit of (v + x m)), or, without Gamma-Gamma parameters, the discounted number of
+        purchases; and the key's (d,) uniforms deciding alive."""
         d, params, spend = self.d, self.params, self.spend
         shapes = self.shapes
         np.add(self.base_shapes[:d], x, out=shapes[:d])  # lambda | alive ~ Gamma(r + x, alpha + T)
@@ -252,29 +271,49 @@ class _Process:
             np.add(self.base_shapes[-d:], spend[:, 0] * x_spend, out=shapes[-d:])
         g = rng.standard_gamma(shapes)
         u = rng.random(2 * d)
-        lam = g[:d] / (params[:, 1] + T)
+        T = np.asarray(T, dtype=float)
+        lam = g[None, :d] / (params[None, :, 1] + T[:, None])  # (G, d)
+        ends = np.broadcast_to(self.ends, (len(T), d, len(self.ends)))
+        last = None
         if pareto:  # mu | alive ~ Gamma(s, beta + T); the lifetime left is exponential with rate mu
-            life = -np.log1p(-u[d:]) * (params[:, 3] + T) / g[d:2 * d]
-            exposure = np.clip(life[:, None] - self.starts[None, :], 0.0, self.lengths[None, :])
-            n = rng.poisson(lam[:, None] * exposure)
+            life = -np.log1p(-u[None, d:]) * (params[None, :, 3] + T[:, None]) / g[None, d:2 * d]
+            ends = np.minimum(ends, life[:, :, None])
         else:
             p = g[d:2 * d] / (g[d:2 * d] + g[2 * d:3 * d])
-            counts = rng.poisson(lam[:, None] * self.lengths[None, :])
             # The purchase after which the customer drops out: geometric on 1, 2, ... with probability p
             # (both logarithms finite: u < 1 and p clipped inside (0, 1)).
             last = np.floor(np.log1p(-u[d:]) / np.log1p(-np.clip(p, 1e-300, 1.0 - 1e-16))) + 1.0
-            bought = np.minimum(np.cumsum(counts, axis=1), last[:, None])  # cumulative purchases by period end
-            n = bought.copy()
-            n[:, 1:] -= bought[:, :-1]
-        discounted = n @ self.factors
+        reach = lam[:, :, None] * ends  # (G, d, periods): operational time at each period end
+        arrivals, spends = self._arrivals(rng, reach[:, :, -1].max(axis=0))
+        bought = np.empty(reach.shape, dtype=np.int64)  # purchases by each period end
+        for j in range(d):
+            bought[:, j, :] = np.searchsorted(arrivals[j], reach[:, j, :], side="right")
+        if last is not None:
+            np.minimum(bought, np.minimum(last, arrivals.shape[1])[None, :, None].astype(np.int64), out=bought)
         if spend is None:
-            return discounted, u[:d]
-        total = n.sum(axis=1)
-        # The spend of all the horizon's purchases, Gamma(p_s * purchases, 1) per unit of 1/nu, discounted by
-        # its purchases' mean factor (one draw instead of one per period: the factors differ by < 3%).
-        mean_factor = np.divide(discounted, total, out=np.zeros(d), where=total > 0)
-        spends = rng.standard_gamma(spend[:, 0] * total) * mean_factor  # shape 0 gives 0
-        return spends / g[-d:], u[:d]
+            n = np.diff(bought, axis=2, prepend=0)
+            return n @ self.factors, u[:d]
+        spent = spends[np.arange(d)[None, :, None], bought]  # cumulative spend by each period end
+        per_period = np.diff(spent, axis=2, prepend=0.0)
+        return (per_period @ self.factors) / g[None, -d:], u[:d]
+
+    def _arrivals(self, rng: np.random.Generator, need: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(d, K) arrival times of unit-rate Poisson processes, K a multiple of the block, past ``need``
+        (d,) in every row; and (d, K + 1) cumulative Gamma(p_s, 1) spends of the arrivals (0 first)."""
+        d, spend = self.d, self.spend
+        times, gifts, reached = [], [], np.zeros(d)
+        while True:
+            gaps = rng.standard_exponential((d, _ARRIVAL_BLOCK))
+            times.append(reached[:, None] + np.cumsum(gaps, axis=1))
+            reached = times[-1][:, -1]
+            if spend is not None:
+                gifts.append(rng.standard_gamma(np.broadcast_to(spend[:, 0, None], (d, _ARRIVAL_BLOCK))))
+            if (reached > need).all():
+                break
+        arrivals = np.hstack(times)
+        if spend is None:
+            return arrivals, None
+        return arrivals, np.hstack([np.zeros((d, 1)), np.cumsum(np.hstack(gifts), axis=1)])
 
 
 @dataclass(frozen=True)
@@ -306,20 +345,22 @@ def _histories(draws: ParameterDraws, frequency, recency, T, modelled) -> _Histo
     return _Histories(codes, history_group[codes], hx, hr, hT, history_group, groups, p_alive)
 
 
-def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
-                  settings: IntervalSettings, point_spend=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value, settings: IntervalSettings,
+                  point_spend=None, shares: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(n customers, len(quantiles)) quantiles of each customer's discounted margin over the horizon,
     the share of the customer's draws at 0 (P(value = 0), the point mass of no purchase) and the
     share inside [first, last quantile] (the coverage the model itself expects: above 0.8 for
-    P10-P90 when the point mass at 0 exceeds 0.1).
+    P10-P90 when the point mass at 0 exceeds 0.1); ``shares=False`` leaves both shares unset
+    (the served chain reads the quantiles only).
 
     Inputs are one value per customer (time in the caller's unit). Draw j of every history uses
     parameter row j mod B (B = draws.n_draws), so every parameter draw is used alike.
 
     Given alive at T, the process depends on the history through (frequency, T) only (the posteriors
     of lambda, p or mu, and of the mean spend), and recency only through P(alive): the process is
-    simulated once per (frequency, T, spend-modelled) group, and each history of the group keeps draw
-    j when the group's alive uniform u_j < its own P(alive) under parameter row j mod B."""
+    simulated once per (frequency, T, spend-modelled) group, from the random numbers of its
+    (frequency, spend-modelled) key (:class:`_Process`), and each history of the group keeps draw
+    j when the key's alive uniform u_j < its own P(alive) under parameter row j mod B."""
     frequency, recency, T, monetary_value = (np.asarray(v, dtype=float).ravel()
                                              for v in (frequency, recency, T, monetary_value))  # fmt: skip
     modelled = _spend_modelled(frequency, monetary_value) & (draws.spend is not None)
@@ -335,25 +376,24 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     params = draws.purchase[rows]
     spend = None if draws.spend is None else draws.spend[rows]
     ends = _period_ends_days(settings.horizon_days, settings.discount_period_days) / settings.days_per_unit
-    starts = np.concatenate([[0.0], ends[:-1]])
-    lengths = ends - starts
     rate = period_discount_rate(settings.discount_rate, settings.discount_period_days)
     factors = period_discount_factors(len(ends), rate)
 
-    process = _Process(draws.model, params, spend, lengths, starts, factors)
+    process = _Process(draws.model, params, spend, ends, factors)
     n_groups = len(gx)
     base = np.empty((n_groups, d))
     scale = np.empty((n_groups, d))
     alive_u = np.empty((n_groups, d))
-    for g in range(n_groups):
-        rng = np.random.default_rng(_group_seed(settings.seed, gx[g], gT[g], bool(gm[g])))
-        xs = gx[g] if gm[g] else 0.0
-        ratio, alive_u[g] = process.draw(rng, gx[g], gT[g], xs)
+    keys = pd.DataFrame({"x": gx, "m": gm}).groupby(["x", "m"], sort=True).indices
+    for (x, modelled), rows_of_key in keys.items():
+        rng = np.random.default_rng(_key_seed(settings.seed, x, bool(modelled)))
+        xs = x if modelled else 0.0
+        ratio, alive_u[rows_of_key] = process.draw(rng, x, gT[rows_of_key], xs)
         if spend is None:  # value = m x margin x discounted purchases, m the customer's point spend
-            base[g], scale[g] = 0.0, settings.margin * ratio
+            base[rows_of_key], scale[rows_of_key] = 0.0, settings.margin * ratio
         else:
-            base[g] = settings.margin * spend[:, 2] * ratio  # A: draws for m = 0 (v of each draw)
-            scale[g] = settings.margin * xs * ratio  # C: per unit of m
+            base[rows_of_key] = settings.margin * spend[None, :, 2] * ratio  # A: draws for m = 0 (v of each draw)
+            scale[rows_of_key] = settings.margin * xs * ratio  # C: per unit of m
 
     # Customers with the same history and mean spend have the same draws: one row per such unit.
     units = pd.DataFrame({"h": h.codes, "m": m}).groupby(["h", "m"], sort=True)
@@ -364,15 +404,22 @@ def clv_quantiles(draws: ParameterDraws, frequency, recency, T, monetary_value,
     q_units = np.empty((n_units, len(settings.quantiles)))
     zero_units, inside_units = np.empty(n_units), np.empty(n_units)
     chunk = max(1, _CHUNK_DRAW_CELLS // d)
+    repeats = d // draws.n_draws if d % draws.n_draws == 0 else 0  # column j reads parameter row j mod B
     for first in range(0, n_units, chunk):
         sl = slice(first, min(first + chunk, n_units))
         hist, group = uh[sl], h.history_group[uh[sl]]
-        values = base[group] + um[sl, None] * scale[group]
-        values *= alive_u[group] < h.p_alive[rows[:, None], hist[None, :]].T
+        values = base[group]
+        values += um[sl, None] * scale[group]
+        if repeats:
+            p_alive = np.tile(h.p_alive[:, hist].T, (1, repeats))
+        else:
+            p_alive = h.p_alive[rows[:, None], hist[None, :]].T
+        values *= alive_u[group] < p_alive
         q = np.maximum.accumulate(np.quantile(values, settings.quantiles, axis=1).T, axis=1)  # exact order
         q_units[sl] = q
-        zero_units[sl] = (values <= 0.0).mean(axis=1)
-        inside_units[sl] = ((values >= q[:, :1]) & (values <= q[:, -1:])).mean(axis=1)
+        if shares:
+            zero_units[sl] = np.count_nonzero(values <= 0.0, axis=1) / d
+            inside_units[sl] = np.count_nonzero((values >= q[:, :1]) & (values <= q[:, -1:]), axis=1) / d
     out, zero, inside = q_units[unit_codes], zero_units[unit_codes], inside_units[unit_codes]
     return out, zero, inside
 
@@ -434,7 +481,7 @@ def interval_frame(draws: ParameterDraws, features: pd.DataFrame, settings: Inte
     """customer_id, clv_p10, clv_p50, clv_p90, clv_expected_p10, clv_expected_p90 for rows of a features
     frame, in its row order (``point_spend``: the clv's expected_avg_spend of the same rows)."""
     history = [features[c] for c in (*HISTORY_COLUMNS, "monetary_value")]
-    q, _, _ = clv_quantiles(draws, *history, settings, point_spend)
+    q, _, _ = clv_quantiles(draws, *history, settings, point_spend, shares=False)
     e = expected_quantiles(draws, *history, point_spend, settings)
     out = pd.DataFrame(np.hstack([q, e]), columns=[*INTERVAL_COLUMNS, *EXPECTED_COLUMNS], index=features.index)
     return pd.concat([features[["customer_id"]], out], axis=1)

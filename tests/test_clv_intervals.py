@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from models import btyd
 from models import clv_intervals as ci
 from models import segments as seg
 from models.clv import PurchaseModel, SpendModel, compress
@@ -161,6 +162,27 @@ def test_the_m_out_of_n_bootstrap_rescales_a_smaller_resample_to_the_full_spread
     spread = [np.log(d.purchase[1:]).std(axis=0).mean() for d in (full, small)]
     # Rescaled by sqrt(1000 / 4000), the quarter-size resamples spread as the full ones (11 draws each: loose).
     assert 0.5 < spread[1] / spread[0] < 2.0
+
+
+@pytest.mark.parametrize("model", list(PARAMS))
+def test_the_simulated_value_averages_to_the_closed_form_expected_clv(model):
+    """One parameter set, 40,000 draws of one key (3 repeat purchases) read at three ages: each
+    history's mean simulated value (kept where alive) is the clv column's closed form (discounted
+    expected purchases x posterior mean spend x margin) within 4 standard errors."""
+    d, x, m = 40_000, 3.0, 30.0
+    draws = draws_of(model, n=1)
+    T = np.array([5.0, 20.0, 60.0])
+    recency = 0.8 * T
+    ends = ci._period_ends_days(SETTINGS.horizon_days, SETTINGS.discount_period_days) / SETTINGS.days_per_unit
+    factors = ci.period_discount_factors(len(ends), ci.period_discount_rate(SETTINGS.discount_rate, SETTINGS.discount_period_days))
+    params, spend = np.repeat(draws.purchase, d, axis=0), np.repeat(draws.spend, d, axis=0)
+    ratio, u = ci._Process(model, params, spend, ends, factors).draw(np.random.default_rng(1), x, T, x)
+    p_alive = btyd.p_alive(model, draws.purchase_params(0), np.full(3, x), recency, T)
+    values = SETTINGS.margin * (spend[None, :, 2] + x * m) * ratio * (u[None, :] < p_alive[:, None])
+    expected = ci.expected_clv_draws(draws, np.full(3, x), recency, T, np.full(3, m), np.full(3, m), SETTINGS)[:, 0]
+    standard_error = values.std(axis=1) / np.sqrt(d)
+    assert (np.abs(values.mean(axis=1) - expected) < 4 * standard_error).all(), (values.mean(axis=1), expected)
+    assert (expected[0] > expected[2]) and (standard_error < 0.05 * expected).all()
 
 
 def test_histories_of_one_frequency_t_group_share_the_process_and_differ_by_p_alive():
