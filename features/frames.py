@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from features.errors import DataError
@@ -17,3 +18,34 @@ def single_date(frame: pd.DataFrame, source: str | object, column: str = "cutoff
             f"{source}: column '{column}' must hold one date (found {len(dates)}); re-run the stage that writes it"
         )
     return pd.Timestamp(dates[0])
+
+
+def same_ids(left: pd.Series, right: pd.Series) -> bool:
+    """Whether two id columns hold the same ids in the same order (compared as text)."""
+    if len(left) != len(right):
+        return False
+    a, b = pd.Series(left).astype("str"), pd.Series(right).astype("str")
+    return bool((a.array == b.array).all())
+
+
+def join_on_id(left: pd.DataFrame, right: pd.DataFrame, how: str = "inner", on: str = "customer_id") -> pd.DataFrame:
+    """``left.merge(right, on=on, how=how, validate="one_to_one")``, by position when both hold the
+    same unique ids in the same order (the usual case: predictions of the features' rows), which
+    spares hashing every id (about 1 s per join at a million customers)."""
+    clash = set(left.columns) & set(right.columns) - {on}
+    if not clash and same_ids(left[on], right[on]) and left[on].is_unique:
+        return pd.concat([left.reset_index(drop=True), right.drop(columns=on).reset_index(drop=True)], axis=1)
+    return left.merge(right, on=on, how=how, validate="one_to_one")
+
+
+def duplicated_mask(values: pd.Series) -> np.ndarray:
+    """``values.duplicated(keep=False)`` as a bool array; on sorted values by comparing neighbours
+    (hashing a million text ids costs about 0.2 s, this a few milliseconds)."""
+    values = pd.Series(values)
+    if len(values) > 1 and values.notna().all() and values.is_monotonic_increasing:
+        same = np.asarray(values.array[1:] == values.array[:-1], dtype=bool)
+        mask = np.zeros(len(values), dtype=bool)
+        mask[1:] |= same
+        mask[:-1] |= same
+        return mask
+    return values.duplicated(keep=False).to_numpy()

@@ -26,7 +26,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from features.errors import DataError
-from features.frames import single_date
+from features.frames import join_on_id, single_date
 from models import metrics
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def prepare_features(features: pd.DataFrame, clv: pd.DataFrame | None = None) ->
     that day count is already a feature);
     numbers become float64, text becomes ``category`` (the classifier fixes the categories).
     """
-    frame = features.copy()
+    frame = features
     if not frame["customer_id"].is_unique:
         raise DataError("features: column 'customer_id' has duplicates; one row per customer is required")
     if clv is not None:
@@ -136,7 +136,7 @@ def prepare_features(features: pd.DataFrame, clv: pd.DataFrame | None = None) ->
         clash = [c for c in CLV_FEATURES if c in frame]
         if clash:
             raise DataError(f"features: column(s) {clash} clash with the CLV outputs; rename them")
-        frame = frame.merge(clv[["customer_id", *CLV_FEATURES]], on="customer_id", how="left", validate="one_to_one")
+        frame = join_on_id(frame, clv[["customer_id", *CLV_FEATURES]], how="left")
     cutoff = pd.to_datetime(frame["cutoff"])
     out = {}
     for col in frame.columns:

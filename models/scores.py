@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import DataError
-from features.frames import single_date
+from features.frames import duplicated_mask, same_ids, single_date
 from models.segments import (
     ABC_CLASSES,
     LIFECYCLE_STATES,
@@ -93,6 +93,8 @@ def _check_customers(frame: pd.DataFrame, expected: pd.Index, label: str, popula
     if "customer_id" not in frame.columns:
         raise DataError(f"{label}: column 'customer_id' is missing; re-run the stage that writes it")
     ids = frame["customer_id"]
+    if same_ids(ids, pd.Series(expected)):  # the usual case: the population's rows, in its order
+        return
     duplicated = ids[ids.duplicated()]
     if len(duplicated):
         raise DataError(
@@ -144,7 +146,7 @@ def assemble_scores(
     if features.empty:
         raise DataError(f"{names['features']}: no customers; check the ingest and features stages")
     population = pd.Index(features["customer_id"])
-    if population.has_duplicates:
+    if duplicated_mask(features["customer_id"]).any():
         raise DataError(
             f"{names['features']}: customer_id '{population[population.duplicated()][0]}' appears more than once; "
             "re-run the features stage"
@@ -174,8 +176,10 @@ def assemble_scores(
     scores = joined.rename_axis("customer_id").reset_index()
     scores["as_of"] = pd.Series(as_of, index=scores.index).astype(AS_OF_DTYPE)
     scores["model_version"] = pd.Series(version, index=scores.index, dtype="str")
-    scores = scores.loc[:, list(COLUMN_NAMES)].sort_values("customer_id", kind="mergesort").reset_index(drop=True)
-    return validate_scores(scores)
+    scores = scores.loc[:, list(COLUMN_NAMES)]
+    if not scores["customer_id"].is_monotonic_increasing:
+        scores = scores.sort_values("customer_id", kind="mergesort")
+    return validate_scores(scores.reset_index(drop=True))
 
 
 def coerce_scores(frame: pd.DataFrame, label: str) -> pd.DataFrame:
@@ -204,7 +208,7 @@ def value_checks(column: ScoreColumn) -> list[tuple[str, Callable[[pd.Series], p
     reported; the names are those of the pandera contract built from the same table."""
     checks: list[tuple[str, Callable[[pd.Series], pd.Series]]] = [("not_nullable", lambda s: s.isna())]
     if column.name == "customer_id":
-        checks.append(("field_uniqueness", lambda s: s.duplicated(keep=False)))
+        checks.append(("field_uniqueness", duplicated_mask))
     if column.allowed:
         checks.append((f"isin({list(column.allowed)})", lambda s: ~s.isin(column.allowed)))
     if column.unit_interval:

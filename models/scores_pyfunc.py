@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import mlflow.pyfunc
 import pandas as pd
 
+from features.frames import join_on_id
 from models.churn import prepare_features
 from models.clv import ClvSettings
 from models.clv_columns import EXPECTED_COLUMNS, INTERVAL_COLUMNS
@@ -85,8 +86,8 @@ class ScoringChain:
             }
         )
         clv_columns = ["customer_id", "clv", "p_no_purchase", *INTERVAL_COLUMNS, *EXPECTED_COLUMNS]
-        inputs = features.merge(clv[clv_columns], on="customer_id", validate="one_to_one")
-        inputs = inputs.merge(churn[["customer_id", "churn_probability"]], on="customer_id", validate="one_to_one")
+        inputs = join_on_id(features, clv[clv_columns])
+        inputs = join_on_id(inputs, churn[["customer_id", "churn_probability"]])
         if self.rules.growth_potential == "value":
             inputs[VALUE_PREDICTION] = self.value_prediction(features, clv).reindex(inputs["customer_id"]).to_numpy()
         labelled = segment_customers(inputs, self.rules, self.reference).customers

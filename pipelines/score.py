@@ -19,6 +19,7 @@ from typing import Literal
 import pandas as pd
 
 from features.errors import DataError
+from features.frames import same_ids
 from models.clv import PREDICTION_DTYPES, as_predictions
 from models.clv_pyfunc import INPUT_COLUMNS
 from models.retrain_rules import ALIAS as CHAMPION_ALIAS
@@ -87,12 +88,18 @@ def score_spark(uri: str, features: pd.DataFrame, params: FeaturesParams, model:
 def normalise(scores: pd.DataFrame, features: pd.DataFrame, model: Model) -> pd.DataFrame:
     """The model's contract (columns, dtypes, sorted, schema-checked), the date from the features."""
     out = scores.astype({"customer_id": "str"})
-    cutoff = out["customer_id"].map(features.astype({"customer_id": "str"}).set_index("customer_id")["cutoff"])
+    feature_ids = features["customer_id"].astype("str")
+    if same_ids(out["customer_id"], feature_ids):  # the usual case: the model kept the features' row order
+        cutoff = pd.Series(features["cutoff"].to_numpy(), index=out.index)
+    else:
+        cutoff = out["customer_id"].map(pd.Series(features["cutoff"].to_numpy(), index=feature_ids))
     if model == "clv":
         predictions = as_predictions(out.assign(cutoff=cutoff))
         return contracts.check(contracts.schema("clv_predictions"), predictions, "scores", "the model's output breaks its contract")
     out = coerce_scores(out.assign(as_of=cutoff), "scores")[[c.name for c in SCORE_COLUMNS]]
-    return validate_scores(out.sort_values("customer_id", kind="mergesort").reset_index(drop=True))
+    if not out["customer_id"].is_monotonic_increasing:
+        out = out.sort_values("customer_id", kind="mergesort")
+    return validate_scores(out.reset_index(drop=True))
 
 
 def score(params: Params, paths: Catalog, engine: Engine, out: Path, model: Model = "scores") -> int:
