@@ -225,3 +225,19 @@ def test_a_base_too_small_for_t2_writes_predictions_and_says_why_the_model_is_no
     assert (t1["source"] == "clv").all() and t1["predicted_value"].tolist() == clv_t1["clv"].tolist()
     assert not summary["final_model"]["fitted"]
     assert (pd.read_parquet(paths.path("value_predictions_t0"))["source"] == "clv").all()
+
+
+def test_resample_ranks_from_counts_are_scipys_average_ranks_and_give_its_spearman():
+    """The bootstrap's O(n) ranks: a resample with repeats and ties gets rankdata's average ranks,
+    and their Pearson correlation is spearmanr's statistic."""
+    from scipy.stats import rankdata, spearmanr
+
+    rng = np.random.default_rng(3)
+    actual = np.round(rng.exponential(10.0, 300))  # many ties, a few zeros
+    score = actual + rng.normal(0.0, 5.0, 300)
+    take = rng.integers(0, 300, 300)
+    ranks_a, ranks_s = (vm._RankLevels(v).average_ranks(take) for v in (actual, score))
+    np.testing.assert_allclose(ranks_a, rankdata(actual[take]), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ranks_s, rankdata(score[take]), rtol=0, atol=1e-9)
+    assert vm._pearson(ranks_a, ranks_s) == pytest.approx(spearmanr(actual[take], score[take]).statistic, abs=1e-12)
+    assert np.isnan(vm._pearson(np.ones(5), np.arange(5.0)))
