@@ -16,7 +16,6 @@ import pickle
 import pandas as pd
 
 from models import churn_eval as ce
-from models.churn_pyfunc import REQUIREMENTS, ChurnPyfuncModel, serving_example
 from models.plots import churn as churn_plots
 from pipelines import files, tracking
 from pipelines.catalog import Catalog
@@ -80,6 +79,8 @@ def write_plots(paths: Catalog, params: Params, ev: ce.Evaluation, importance, s
 def log_model(params: Params, paths: Catalog, model, X0: pd.DataFrame) -> None:
     """The exported model as a pyfunc (registered when churn.register_model); registration.json."""
     import mlflow
+
+    from models.churn_pyfunc import REQUIREMENTS, ChurnPyfuncModel, serving_example  # imports MLflow: on this thread
 
     cfg = params.churn
     example, output = serving_example(model, X0)

@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 
 from features.errors import DataError
-from models import scores_pyfunc
 from models import segment_eval as ev
 from models import segments as seg
 from models.plots import segment as plots
@@ -32,17 +31,6 @@ STAGE = "segment"
 # The inputs at t0 and t1 by catalog key, with the columns the stage reads from each.
 SCORING = dict(zip(("features_t0", "clv_predictions_t0", "churn_predictions_t0"), ev.SCORING_COLUMNS.values()))
 HOLDOUT = dict(zip(("labels_t1", "clv_predictions_t1", "churn_predictions_t1"), ev.HOLDOUT_COLUMNS.values()))
-# The served chain's artifacts: catalog keys of the files the clv, churn and segment stages wrote.
-MODEL_FILES = {
-    scores_pyfunc.PURCHASE_ARTIFACT: "clv_purchase_model",
-    scores_pyfunc.SPEND_ARTIFACT: "clv_spend_model",
-    scores_pyfunc.CHURN_ARTIFACT: "churn_model",
-    scores_pyfunc.REFERENCE_ARTIFACT: "segment_reference",
-    scores_pyfunc.INTERVAL_ARTIFACT: "clv_interval_draws",
-}
-VALUE_FILES = {scores_pyfunc.VALUE_ARTIFACT: "value_model"}  # in the chain when growth potential is the value model's
-
-
 def read_inputs(keys: dict[str, tuple[str, ...]], params: Params, paths: Catalog) -> list[tuple[str, pd.DataFrame]]:
     """(file, frame) of each artifact, with the columns the stage uses, contract-checked."""
     return [(str(paths.path(key)), paths.read(key, params, columns=columns)) for key, columns in keys.items()]
@@ -76,7 +64,17 @@ def log_scores_model(params: Params, paths: Catalog, rules: seg.SegmentRules, ve
     chain fails here, not at serving time."""
     from mlflow.pyfunc import PythonModelContext
 
-    chain = MODEL_FILES | (VALUE_FILES if rules.growth_potential == "value" else {})
+    from models import scores_pyfunc  # imports MLflow: here, on the stage's MLflow thread
+
+    chain = {  # the served chain's artifacts: catalog keys of the files the clv, churn and segment stages wrote
+        scores_pyfunc.PURCHASE_ARTIFACT: "clv_purchase_model",
+        scores_pyfunc.SPEND_ARTIFACT: "clv_spend_model",
+        scores_pyfunc.CHURN_ARTIFACT: "churn_model",
+        scores_pyfunc.REFERENCE_ARTIFACT: "segment_reference",
+        scores_pyfunc.INTERVAL_ARTIFACT: "clv_interval_draws",
+    }
+    if rules.growth_potential == "value":  # the value model is in the chain only then
+        chain[scores_pyfunc.VALUE_ARTIFACT] = "value_model"
     artifacts = {key: paths.path(artifact) for key, artifact in chain.items()}
     absent = [str(p) for p in artifacts.values() if not p.exists()]
     if absent:
