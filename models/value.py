@@ -390,13 +390,18 @@ def _central_interval(values: np.ndarray, level: float) -> tuple[float, float]:
 
 class _RankLevels:
     """A column's distinct values, so that the average ranks (ties share their mean rank, as
-    scipy's rankdata gives them) of any resample come from counts per value: O(n) per resample
-    instead of a sort."""
+    scipy's rankdata gives them) of a resample come from counts per value, O(distinct values)
+    instead of a sort; a resample much smaller than the column is ranked by sorting it."""
 
     def __init__(self, values: np.ndarray):
+        self.values = values
         self.levels, self.code = np.unique(values, return_inverse=True)
 
     def average_ranks(self, take: np.ndarray) -> np.ndarray:
+        if len(self.levels) > 4 * len(take):
+            from scipy.stats import rankdata
+
+            return rankdata(self.values[take])
         code = self.code[take]
         counts = np.bincount(code, minlength=len(self.levels))
         below = np.cumsum(counts) - counts
@@ -404,7 +409,8 @@ class _RankLevels:
 
 
 def _pearson(x: np.ndarray, y: np.ndarray) -> float:
-    """Pearson correlation (of ranks: Spearman's); NaN when either is constant, as scipy gives it."""
+    """Pearson correlation (of ranks: Spearman's); NaN when either is constant, as scipy gives it.
+    Element-wise sums, not BLAS dot products: on a busy machine BLAS threads wait for a core."""
     x, y = x - x.mean(), y - y.mean()
-    denominator = np.sqrt((x @ x) * (y @ y))
-    return float(x @ y / denominator) if denominator > 0 else float("nan")
+    denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
+    return float(np.sum(x * y) / denominator) if denominator > 0 else float("nan")

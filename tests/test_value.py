@@ -240,4 +240,6 @@ def test_resample_ranks_from_counts_are_scipys_average_ranks_and_give_its_spearm
     np.testing.assert_allclose(ranks_a, rankdata(actual[take]), rtol=0, atol=1e-9)
     np.testing.assert_allclose(ranks_s, rankdata(score[take]), rtol=0, atol=1e-9)
     assert vm._pearson(ranks_a, ranks_s) == pytest.approx(spearmanr(actual[take], score[take]).statistic, abs=1e-12)
+    small = take[:50]  # far fewer customers than distinct scores: ranked by sorting, the same ranks
+    np.testing.assert_allclose(vm._RankLevels(score).average_ranks(small), rankdata(score[small]), rtol=0, atol=1e-9)
     assert np.isnan(vm._pearson(np.ones(5), np.arange(5.0)))
