@@ -1,6 +1,7 @@
 """Does the churn classifier find the churn behaviours of the synthetic world? ROC-AUC study.
 
-For one world (``cvp generate`` with ``--behaviours``, seeded, no noise rows) this runs the
+For one world (``cvp generate`` with ``--behaviours``, of the default population or of a named
+preset such as ``--world retail`` (features.synthetic.WORLD_PRESETS), seeded, no noise rows) this runs the
 project's pure code in memory (no DVC, no files, no MLflow): ingest's rules, the customer
 features and labels at t0, t1, t2 (features.customer), the CLV models at each cutoff
 (models.clv_select) and the churn stage's out-of-time evaluation (models.churn_eval: train at t2,
@@ -12,7 +13,8 @@ test on every t1 customer against their real activity in (t1, t0]). It reports t
   cutoff (from the ground truth: the behaviour flags, whether a slowdown or basket decline has
   begun, the share of the label window inside a seasonal buyer's season).
 
-    .venv/bin/python -m tests.signal_study --customers 10000          # the table in docs/churn.md
+    .venv/bin/python -m tests.signal_study --customers 10000                 # the tables in docs/churn.md
+    .venv/bin/python -m tests.signal_study --customers 10000 --world retail  # the harder, behaviour-driven base
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ibis
 import numpy as np
@@ -30,7 +32,7 @@ import pyarrow as pa
 from features import customer as fc
 from features.behaviours import BEHAVIOURS, SEASON_DAYS, parse_behaviours
 from features.ingest import accepted_transactions, classify
-from features.synthetic import OUTPUT_COLUMNS, SyntheticParams, generate_transactions
+from features.synthetic import OUTPUT_COLUMNS, SyntheticParams, WORLD_PRESETS, generate_transactions, world_preset
 from models import churn_eval as ce
 from models.churn import baseline_predictions, fit_recency_map
 from models.clv_select import ClvFitting, fit_cutoffs, patterns_of
@@ -40,7 +42,6 @@ from pipelines.config import Params, load_params
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_CUSTOMER = 15  # as the small-data study in docs/churn.md
 WORLDS = ("none", *BEHAVIOURS, "all")
 BTYD_SCORES = ("baseline_p_no_purchase", "baseline_expected_purchases", "diagnostic_p_alive")
 
@@ -52,13 +53,15 @@ class World:
     params: SyntheticParams
 
 
-def make_world(behaviours: str, customers: int, seed: int) -> World:
-    """A seeded clean world (no noise rows) with ``behaviours`` ('none', a name or 'all') on."""
-    params = SyntheticParams(noise_rate=0.0)
+def make_world(behaviours: str, customers: int, seed: int, world: str = "default") -> World:
+    """A seeded clean world (no noise rows) of the preset ``world`` (features.synthetic.WORLD_PRESETS)
+    with ``behaviours`` ('none', a name or 'all', at the preset's strengths) on."""
+    preset = world_preset(world)
+    params = replace(preset.params, noise_rate=0.0)
+    chosen = parse_behaviours("" if behaviours == "none" else behaviours, preset.strengths)
     sink: list[pa.Table] = []
-    rows = generate_transactions(ROWS_PER_CUSTOMER * customers, seed=seed, n_customers=customers, params=params,
-                                 behaviours=parse_behaviours("" if behaviours == "none" else behaviours),
-                                 truth_sink=sink)  # fmt: skip
+    rows = generate_transactions(round(preset.rows_per_customer * customers), seed=seed, n_customers=customers,
+                                 params=params, behaviours=chosen, truth_sink=sink)  # fmt: skip
     return World(rows, pa.concat_tables(sink).to_pandas().set_index("customer_id"), params)
 
 
@@ -112,11 +115,11 @@ def oracle_features(truth: pd.DataFrame, index: pd.Index, cutoff: pd.Timestamp, 
     return pd.DataFrame(out, index=index)
 
 
-def measure(behaviours: str, customers: int, seed: int, params: Params | None = None) -> dict:
+def measure(behaviours: str, customers: int, seed: int, params: Params | None = None, world: str = "default") -> dict:
     """ROC-AUC on the t1 customers of the best BTYD score, the classifier and the oracle."""
     params = params or load_params()
-    world = make_world(behaviours, customers, seed)
-    snaps = snapshots(world, params)
+    world_ = make_world(behaviours, customers, seed, world)
+    snaps = snapshots(world_, params)
     t1, t2 = snaps[1], snaps[2]
     build = domain.churn_classifier_factory(params)
     ev = ce.evaluate(build, t1, t2, "signal study", params.churn.test_fraction, params.seed)
@@ -124,8 +127,8 @@ def measure(behaviours: str, customers: int, seed: int, params: Params | None = 
     btyd = {name: ev.results[name]["roc_auc"] for name in BTYD_SCORES}
     best = max(btyd, key=btyd.get)
     horizon = params.data.horizon_days
-    X2 = t2.X.join(oracle_features(world.truth, t2.X.index, t2.cutoff, horizon))
-    X1 = t1.X.join(oracle_features(world.truth, t1.X.index, t1.cutoff, horizon))
+    X2 = t2.X.join(oracle_features(world_.truth, t2.X.index, t2.cutoff, horizon))
+    X1 = t1.X.join(oracle_features(world_.truth, t1.X.index, t1.cutoff, horizon))
     oracle = build().fit(X2, t2.y, eval_set=(X1, t1.y))
     recency = fit_recency_map(t2.X["days_since_last"].to_numpy(), t2.y.to_numpy())
     return {
@@ -154,14 +157,16 @@ def table(rows: list[dict]) -> str:
 
 
 def run_study(description: str, measure_world, tabulate, default_worlds: str, argv: list[str] | None = None) -> None:
-    """The command line of a study: --customers, --seed, --worlds; prints the table of one row per world."""
+    """The command line of a study: --customers, --seed, --worlds, --world; prints the table of one row per world."""
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--worlds", default=default_worlds, help="comma list of: " + ", ".join(WORLDS))
+    parser.add_argument("--world", default="default", choices=list(WORLD_PRESETS),
+                        help="the population (features.synthetic.WORLD_PRESETS); retail: the harder, behaviour-driven one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    print(tabulate([measure_world(w, args.customers, args.seed) for w in args.worlds.split(",")]))
+    print(tabulate([measure_world(w, args.customers, args.seed, world=args.world) for w in args.worlds.split(",")]))
 
 
 def main(argv: list[str] | None = None) -> None:
