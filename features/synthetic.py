@@ -55,6 +55,7 @@ OUTPUT_COLUMNS = ("customer_id", "timestamp", "amount", "quantity", "order_id", 
 TRUTH_COLUMNS = ("noise_kind", "is_return")
 NOISE_KINDS: tuple[str, ...] = REASONS
 DEFAULT_CHUNK_ROWS = 1 << 18
+MIN_DROPOUT = 1e-12  # floor of a customer's dropout probability (geometric lifetimes need p > 0)
 
 # Text written in place of the clean value, per noise kind: (column, variants); None = null.
 _NOISE_TEXT: dict[str, tuple[str | None, tuple[str | None, ...]]] = {
@@ -355,6 +356,9 @@ def _orders(rng: np.random.Generator, n: int, params: SyntheticParams, total: fl
     dropout = rng.beta(params.a, params.b, n)
     if adjust_dropout is not None:
         dropout = adjust_dropout(dropout)
+    # a Beta with a small a (the retail world's 0.3) can draw p = 0 (or a grower's p / 21 underflow):
+    # floor it, a customer who practically never leaves (no default-world draw comes near it)
+    dropout = np.maximum(dropout, MIN_DROPOUT)
     nu = rng.gamma(params.spend_q, 1.0 / params.spend_gamma, n)
     birth = rng.uniform(0.0, total, n) if not params.acquisition_growth else params.birth_times(rng.random(n), total)
     horizon = total - birth

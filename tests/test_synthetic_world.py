@@ -112,3 +112,25 @@ def test_decliners_leave_more_readily_in_the_retail_world():
     assert p[False] == pytest.approx(0.3 / 8.3, rel=0.15)
     assert p[True] > 4 * p[False]
     assert parse_behaviours("slowdown", RETAIL.strengths) == Behaviours(slowdown=4.0, decline_leaving=10.0)
+
+
+# The retail world with all behaviours on, 10,000 customers, seed 42 (tests/signal_study.py, the
+# table in docs/churn.md): best BTYD baseline 0.7614, classifier 0.7900 (+0.029), oracle 0.8475
+# (+0.086). Over seeds 42, 7, 1, 2, 3 the classifier's margin was +0.029, +0.014, +0.011, +0.014,
+# +0.019 (mean 0.017, sd 0.007) and the oracle's +0.068 to +0.086; the baseline 0.761 to 0.781.
+# The floors leave seed 42 about 2.7 seed-to-seed standard deviations of headroom (classifier) and
+# sit below every seed measured, so a change of random stream alone does not trip them; a change
+# that loses the behaviours the classifier reads (basket decline, returns, last year's season) does.
+RETAIL_CUSTOMERS = 10_000
+RETAIL_BASELINE_BAND = (0.72, 0.80)  # the reference base: BG/NBD 0.728, exported churn probability 0.769
+CLASSIFIER_MARGIN = 0.01
+ORACLE_MARGIN = 0.06
+
+
+def test_retail_world_is_hard_for_btyd_and_the_classifier_beats_it():
+    r = signal_study.measure("all", RETAIL_CUSTOMERS, 42, world="retail")
+    report = signal_study.table([r])
+    assert RETAIL_BASELINE_BAND[0] <= r["baseline"] <= RETAIL_BASELINE_BAND[1], report
+    assert r["recency"] < r["baseline"], report
+    assert r["classifier"] - r["baseline"] >= CLASSIFIER_MARGIN, report
+    assert r["oracle"] - r["baseline"] >= ORACLE_MARGIN, report
