@@ -16,6 +16,13 @@ documented default) and applies to a share of the customers, drawn from a stream
 - ``growth`` (30%): customers who stay and spend more: p -> p / (1 + 5 s), and order values grow
   by exp(0.4 s * years since their first purchase).
 
+``decline_leaving`` (0 by default) makes the decliners (slowdown or basket customers, where those are
+on) leave more readily: p -> 1 - (1 - p)^(1 + decline_leaving), so their declines announce most of
+the leaving. The named worlds (features.synthetic.WORLD_PRESETS, ``cvp generate --world``) set
+the strength a behaviour has when switched on by name: ``retail`` (every behaviour at 4,
+decline_leaving 10, a young base with rare BG/NBD dropout) is calibrated to a reference base where
+BG/NBD ranks next-91-day churn at ROC-AUC ~0.73-0.77 (docs/churn.md).
+
 "Leaving" is BG/NBD's dropout: the customer buys for the last time at the repeat purchase after
 which they leave (:func:`Traits.shape_orders` marks that order; a customer whose last order was
 pushed past the period's end by a slowdown is alive at the end).

@@ -11,7 +11,9 @@ test on every t1 customer against their real activity in (t1, t0]). It reports t
 - ``classifier``: the churn classifier (calibrated probability) on whatever features the stage gives it;
 - ``oracle``: the same LightGBM given, besides, the generator's true behaviour features at the
   cutoff (from the ground truth: the behaviour flags, whether a slowdown or basket decline has
-  begun, the share of the label window inside a seasonal buyer's season).
+  begun, the share of the label window inside a seasonal buyer's season);
+- ``oracle_seen``: the same without what no purchase record can show, a young customer's season
+  (seasonal flag and season unknown before a year of history).
 
     .venv/bin/python -m tests.signal_study --customers 10000                 # the tables in docs/churn.md
     .venv/bin/python -m tests.signal_study --customers 10000 --world retail  # the harder, behaviour-driven base
@@ -115,6 +117,16 @@ def oracle_features(truth: pd.DataFrame, index: pd.Index, cutoff: pd.Timestamp, 
     return pd.DataFrame(out, index=index)
 
 
+def seen_oracle_features(truth: pd.DataFrame, X: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+    """:func:`oracle_features` without what no purchase record can show: whether a customer is a
+    seasonal buyer, and when the season is, before they have a year of history (first purchase
+    under 365 days before the cutoff: one season seen at most)."""
+    out = oracle_features(truth, X.index, cutoff, horizon_days)
+    young = (X["days_since_first"] < 365).to_numpy()
+    out.loc[young, ["oracle_seasonal", "oracle_in_season_share"]] = np.nan
+    return out
+
+
 def measure(behaviours: str, customers: int, seed: int, params: Params | None = None, world: str = "default") -> dict:
     """ROC-AUC on the t1 customers of the best BTYD score, the classifier and the oracle."""
     params = params or load_params()
@@ -130,6 +142,9 @@ def measure(behaviours: str, customers: int, seed: int, params: Params | None = 
     X2 = t2.X.join(oracle_features(world_.truth, t2.X.index, t2.cutoff, horizon))
     X1 = t1.X.join(oracle_features(world_.truth, t1.X.index, t1.cutoff, horizon))
     oracle = build().fit(X2, t2.y, eval_set=(X1, t1.y))
+    S2 = t2.X.join(seen_oracle_features(world_.truth, t2.X, t2.cutoff, horizon))
+    S1 = t1.X.join(seen_oracle_features(world_.truth, t1.X, t1.cutoff, horizon))
+    seen = build().fit(S2, t2.y, eval_set=(S1, t1.y))
     recency = fit_recency_map(t2.X["days_since_last"].to_numpy(), t2.y.to_numpy())
     return {
         "world": behaviours,
@@ -141,16 +156,17 @@ def measure(behaviours: str, customers: int, seed: int, params: Params | None = 
         "baseline_name": best.split("_", 1)[1],
         "classifier": ev.results["classifier_calibrated"]["roc_auc"],
         "oracle": roc_auc(y, oracle.predict_churn_probability(X1)),
+        "oracle_seen": roc_auc(y, seen.predict_churn_probability(S1)),
     }
 
 
 def table(rows: list[dict]) -> str:
     """A markdown table of :func:`measure` results."""
-    head = ("| world | test customers | churn rate | recency | best BTYD baseline | classifier | oracle |\n"
-            "|---|---|---|---|---|---|---|")  # fmt: skip
+    head = ("| world | test customers | churn rate | recency | best BTYD baseline | classifier | oracle | oracle (seen) |\n"
+            "|---|---|---|---|---|---|---|---|")  # fmt: skip
     lines = [
         f"| {r['world']} | {r['customers_test']:,} | {r['churn_rate_test']:.3f} | {r['recency']:.4f} | "
-        f"{r['baseline']:.4f} ({r['baseline_name']}) | {r['classifier']:.4f} | {r['oracle']:.4f} |"
+        f"{r['baseline']:.4f} ({r['baseline_name']}) | {r['classifier']:.4f} | {r['oracle']:.4f} | {r['oracle_seen']:.4f} |"
         for r in rows
     ]
     return "\n".join([head, *lines])

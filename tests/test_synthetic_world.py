@@ -134,3 +134,22 @@ def test_retail_world_is_hard_for_btyd_and_the_classifier_beats_it():
     assert r["recency"] < r["baseline"], report
     assert r["classifier"] - r["baseline"] >= CLASSIFIER_MARGIN, report
     assert r["oracle"] - r["baseline"] >= ORACLE_MARGIN, report
+
+
+def test_seen_oracle_hides_the_season_of_customers_without_a_year_of_history():
+    """Hand-computed: two seasonal buyers whose season opens on day 100; one first bought 400 days
+    before the cutoff (a season seen), the other 200 days before (its season unknowable)."""
+    truth = pd.DataFrame(
+        {
+            **{f"behaviour_{b}": [b == "seasonal"] * 2 for b in BEHAVIOURS},
+            "season_start_day": [100.0, 100.0],
+            "slowdown_from": pd.to_datetime([None, None]),
+            "basket_from": pd.to_datetime([None, None]),
+        },
+        index=pd.Index(["old", "young"], name="customer_id"),
+    )
+    X = pd.DataFrame({"days_since_first": [400, 200]}, index=truth.index)
+    got = signal_study.seen_oracle_features(truth, X, pd.Timestamp("2024-03-31"), 91)
+    assert got.loc["old", "oracle_seasonal"] == 1.0 and got.loc["old", "oracle_in_season_share"] == pytest.approx(82 / 91)
+    assert np.isnan(got.loc["young", "oracle_seasonal"]) and np.isnan(got.loc["young", "oracle_in_season_share"])
+    assert got.loc["young", "oracle_returns"] == 0.0  # the other behaviours stay known
