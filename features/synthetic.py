@@ -8,7 +8,8 @@ The population (rates per day, amounts in currency units):
 - spend: nu_i ~ Gamma(shape spend_q, rate spend_gamma); an order is worth
   z ~ Gamma(shape spend_p, rate nu_i) (Gamma-Gamma), split over 1 + Poisson(extra_lines_mean)
   order lines whose amounts are Gamma(spend_p / lines, nu_i), so they add up to z exactly;
-- first purchases are spread over the whole period (staggered acquisition);
+- first purchases are spread over the whole period (staggered acquisition): uniformly, or with
+  density proportional to exp(g t / period) when ``acquisition_growth`` g > 0 (a growing base);
 - seasonality: purchases follow a homogeneous Poisson process in "operational time", mapped to
   calendar time through an hourly intensity (hour of day x day of week x an annual cosine wave)
   whose mean over the period is 1, so lambda is the average purchases per calendar day;
@@ -22,6 +23,9 @@ stream ``SeedSequence(seed, spawn_key=(k,))``, so the rows do not depend on the 
 block can be generated without the others. Output columns are text, like a raw export:
 customer_id (zero-padded digits), timestamp (``%Y-%m-%d %H:%M:%S``), amount, quantity,
 order_id (``<customer_id>-<nnnn>``), cost.
+
+Named worlds (``WORLD_PRESETS``, ``cvp generate --world``): ``default`` (these defaults) and
+``retail`` (a young, behaviour-driven base calibrated to a real base's churn difficulty).
 """
 
 from __future__ import annotations
