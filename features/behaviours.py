@@ -16,6 +16,13 @@ documented default) and applies to a share of the customers, drawn from a stream
 - ``growth`` (30%): customers who stay and spend more: p -> p / (1 + 5 s), and order values grow
   by exp(0.4 s * years since their first purchase).
 
+``decline_leaving`` (0 by default) makes the decliners (slowdown or basket customers, where those are
+on) leave more readily: p -> 1 - (1 - p)^(1 + decline_leaving), so their declines announce most of
+the leaving. The named worlds (features.synthetic.WORLD_PRESETS, ``cvp generate --world``) set
+the strength a behaviour has when switched on by name: ``retail`` (every behaviour at 4,
+decline_leaving 10, a young base with rare BG/NBD dropout) is calibrated to a reference base where
+BG/NBD ranks next-91-day churn at ROC-AUC ~0.73-0.77 (docs/churn.md).
+
 "Leaving" is BG/NBD's dropout: the customer buys for the last time at the repeat purchase after
 which they leave (:func:`Traits.shape_orders` marks that order; a customer whose last order was
 pushed past the period's end by a slowdown is alive at the end).
@@ -44,17 +51,21 @@ class Behaviours:
     returns: float = 0.0
     seasonal: float = 0.0
     growth: float = 0.0
+    # decliners (slowdown or basket customers, where those are on) leave more readily:
+    # p -> 1 - (1 - p)^(1 + decline_leaving); 0 (the default) = they leave like everyone else
+    decline_leaving: float = 0.0
 
     def __post_init__(self) -> None:
-        if any(getattr(self, name) < 0 for name in BEHAVIOURS):
-            raise ValueError("behaviour strengths must be >= 0")
+        if any(getattr(self, name) < 0 for name in (*BEHAVIOURS, "decline_leaving")):
+            raise ValueError("behaviour strengths and decline_leaving must be >= 0")
 
     @property
     def active(self) -> bool:
         return any(getattr(self, name) > 0 for name in BEHAVIOURS)
 
     def to_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The strengths; ``decline_leaving`` only when set (the record of older worlds is unchanged)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name in BEHAVIOURS or getattr(self, f.name)}
 
     def draw(self, rng: np.random.Generator, n: int) -> Traits:
         """Each customer's behaviour flags and season start (every draw is made whatever is on,
@@ -64,8 +75,9 @@ class Behaviours:
         return Traits(self, flags, season_start)
 
 
-def parse_behaviours(text: str | None) -> Behaviours:
-    """``slowdown,basket=2`` or ``all`` (every behaviour at DEFAULT_STRENGTH) -> Behaviours."""
+def parse_behaviours(text: str | None, defaults: Behaviours | None = None) -> Behaviours:
+    """``slowdown,basket=2`` or ``all`` -> Behaviours; a name without ``=`` gets its strength in
+    ``defaults`` (a world preset's, features.synthetic.WORLD_PRESETS), else DEFAULT_STRENGTH."""
     if not text or not text.strip():
         return Behaviours()
     strengths: dict[str, float] = {}
@@ -75,14 +87,17 @@ def parse_behaviours(text: str | None) -> Behaviours:
         names = BEHAVIOURS if name == "all" else (name,)
         if name != "all" and name not in BEHAVIOURS:
             raise ValueError(f"--behaviours: unknown behaviour '{name}'; use {', '.join(BEHAVIOURS)} or all")
+        if not value.strip():
+            strengths |= {n: DEFAULT_STRENGTH if defaults is None else getattr(defaults, n) for n in names}
+            continue
         try:
-            strength = float(value) if value.strip() else DEFAULT_STRENGTH
+            strength = float(value)
         except ValueError:
             raise ValueError(f"--behaviours: strength '{value}' of '{name}' is not a number; write name=1.5") from None
         if not strength >= 0 or not np.isfinite(strength):
             raise ValueError(f"--behaviours: strength of '{name}' must be a finite number >= 0, not {value}")
         strengths |= dict.fromkeys(names, strength)
-    return Behaviours(**strengths)
+    return Behaviours(**strengths, decline_leaving=0.0 if defaults is None else defaults.decline_leaving)
 
 
 def _group_starts(owner: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +116,9 @@ class Traits:
     def adjust_dropout(self, p: np.ndarray) -> np.ndarray:
         """Dropout probability per repeat purchase: higher for serial returners, lower for growers."""
         p = p.copy()
+        if self.strength.decline_leaving:
+            decliners = self.flags["slowdown"] | self.flags["basket"]
+            p[decliners] = 1.0 - (1.0 - p[decliners]) ** (1.0 + self.strength.decline_leaving)
         returners, growers = self.flags["returns"], self.flags["growth"]
         p[returners] = 1.0 - (1.0 - p[returners]) ** (1.0 + 4.0 * self.strength.returns)
         p[growers] = p[growers] / (1.0 + 5.0 * self.strength.growth)

@@ -176,18 +176,25 @@ def generate(
         help="Churn behaviours to switch on: slowdown,basket,returns,seasonal,growth or all; name=strength (default 1).",
     ),
     truth: Path | None = typer.Option(None, "--truth", help="Also write per-customer ground truth here (.parquet or .csv)."),
+    world: str = typer.Option(
+        "default", "--world",
+        help="Population: default, or retail (young, behaviour-driven churn; all behaviours on at strength 4 unless --behaviours).",
+    ),
     verbose: bool = VERBOSE_OPTION,
 ) -> None:
     """Write seeded synthetic retail transactions (BG/NBD purchases, Gamma-Gamma spend, returns, noise)."""
     from features.behaviours import parse_behaviours
+    from features.synthetic import world_preset
     from pipelines.generate import write_synthetic
 
     setup_logging(verbose)
     try:
-        chosen = parse_behaviours(behaviours)
+        preset = world_preset(world)
+        chosen = parse_behaviours(preset.behaviours if behaviours is None else behaviours, preset.strengths)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    write_synthetic(out, rows, seed, customers, noise_rate=noise_rate, behaviours=chosen, truth_path=truth)
+    write_synthetic(out, rows, seed, customers, noise_rate=noise_rate, behaviours=chosen, truth_path=truth,
+                    params=preset.params, world=preset.name)
 
 
 @app.command(name="score")

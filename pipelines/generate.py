@@ -67,6 +67,7 @@ def write_synthetic(
     noise_rate: float | None = None,
     behaviours: Behaviours | None = None,
     truth_path: Path | str | None = None,
+    world: str = "default",
 ) -> SyntheticSummary:
     """Write ~``n_rows`` synthetic transactions to ``path`` (.parquet, or .csv / .csv.gz).
 
@@ -74,7 +75,8 @@ def write_synthetic(
     Identical arguments give identical rows (and, for Parquet with the same ``chunk_rows``,
     identical bytes). ``behaviours`` switches on features.behaviours (default: none, the pure
     BG/NBD + Gamma-Gamma world); ``truth_path`` (.parquet or .csv) receives one row per customer
-    with the ground truth (features.synthetic.customer_truth).
+    with the ground truth (features.synthetic.customer_truth). ``world`` names the preset the
+    ``params`` and ``behaviours`` come from (features.synthetic.WORLD_PRESETS; recorded unless default).
     """
     path = Path(path)
     kind = _output_kind(path)
@@ -101,6 +103,8 @@ def write_synthetic(
                                params=plan_.params, seconds=seconds)
     meta = {"rows": rows, "customers": plan_.n_customers, "seed": seed, "requested_rows": n_rows,
             "params": plan_.params.to_dict(), "data": summary.data_params()}
+    if world != "default":
+        meta["world"] = world
     if plan_.behaviours.active:
         meta["behaviours"] = plan_.behaviours.to_dict()
     write_json(meta, path.with_name(path.name + ".json"))

@@ -1,6 +1,7 @@
 """Does the churn classifier find the churn behaviours of the synthetic world? ROC-AUC study.
 
-For one world (``cvp generate`` with ``--behaviours``, seeded, no noise rows) this runs the
+For one world (``cvp generate`` with ``--behaviours``, of the default population or of a named
+preset such as ``--world retail`` (features.synthetic.WORLD_PRESETS), seeded, no noise rows) this runs the
 project's pure code in memory (no DVC, no files, no MLflow): ingest's rules, the customer
 features and labels at t0, t1, t2 (features.customer), the CLV models at each cutoff
 (models.clv_select) and the churn stage's out-of-time evaluation (models.churn_eval: train at t2,
@@ -10,9 +11,12 @@ test on every t1 customer against their real activity in (t1, t0]). It reports t
 - ``classifier``: the churn classifier (calibrated probability) on whatever features the stage gives it;
 - ``oracle``: the same LightGBM given, besides, the generator's true behaviour features at the
   cutoff (from the ground truth: the behaviour flags, whether a slowdown or basket decline has
-  begun, the share of the label window inside a seasonal buyer's season).
+  begun, the share of the label window inside a seasonal buyer's season);
+- ``oracle_seen``: the same without what no purchase record can show, a young customer's season
+  (seasonal flag and season unknown before a year of history).
 
-    .venv/bin/python -m tests.signal_study --customers 10000          # the table in docs/churn.md
+    .venv/bin/python -m tests.signal_study --customers 10000                 # the tables in docs/churn.md
+    .venv/bin/python -m tests.signal_study --customers 10000 --world retail  # the harder, behaviour-driven base
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import ibis
 import numpy as np
@@ -30,7 +34,7 @@ import pyarrow as pa
 from features import customer as fc
 from features.behaviours import BEHAVIOURS, SEASON_DAYS, parse_behaviours
 from features.ingest import accepted_transactions, classify
-from features.synthetic import OUTPUT_COLUMNS, SyntheticParams, generate_transactions
+from features.synthetic import OUTPUT_COLUMNS, SyntheticParams, WORLD_PRESETS, generate_transactions, world_preset
 from models import churn_eval as ce
 from models.churn import baseline_predictions, fit_recency_map
 from models.clv_select import ClvFitting, fit_cutoffs, patterns_of
@@ -40,7 +44,6 @@ from pipelines.config import Params, load_params
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_CUSTOMER = 15  # as the small-data study in docs/churn.md
 WORLDS = ("none", *BEHAVIOURS, "all")
 BTYD_SCORES = ("baseline_p_no_purchase", "baseline_expected_purchases", "diagnostic_p_alive")
 
@@ -52,13 +55,15 @@ class World:
     params: SyntheticParams
 
 
-def make_world(behaviours: str, customers: int, seed: int) -> World:
-    """A seeded clean world (no noise rows) with ``behaviours`` ('none', a name or 'all') on."""
-    params = SyntheticParams(noise_rate=0.0)
+def make_world(behaviours: str, customers: int, seed: int, world: str = "default") -> World:
+    """A seeded clean world (no noise rows) of the preset ``world`` (features.synthetic.WORLD_PRESETS)
+    with ``behaviours`` ('none', a name or 'all', at the preset's strengths) on."""
+    preset = world_preset(world)
+    params = replace(preset.params, noise_rate=0.0)
+    chosen = parse_behaviours("" if behaviours == "none" else behaviours, preset.strengths)
     sink: list[pa.Table] = []
-    rows = generate_transactions(ROWS_PER_CUSTOMER * customers, seed=seed, n_customers=customers, params=params,
-                                 behaviours=parse_behaviours("" if behaviours == "none" else behaviours),
-                                 truth_sink=sink)  # fmt: skip
+    rows = generate_transactions(round(preset.rows_per_customer * customers), seed=seed, n_customers=customers,
+                                 params=params, behaviours=chosen, truth_sink=sink)  # fmt: skip
     return World(rows, pa.concat_tables(sink).to_pandas().set_index("customer_id"), params)
 
 
@@ -112,11 +117,21 @@ def oracle_features(truth: pd.DataFrame, index: pd.Index, cutoff: pd.Timestamp, 
     return pd.DataFrame(out, index=index)
 
 
-def measure(behaviours: str, customers: int, seed: int, params: Params | None = None) -> dict:
+def seen_oracle_features(truth: pd.DataFrame, X: pd.DataFrame, cutoff: pd.Timestamp, horizon_days: int) -> pd.DataFrame:
+    """:func:`oracle_features` without what no purchase record can show: whether a customer is a
+    seasonal buyer, and when the season is, before they have a year of history (first purchase
+    under 365 days before the cutoff: one season seen at most)."""
+    out = oracle_features(truth, X.index, cutoff, horizon_days)
+    young = (X["days_since_first"] < 365).to_numpy()
+    out.loc[young, ["oracle_seasonal", "oracle_in_season_share"]] = np.nan
+    return out
+
+
+def measure(behaviours: str, customers: int, seed: int, params: Params | None = None, world: str = "default") -> dict:
     """ROC-AUC on the t1 customers of the best BTYD score, the classifier and the oracle."""
     params = params or load_params()
-    world = make_world(behaviours, customers, seed)
-    snaps = snapshots(world, params)
+    world_ = make_world(behaviours, customers, seed, world)
+    snaps = snapshots(world_, params)
     t1, t2 = snaps[1], snaps[2]
     build = domain.churn_classifier_factory(params)
     ev = ce.evaluate(build, t1, t2, "signal study", params.churn.test_fraction, params.seed)
@@ -124,9 +139,12 @@ def measure(behaviours: str, customers: int, seed: int, params: Params | None = 
     btyd = {name: ev.results[name]["roc_auc"] for name in BTYD_SCORES}
     best = max(btyd, key=btyd.get)
     horizon = params.data.horizon_days
-    X2 = t2.X.join(oracle_features(world.truth, t2.X.index, t2.cutoff, horizon))
-    X1 = t1.X.join(oracle_features(world.truth, t1.X.index, t1.cutoff, horizon))
+    X2 = t2.X.join(oracle_features(world_.truth, t2.X.index, t2.cutoff, horizon))
+    X1 = t1.X.join(oracle_features(world_.truth, t1.X.index, t1.cutoff, horizon))
     oracle = build().fit(X2, t2.y, eval_set=(X1, t1.y))
+    S2 = t2.X.join(seen_oracle_features(world_.truth, t2.X, t2.cutoff, horizon))
+    S1 = t1.X.join(seen_oracle_features(world_.truth, t1.X, t1.cutoff, horizon))
+    seen = build().fit(S2, t2.y, eval_set=(S1, t1.y))
     recency = fit_recency_map(t2.X["days_since_last"].to_numpy(), t2.y.to_numpy())
     return {
         "world": behaviours,
@@ -138,30 +156,33 @@ def measure(behaviours: str, customers: int, seed: int, params: Params | None = 
         "baseline_name": best.split("_", 1)[1],
         "classifier": ev.results["classifier_calibrated"]["roc_auc"],
         "oracle": roc_auc(y, oracle.predict_churn_probability(X1)),
+        "oracle_seen": roc_auc(y, seen.predict_churn_probability(S1)),
     }
 
 
 def table(rows: list[dict]) -> str:
     """A markdown table of :func:`measure` results."""
-    head = ("| world | test customers | churn rate | recency | best BTYD baseline | classifier | oracle |\n"
-            "|---|---|---|---|---|---|---|")  # fmt: skip
+    head = ("| world | test customers | churn rate | recency | best BTYD baseline | classifier | oracle | oracle (seen) |\n"
+            "|---|---|---|---|---|---|---|---|")  # fmt: skip
     lines = [
         f"| {r['world']} | {r['customers_test']:,} | {r['churn_rate_test']:.3f} | {r['recency']:.4f} | "
-        f"{r['baseline']:.4f} ({r['baseline_name']}) | {r['classifier']:.4f} | {r['oracle']:.4f} |"
+        f"{r['baseline']:.4f} ({r['baseline_name']}) | {r['classifier']:.4f} | {r['oracle']:.4f} | {r['oracle_seen']:.4f} |"
         for r in rows
     ]
     return "\n".join([head, *lines])
 
 
 def run_study(description: str, measure_world, tabulate, default_worlds: str, argv: list[str] | None = None) -> None:
-    """The command line of a study: --customers, --seed, --worlds; prints the table of one row per world."""
+    """The command line of a study: --customers, --seed, --worlds, --world; prints the table of one row per world."""
     parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--worlds", default=default_worlds, help="comma list of: " + ", ".join(WORLDS))
+    parser.add_argument("--world", default="default", choices=list(WORLD_PRESETS),
+                        help="the population (features.synthetic.WORLD_PRESETS); retail: the harder, behaviour-driven one")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    print(tabulate([measure_world(w, args.customers, args.seed) for w in args.worlds.split(",")]))
+    print(tabulate([measure_world(w, args.customers, args.seed, world=args.world) for w in args.worlds.split(",")]))
 
 
 def main(argv: list[str] | None = None) -> None:

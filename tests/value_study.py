@@ -9,6 +9,7 @@ out-of-time P(active), as the segment stage's rule) and the textbook quick estim
 Spearman, top-20% capture and normalized Gini of each.
 
     .venv/bin/python -m tests.value_study --customers 10000 --worlds none,all   # the table in docs/value.md
+    .venv/bin/python -m tests.value_study --customers 10000 --worlds all --world retail
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from tests.signal_study import make_world, run_study, world_frames
 FORECASTS = ("value_model", "clv", "combined", "quick_estimate")
 
 
-def measure(behaviours: str, customers: int, seed: int, params: Params | None = None) -> dict:
-    """The holdout metrics of each forecast on the t1 customers of one world."""
+def measure(behaviours: str, customers: int, seed: int, params: Params | None = None, world: str = "default") -> dict:
+    """The holdout metrics of each forecast on the t1 customers of one world (of the preset ``world``)."""
     params = params or load_params()
-    features, labels, predictions = world_frames(make_world(behaviours, customers, seed), params)
+    features, labels, predictions = world_frames(make_world(behaviours, customers, seed, world), params)
     cfg = params.clv
     discount = v.mean_discount_factor(params.data.horizon_days, cfg.discount_rate, cfg.discount_period_days)
     X = {k: v.prepare_value_features(features[k], predictions[k]) for k in (1, 2)}
