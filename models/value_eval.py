@@ -97,6 +97,15 @@ def predictions_frame(values: pd.Series, cutoff: pd.Timestamp, source: str) -> p
     return frame.sort_values("customer_id", kind="mergesort").reset_index(drop=True)
 
 
+def unused_reason(growth_potential: str, won: bool) -> str | None:
+    """Why the final model would serve nothing (segment.growth_potential does not resolve to the
+    value model), or None when segment will use it: fitting it then only costs time."""
+    method = seg.resolve_growth_potential(growth_potential, won)
+    if method == "value":
+        return None
+    return f"not used: segment.growth_potential {growth_potential} gives growth potential '{method}'"
+
+
 def final_description(final: vm.ValueModel | None, cutoff: pd.Timestamp, problem: str | None) -> dict:
     """metrics/value.json's final_model block."""
     if final is None:

@@ -6,7 +6,8 @@ against the value realised in (t2, t1], test on every t1 customer against the va
 "wins" when its ``value.win_metric`` beats the CLV's and the combined rule's by more than
 ``value.min_gain`` (the lower end of the gain's bootstrap interval, ``value.win_interval``);
 segment uses it for growth potential only then (``segment.growth_potential: auto``). Final fit
-at t1, scoring t0. Without a usable t2 nothing is evaluated, the predictions are still written
+at t1, scoring t0, when segment will use it (auto and it won, or value); else the t0
+predictions are the BTYD CLV and no final model is fitted. Without a usable t2 nothing is evaluated, the predictions are still written
 and metrics/value.json says why the model cannot be used (docs/value.md).
 """
 
@@ -93,16 +94,20 @@ def run(params: Params, paths: Catalog) -> None:
         blocks, predicted_t1, source_t1, deciles, reason = evaluate(params, paths, features1, X1, y1)
         use, reason = (blocks["evaluation"]["wins"], blocks["evaluation"]["verdict"]) if reason is None else (False, reason)
         problem = ve.training_problem(X1, y1, 1, cfg.min_train_customers, cfg.min_train_buyers) if cfg.enabled else reason
-        final = None if problem else model_factory(params)().fit(X1, y1)
-        if final is None:
+        unused = ve.unused_reason(params.segment.growth_potential, bool(use))
+        final = None if problem or unused else model_factory(params)().fit(X1, y1)
+        if problem:
             log.warning("value model not fitted at t1: %s; its predictions are the BTYD CLV", problem)
             predicted_t0, source_t0, use, reason = X0["clv"], ve.CLV_SOURCE, False, problem
+        elif unused:
+            log.info("value model not fitted at t1: %s; its t0 predictions are the BTYD CLV", unused)
+            predicted_t0, source_t0 = X0["clv"], ve.CLV_SOURCE
         else:
             predicted_t0, source_t0 = pd.Series(final.predict(X0), index=X0.index), ve.MODEL_SOURCE
         summary = {
             "as_of": str(t0.date()), "enabled": cfg.enabled, "use": bool(use), "reason": reason, **blocks,
             "win_metric": cfg.win_metric, "min_gain": cfg.min_gain, "win_interval": cfg.win_interval,
-            "final_model": ve.final_description(final, t1, problem),
+            "final_model": ve.final_description(final, t1, problem or unused),
             "predictions": {f"t{k}": {"customers": len(v), "source": s, "total": float(v.sum())}
                             for k, v, s in ((0, predicted_t0, source_t0), (1, predicted_t1, source_t1))},
         }  # fmt: skip

@@ -180,11 +180,14 @@ def project(tmp_path, inputs_dir, monkeypatch) -> Catalog:  # noqa: F811
     return Catalog(tmp_path, tmp_path / "params.yaml")
 
 
-def _params(paths: Catalog, **value):
+def _params(paths: Catalog, growth_potential: str = "value", **value):
+    """Small, quick value settings; segment.growth_potential ``value`` (the final model is fitted)."""
     params = load_params(write_params(paths.root))
     lightgbm = params.value.lightgbm.model_copy(update={"n_estimators": 40, "learning_rate": 0.1})
+    segment = params.segment.model_copy(update={"growth_potential": growth_potential})
     return params.model_copy(update={"value": params.value.model_copy(update={"lightgbm": lightgbm, "min_train_customers": 100,
-                                                                             "min_train_buyers": 20, **value})})
+                                                                             "min_train_buyers": 20, **value}),
+                                     "segment": segment})  # fmt: skip
 
 
 def test_stage_evaluates_out_of_time_and_writes_every_output(project):
@@ -212,6 +215,22 @@ def test_stage_evaluates_out_of_time_and_writes_every_output(project):
     stage.run(params, paths)
     assert paths.path("value_predictions_t1").read_bytes() == before
     assert files.read_json(paths.metrics_file("value"))["comparison"] != summary["comparison"]
+
+
+@pytest.mark.parametrize("growth_potential", ["auto", "combined"])
+def test_no_final_model_is_fitted_when_segment_will_not_use_it(project, growth_potential):
+    """auto with a model that does not win (min_gain 1: it cannot), or combined: the evaluation is
+    reported, the t0 predictions are the BTYD CLV and metrics say why nothing was fitted."""
+    paths = project
+    stage.run(_params(paths, growth_potential, win_interval=None, min_gain=1.0), paths)
+    summary = files.read_json(paths.metrics_file("value"))
+    assert summary["evaluation"]["mode"] == "out_of_time" and summary["use"] is False
+    assert "not more than value.min_gain=1.0" in summary["reason"]  # the verdict, not overwritten
+    assert not summary["final_model"]["fitted"] and "combined" in summary["final_model"]["reason"]
+    t0 = pd.read_parquet(paths.path("value_predictions_t0"))
+    assert (t0["source"] == "clv").all()
+    assert t0["predicted_value"].tolist() == pd.read_parquet(paths.clv_predictions_at(0))["clv"].tolist()
+    assert (pd.read_parquet(paths.path("value_predictions_t1"))["source"] == "value_model").all()  # the evaluation's
 
 
 def test_a_base_too_small_for_t2_writes_predictions_and_says_why_the_model_is_not_used(project):
