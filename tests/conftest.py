@@ -33,14 +33,34 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # --------------------------------------------------------------------------- xdist groups
 
 
+_SHARED_SCOPES = ("module", "class", "package")
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    """Whether the test uses a module-, class- or package-scoped fixture (built once per worker
+    that runs any of the module's tests)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in item.fixturenames:
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope in _SHARED_SCOPES:
+            return True
+    return False
+
+
 def _group_suffix(item: pytest.Item) -> str | None:
     names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    if not names and _shares_a_fixture(item):
+        names = {item.nodeid.split("::", 1)[0]}  # the module: its shared fixtures are built once
     return "@" + "_".join(sorted(names)) if names else None
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In an xdist worker with --dist loadgroup, give each grouped test its ``@group`` node id suffix."""
+    """In an xdist worker with --dist loadgroup, give each grouped test its ``@group`` node id
+    suffix; a test without an ``xdist_group`` that uses a module-scoped fixture joins its module's
+    group, so that fixture is built by one worker, not by both."""
     if not (hasattr(config, "workerinput") and config.getvalue("loadgroup")):
         return
     for item in items:
