@@ -16,6 +16,9 @@ a migrated template instead of running MLflow's ~30 schema migrations for each n
   sleep instead of spinning while they wait. With two xdist workers on two cores, spinning
   threads take the CPU the other worker needs: a 300-tree fit took 1.9 s instead of 0.4 s. The
   wait policy changes no result (the same predictions, bit for bit); child processes inherit it.
+- ``DVC_NO_ANALYTICS=1`` (unless set): each `dvc` command of a test (``dvc init``, ``dvc repro``)
+  would otherwise start a detached ``dvc daemon analytics`` process that imports DVC again and
+  sends a usage report; a test run has no report to send.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pytest
 
 # Read when OpenMP starts (LightGBM's import), so before any test module is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 # --------------------------------------------------------------------------- xdist groups
 
