@@ -6,7 +6,9 @@ a migrated template instead of running MLflow's ~30 schema migrations for each n
   appending ``@<group>`` to ``item._nodeid``, which pytest 9 no longer reads (it keeps the node id
   in ``item._id``): the groups were silently ignored and each worker built the fixture
   (pytest-dev/pytest-xdist#1386). :func:`pytest_collection_modifyitems` applies the suffix where
-  it is missing.
+  it is missing. A test without an ``xdist_group`` that uses a module-scoped fixture is grouped
+  with its module: otherwise its module's tests are spread over both workers and each worker
+  builds the fixture (a notebook execution, a model server, a stage run: seconds each).
 - Creating a sqlite MLflow store runs every schema migration: 4-10 s per store, and the suite
   creates dozens. The first store of the session is migrated once into a template; every later
   new store (in this process) is a copy of it (SQLite's backup API), the same tables at the same
