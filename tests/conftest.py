@@ -6,7 +6,9 @@ a migrated template instead of running MLflow's ~30 schema migrations for each n
   appending ``@<group>`` to ``item._nodeid``, which pytest 9 no longer reads (it keeps the node id
   in ``item._id``): the groups were silently ignored and each worker built the fixture
   (pytest-dev/pytest-xdist#1386). :func:`pytest_collection_modifyitems` applies the suffix where
-  it is missing.
+  it is missing. A test without an ``xdist_group`` that uses a module-scoped fixture is grouped
+  with its module: otherwise its module's tests are spread over both workers and each worker
+  builds the fixture (a notebook execution, a model server, a stage run: seconds each).
 - Creating a sqlite MLflow store runs every schema migration: 4-10 s per store, and the suite
   creates dozens. The first store of the session is migrated once into a template; every later
   new store (in this process) is a copy of it (SQLite's backup API), the same tables at the same
@@ -16,6 +18,9 @@ a migrated template instead of running MLflow's ~30 schema migrations for each n
   sleep instead of spinning while they wait. With two xdist workers on two cores, spinning
   threads take the CPU the other worker needs: a 300-tree fit took 1.9 s instead of 0.4 s. The
   wait policy changes no result (the same predictions, bit for bit); child processes inherit it.
+- ``DVC_NO_ANALYTICS=1`` (unless set): each `dvc` command of a test (``dvc init``, ``dvc repro``)
+  would otherwise start a detached ``dvc daemon analytics`` process that imports DVC again and
+  sends a usage report; a test run has no report to send.
 """
 
 from __future__ import annotations
@@ -29,18 +34,39 @@ import pytest
 
 # Read when OpenMP starts (LightGBM's import), so before any test module is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 # --------------------------------------------------------------------------- xdist groups
 
 
+_SHARED_SCOPES = ("module", "class", "package")
+
+
+def _shares_a_fixture(item: pytest.Item) -> bool:
+    """Whether the test uses a module-, class- or package-scoped fixture (built once per worker
+    that runs any of the module's tests)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in item.fixturenames:
+        defs = info.name2fixturedefs.get(name)
+        if defs and defs[-1].scope in _SHARED_SCOPES:
+            return True
+    return False
+
+
 def _group_suffix(item: pytest.Item) -> str | None:
     names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+    if not names and _shares_a_fixture(item):
+        names = {item.nodeid.split("::", 1)[0]}  # the module: its shared fixtures are built once
     return "@" + "_".join(sorted(names)) if names else None
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """In an xdist worker with --dist loadgroup, give each grouped test its ``@group`` node id suffix."""
+    """In an xdist worker with --dist loadgroup, give each grouped test its ``@group`` node id
+    suffix; a test without an ``xdist_group`` that uses a module-scoped fixture joins its module's
+    group, so that fixture is built by one worker, not by both."""
     if not (hasattr(config, "workerinput") and config.getvalue("loadgroup")):
         return
     for item in items:

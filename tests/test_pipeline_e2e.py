@@ -18,6 +18,7 @@ import pytest
 
 from pipelines import files
 from pipelines.catalog import Catalog
+from tests.inprocess import cvp
 from tests.test_spark_features import requires_java, requires_pyspark
 
 # One worker runs the whole module (make test: --dist loadgroup), so `dvc repro` runs once.
@@ -206,8 +207,15 @@ def test_served_champion_answers_each_customer_with_their_export_row(repro, scor
 
 
 def _score(project: Path, env: dict[str, str], engine: str) -> pd.DataFrame:
+    """`cvp score`: on pandas in this process (tests/inprocess.py: the command without an
+    interpreter start-up), on Spark in its own process (its JVM ends with it)."""
     out = project / f"scored_{engine}.parquet"
-    _run(["cvp", "score", "--engine", engine, "--out", str(out)], project, env)
+    args = ["score", "--engine", engine, "--out", str(out)]
+    if engine == "pandas":
+        done = cvp(project, *args, env={"MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]})
+        assert done.returncode == 0, f"cvp {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    else:
+        _run(["cvp", *args], project, env)
     return pd.read_parquet(out)
 
 

@@ -15,6 +15,7 @@ from features.errors import DataError
 from pipelines import tracking
 from pipelines.catalog import Catalog
 from pipelines.config import parse_params
+from tests.inprocess import cvp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -244,18 +245,20 @@ def test_cvp_flush_runs_sends_the_queue_or_says_in_one_line_why_not(project, tmp
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the store's directory should be")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{blocked / 'mlflow.db'}")
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{blocked / 'mlflow.db'}"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["MLFLOW_TRACKING_URI"])
     with tracking.deferred_stage_records(), tracking.stage_record("ingest", params, paths):
         pass
-    cvp = [str(Path(sys.executable).parent / "cvp"), "flush-runs"]
-    done = subprocess.run(cvp, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    # `cvp flush-runs` in this process (tests/inprocess.py: the command's parsing, one-line
+    # errors and exit codes without an interpreter start-up; tests/test_cli.py runs the process).
+    done = cvp(tmp_path, "flush-runs", env=store)
     assert done.returncode == 2, done.stderr
     (line,) = done.stderr.splitlines()
     assert line.startswith("cvp: error: 1 queued MLflow stage run(s) not sent (") and "`cvp flush-runs`" in line
     assert len(tracking.queued_runs(params, paths.root)) == 1
 
     blocked.unlink()
-    done = subprocess.run(cvp, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = cvp(tmp_path, "flush-runs", env=store)
     assert done.returncode == 0, done.stderr
     assert tracking.queued_runs(params, paths.root) == []
     (run,) = stage_runs(mlflow.MlflowClient(f"sqlite:///{blocked / 'mlflow.db'}"), params, **{"cvp.kind": "stage"})
