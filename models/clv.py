@@ -32,6 +32,7 @@ from features.errors import DataError
 from models import _lifetimes, btyd
 from models.clv_columns import EXPECTED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS, PREDICTION_DTYPES  # noqa: F401 (re-exported)
 from models.clv_formulas import bg_family_p_no_purchase, pareto_nbd_p_no_purchase
+from models.clv_notes import fallback_description
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +417,8 @@ class SpendModel(BaseEstimator):
             params, penalizer = self._fit_with_retry(rows, n_fit)
         except FitError as exc:
             if self.fallback is None:
-                raise
+                raise FitError(f"{exc} Raise clv.spend_retry_penalizer (e.g. 0.01; first fit: clv.spend_penalizer), "
+                               "or set clv.spend_fallback: credibility") from None
             self._set_fallback(rows, str(exc))
         else:
             self._set_params(params)
@@ -435,10 +437,8 @@ class SpendModel(BaseEstimator):
         frequency, spend, count = (rows[c].to_numpy(dtype=float) for c in ("frequency", "monetary_value", "count"))
         mean = float(np.average(spend, weights=count))
         k = credibility_constant(frequency, spend, count, mean) if self.fallback == "credibility" else math.inf
-        how = (f"each customer's mean spend weighted x / (x + {k:.4g}) against the population mean spend {mean:.4g}"
-               if math.isfinite(k) else f"the population mean spend {mean:.4g} for every customer")
         log.warning("%s; expected spend falls back to %s (clv.spend_fallback: %s; null stops instead)",
-                    failure.rstrip("."), how, self.fallback)
+                    failure.rstrip("."), fallback_description(k, mean), self.fallback)
         self.params_ = {}
         self.population_mean_spend_ = mean
         self.credibility_k_ = k
@@ -465,8 +465,7 @@ class SpendModel(BaseEstimator):
             except _lifetimes.FIT_FAILURES as exc:
                 _record_failure(failures, "Gamma-Gamma", penalizer, exc)
         raise FitError(f"Gamma-Gamma fit failed on {n_fit:.0f} repeat customers ({len(rows)} unique rows); tried "
-                       f"{'; '.join(failures)}. Raise clv.spend_retry_penalizer (e.g. 0.01; first fit: "
-                       "clv.spend_penalizer), or set clv.spend_fallback: credibility")
+                       f"{'; '.join(failures)}.")
 
     def expected_avg_spend(self, frequency, monetary_value) -> np.ndarray:
         """E[mean spend per purchase | frequency, monetary_value] (note 025, eq. 5): a credibility

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from models.clv_notes import fallback_description
 from pipelines.catalog import artifact
 
 
@@ -96,10 +97,9 @@ def spend_source_notice(clv: Mapping[str, Any] | None) -> Notice | None:
         return None
     failure = dig(clv, "gamma_gamma", "fit_failure", default="")
     spend = dig(clv, "gamma_gamma", "population_mean_spend")
-    mean = f" ({spend:.4g})" if isinstance(spend, (int, float)) else ""
     k = dig(clv, "gamma_gamma", "credibility_k")
-    how = (f"each customer's mean spend weighted x / (x + {k:.4g}) against the mean spend{mean}"
-           if source == "fallback:credibility" and isinstance(k, (int, float)) else f"every customer gets the mean spend{mean}")
+    how = fallback_description(k if source == "fallback:credibility" and isinstance(k, (int, float)) else None,
+                               spend if isinstance(spend, (int, float)) else None)  # fmt: skip
     return Notice("spend-source", "warning",
                   f"expected spend per purchase from {source}: {how}, because Gamma-Gamma could not be fitted: {failure}")
 

@@ -131,6 +131,10 @@ def test_a_spend_fit_failing_every_attempt_names_the_params(weekly, monkeypatch)
     assert "Gamma-Gamma fit failed on 946 repeat customers" in message
     assert "penalizer 0: The model did not converge; penalizer 0.001: The model did not converge" in message
     assert "clv.spend_retry_penalizer" in message and "clv.spend_penalizer" in message
+    assert message.endswith("or set clv.spend_fallback: credibility")
+    # With a fallback the failure is recorded without the advice to set one (it is already set).
+    fallen = SpendModel(fallback="credibility").fit(weekly["frequency"], weekly["monetary_value"])
+    assert fallen.fit_failure_.startswith("Gamma-Gamma fit failed on 946") and "spend_fallback" not in fallen.fit_failure_
 
 
 def test_a_spend_optimum_with_q_below_one_is_retried(weekly, monkeypatch):

@@ -92,12 +92,16 @@ def test_a_spend_fallback_is_a_warning_and_a_fitted_spend_model_says_nothing():
                                         "fit_failure": "Gamma-Gamma fit failed on 40 repeat customers"}}}
     [notice] = run_notices(fallback)
     assert notice.level == "warning" and notice.key == "spend-source"
-    assert notice.text == ("expected spend per purchase from fallback:population_mean: every customer gets the mean "
-                           "spend (36.09), because Gamma-Gamma could not be fitted: Gamma-Gamma fit failed on 40 "
-                           "repeat customers")
+    assert notice.text == ("expected spend per purchase from fallback:population_mean: the population mean spend "
+                           "36.09 for every customer, because Gamma-Gamma could not be fitted: Gamma-Gamma fit failed "
+                           "on 40 repeat customers")
     credibility = {"clv": {"gamma_gamma": {**fallback["clv"]["gamma_gamma"], "source": "fallback:credibility",
                                            "credibility_k": 2.5}}}
     [notice] = run_notices(credibility)
     assert notice.text == ("expected spend per purchase from fallback:credibility: each customer's mean spend weighted "
-                           "x / (x + 2.5) against the mean spend (36.09), because Gamma-Gamma could not be fitted: "
-                           "Gamma-Gamma fit failed on 40 repeat customers")
+                           "x / (x + 2.5) against the population mean spend 36.09, because Gamma-Gamma could not be "
+                           "fitted: Gamma-Gamma fit failed on 40 repeat customers")
+    # k = 0 (a heavy-buyer base: purchases vary little next to customers): own means, said in words
+    own = {"clv": {"gamma_gamma": {**credibility["clv"]["gamma_gamma"], "credibility_k": 0.0}}}
+    [notice] = run_notices(own)
+    assert "each repeat customer's own mean spend (credibility k = 0" in notice.text and "x + 0)" not in notice.text
