@@ -182,8 +182,9 @@ def first_line(exc: BaseException) -> str:
 
 def check(contract: pa.DataFrameSchema, frame: pd.DataFrame, label: str, fix: str) -> pd.DataFrame:
     """``frame`` validated against ``contract``; a violation is one DataError line: the file (``label``),
-    the contract, the first problem and ``fix``."""
+    the contract, the first problem and ``fix``. Checked in place (no contract coerces, so nothing
+    changes): pandera otherwise copies the whole frame first, about 1 s at a million customers."""
     try:
-        return contract.validate(frame)
+        return contract.validate(frame, inplace=True)
     except (pa.errors.SchemaError, pa.errors.SchemaErrors) as exc:
         raise DataError(f"{label}: does not match the {contract.name} contract: {contract_problem(exc)}; {fix}") from None

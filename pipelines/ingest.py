@@ -110,4 +110,4 @@ def _write(con: ibis.BaseBackend, source: RawSource, classified: ir.Table, metri
 
 
 def _validator(schema) -> Callable[[pa.Table], None]:
-    return lambda table: schema.validate(table.to_pandas(), lazy=False)
+    return lambda table: schema.validate(table.to_pandas(), lazy=False, inplace=True)  # a fresh frame: no copy

@@ -139,3 +139,18 @@ def test_each_stage_lists_the_code_it_runs_as_dvc_dependencies(dvc_stages):
         code = project_imports(ROOT / "pipelines" / f"{stage}.py")
         deps = _entries(spec.get("deps"))
         assert code <= deps, f"{stage}: add to dvc.yaml deps: {sorted(code - deps)}"
+
+
+def test_contracts_check_in_place_so_none_may_coerce():
+    """contracts.check validates without copying the frame (pandera's inplace=True); that is only
+    safe while no contract coerces a column: a coercing contract would change the caller's frame."""
+    from pipelines import contracts
+
+    for name in contracts._SCHEMAS:
+        contract = contracts.schema(name)
+        assert not contract.coerce and not any(column.coerce for column in contract.columns.values()), name
+    frame = pd.DataFrame({"customer_id": ["a", "b"], "n_purchase_days": [0, 2], "spend": [0.0, 3.5]})
+    before = frame.copy()
+    labels = contracts.subset(contracts.schema("labels"), list(frame.columns))
+    assert contracts.check(labels, frame, "labels", "fix") is frame
+    pd.testing.assert_frame_equal(frame, before)
