@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import DataError
+from features.frames import sorted_by_id
 from models import metrics as m
 from models.churn import (
     CLASSIFIER_SOURCE,
@@ -324,13 +325,13 @@ def source_summary(exported: Exported) -> dict:
 
 def predictions_frame(probability: pd.Series, cutoff: pd.Timestamp) -> pd.DataFrame:
     """The churn predictions (customer_id, cutoff, churn_probability), sorted by customer_id."""
-    return pd.DataFrame(
+    return sorted_by_id(pd.DataFrame(
         {
             "customer_id": probability.index.astype("str"),
             "cutoff": pd.Series(cutoff, index=range(len(probability))).astype("datetime64[us]"),
             "churn_probability": probability.to_numpy(dtype="float64"),
         }
-    ).sort_values("customer_id", kind="stable", ignore_index=True)
+    ))
 
 
 def importance_table(model: ChurnClassifier, X: pd.DataFrame, seed: int,

@@ -29,6 +29,7 @@ from sklearn.base import BaseEstimator
 from sklearn.exceptions import NotFittedError
 
 from features.errors import DataError
+from features.frames import sorted_by_id
 from models import _lifetimes, btyd
 from models.clv_columns import EXPECTED_COLUMNS, INTERVAL_COLUMNS, PREDICTION_COLUMNS, PREDICTION_DTYPES  # noqa: F401 (re-exported)
 from models.clv_formulas import bg_family_p_no_purchase, pareto_nbd_p_no_purchase
@@ -629,7 +630,7 @@ def as_predictions(frame: pd.DataFrame | None = None) -> pd.DataFrame:
         frame = pd.DataFrame({name: pd.Series([], dtype=dtype) for name, dtype in PREDICTION_DTYPES.items()})
     missing = {name: np.nan for name in (*INTERVAL_COLUMNS, *EXPECTED_COLUMNS) if name not in frame.columns}
     out = frame.assign(**missing).loc[:, PREDICTION_COLUMNS].astype(PREDICTION_DTYPES)
-    return out.sort_values("customer_id", kind="stable").reset_index(drop=True)
+    return sorted_by_id(out)
 
 
 @dataclass(frozen=True)

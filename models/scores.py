@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.errors import DataError
-from features.frames import duplicated_mask, same_ids, single_date
+from features.frames import duplicated_mask, same_ids, single_date, sorted_by_id
 from models.segments import (
     ABC_CLASSES,
     LIFECYCLE_STATES,
@@ -176,10 +176,7 @@ def assemble_scores(
     scores = joined.rename_axis("customer_id").reset_index()
     scores["as_of"] = pd.Series(as_of, index=scores.index).astype(AS_OF_DTYPE)
     scores["model_version"] = pd.Series(version, index=scores.index, dtype="str")
-    scores = scores.loc[:, list(COLUMN_NAMES)]
-    if not scores["customer_id"].is_monotonic_increasing:
-        scores = scores.sort_values("customer_id", kind="mergesort")
-    return validate_scores(scores.reset_index(drop=True))
+    return validate_scores(sorted_by_id(scores.loc[:, list(COLUMN_NAMES)]))
 
 
 def coerce_scores(frame: pd.DataFrame, label: str) -> pd.DataFrame:

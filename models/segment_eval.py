@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import pandas as pd
 
 from features.errors import DataError
-from features.frames import single_date
+from features.frames import single_date, sorted_by_id
 from models import segments as seg
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def join_inputs(inputs: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             raise DataError(f"{label}: cutoff {cutoff.date()} differs from {ref_label} ({ref_cutoff.date()}); re-run the stages")
         check_same_customers(ref_ids, ref_label, pd.Index(frame["customer_id"]), label)
         joined = joined.join(frame.drop(columns="cutoff").set_index("customer_id"), how="left")
-    return joined.reset_index().sort_values("customer_id", kind="mergesort").reset_index(drop=True)
+    return sorted_by_id(joined.reset_index())
 
 
 def check_same_customers(ref_ids: pd.Index, ref_label: str, ids: pd.Index, label: str) -> None:
@@ -178,7 +178,7 @@ def reactivation_targets(labelled: pd.DataFrame) -> int:
 def segments_table(labelled: pd.DataFrame, as_of: pd.Timestamp) -> pd.DataFrame:
     """The segments file: the contract columns with as_of, labels as text, sorted by customer_id."""
     out = labelled.assign(as_of=pd.Series(as_of, index=labelled.index).astype("datetime64[ns]"))
-    out = out[list(SEGMENT_COLUMNS)].sort_values("customer_id", kind="mergesort").reset_index(drop=True)
+    out = sorted_by_id(out[list(SEGMENT_COLUMNS)])
     for column in LABEL_COLUMNS:
         out[column] = out[column].astype(str)
     return out

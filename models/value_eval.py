@@ -16,6 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from features.frames import sorted_by_id
 from models import segments as seg
 from models import value as vm
 from models.clv_eval import baseline_value
@@ -94,7 +95,7 @@ def predictions_frame(values: pd.Series, cutoff: pd.Timestamp, source: str) -> p
         "predicted_value": values.to_numpy(dtype="float64"),
         "source": pd.Series(source, index=range(len(values)), dtype="str"),
     })  # fmt: skip
-    return frame.sort_values("customer_id", kind="mergesort").reset_index(drop=True)
+    return sorted_by_id(frame)
 
 
 def unused_reason(growth_potential: str, won: bool) -> str | None:

@@ -19,7 +19,7 @@ from typing import Literal
 import pandas as pd
 
 from features.errors import DataError
-from features.frames import same_ids
+from features.frames import same_ids, sorted_by_id
 from models.clv import PREDICTION_DTYPES, as_predictions
 from models.clv_pyfunc import INPUT_COLUMNS
 from models.retrain_rules import ALIAS as CHAMPION_ALIAS
@@ -96,10 +96,7 @@ def normalise(scores: pd.DataFrame, features: pd.DataFrame, model: Model) -> pd.
     if model == "clv":
         predictions = as_predictions(out.assign(cutoff=cutoff))
         return contracts.check(contracts.schema("clv_predictions"), predictions, "scores", "the model's output breaks its contract")
-    out = coerce_scores(out.assign(as_of=cutoff), "scores")[[c.name for c in SCORE_COLUMNS]]
-    if not out["customer_id"].is_monotonic_increasing:
-        out = out.sort_values("customer_id", kind="mergesort")
-    return validate_scores(out.reset_index(drop=True))
+    return validate_scores(sorted_by_id(coerce_scores(out.assign(as_of=cutoff), "scores")[[c.name for c in SCORE_COLUMNS]]))
 
 
 def score(params: Params, paths: Catalog, engine: Engine, out: Path, model: Model = "scores") -> int:

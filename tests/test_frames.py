@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.frames import duplicated_mask, join_on_id, same_ids
+from features.frames import duplicated_mask, join_on_id, same_ids, sorted_by_id
 
 
 def _frames(order):
@@ -47,3 +47,10 @@ def test_same_ids_compares_as_text_in_order():
 def test_duplicated_mask_is_duplicated_keep_false(values):
     series = pd.Series(values, dtype="str")
     np.testing.assert_array_equal(duplicated_mask(series), series.duplicated(keep=False).to_numpy())
+
+
+@pytest.mark.parametrize("ids", [["b", "a", "b", "c"], ["a", "b", "b", "c"]])
+def test_sorted_by_id_is_the_stable_sort_with_a_fresh_index(ids):
+    frame = pd.DataFrame({"customer_id": ids, "row": range(4)}, index=[7, 5, 3, 1])
+    expected = frame.sort_values("customer_id", kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(sorted_by_id(frame), expected)  # ties keep their order: rows 0 before 2
