@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 STAGE = "value"
 LOGGED_METRICS = ("use", "comparison", "evaluation", "final_model")
+#: What the stage reads of clv_predictions_t0 when no final model needs the t0 features.
+T0_CLV_COLUMNS = ("customer_id", "cutoff", "clv")
 
 
 def model_factory(params: Params):
@@ -51,6 +53,11 @@ def load_cutoff(paths: Catalog, params: Params, k: int) -> tuple[pd.DataFrame, p
     if y.isna().any():
         raise DataError(f"{paths.labels_at(k)}: no label for customer '{y.index[y.isna()][0]}'; re-run `cvp features`")
     return features, X, y
+
+
+def clv_by_customer(clv: pd.DataFrame) -> pd.Series:
+    """The BTYD CLV indexed by customer_id (text), as the model input X carries it."""
+    return pd.Series(clv["clv"].to_numpy(dtype="float64"), index=pd.Index(clv["customer_id"].astype(str), name="customer_id"), name="clv")
 
 
 def t2_snapshot(paths: Catalog, params: Params) -> tuple[pd.DataFrame, pd.Series | None, str | None]:
@@ -86,11 +93,12 @@ def run(params: Params, paths: Catalog) -> None:
     cfg = params.value
     section = {"value": cfg.model_dump(), "seed": params.seed, "horizon_days": params.data.horizon_days}
     with tracking.in_background(functools.partial(tracking.stage_run, STAGE, params, paths, section)) as later:
-        (features1, X1, y1), (features0, X0, _) = load_cutoff(paths, params, 1), load_cutoff(paths, params, 0)
-        if X0.empty or X1.empty:
-            raise DataError(f"{paths.clv_predictions_at(0 if X0.empty else 1)}: no customers or predictions; "
+        clv0 = paths.read("clv_predictions_t0", params, columns=T0_CLV_COLUMNS)
+        features1, X1, y1 = load_cutoff(paths, params, 1)
+        if clv0.empty or X1.empty:
+            raise DataError(f"{paths.clv_predictions_at(0 if clv0.empty else 1)}: no customers or predictions; "
                             "run `cvp clv` on more history or a later data.as_of")  # fmt: skip
-        t0, t1 = (pd.Timestamp(f["cutoff"].iloc[0]) for f in (features0, features1))
+        t0, t1 = pd.Timestamp(clv0["cutoff"].iloc[0]), pd.Timestamp(features1["cutoff"].iloc[0])
         blocks, predicted_t1, source_t1, deciles, reason = evaluate(params, paths, features1, X1, y1)
         use, reason = (blocks["evaluation"]["wins"], blocks["evaluation"]["verdict"]) if reason is None else (False, reason)
         problem = ve.training_problem(X1, y1, 1, cfg.min_train_customers, cfg.min_train_buyers) if cfg.enabled else reason
@@ -98,11 +106,12 @@ def run(params: Params, paths: Catalog) -> None:
         final = None if problem or unused else model_factory(params)().fit(X1, y1)
         if problem:
             log.warning("value model not fitted at t1: %s; its predictions are the BTYD CLV", problem)
-            predicted_t0, source_t0, use, reason = X0["clv"], ve.CLV_SOURCE, False, problem
+            predicted_t0, source_t0, use, reason = clv_by_customer(clv0), ve.CLV_SOURCE, False, problem
         elif unused:
             log.info("value model not fitted at t1: %s; its t0 predictions are the BTYD CLV", unused)
-            predicted_t0, source_t0 = X0["clv"], ve.CLV_SOURCE
-        else:
+            predicted_t0, source_t0 = clv_by_customer(clv0), ve.CLV_SOURCE
+        else:  # the t0 features are read only here: without a final model nothing needs them
+            X0 = load_cutoff(paths, params, 0)[1]
             predicted_t0, source_t0 = pd.Series(final.predict(X0), index=X0.index), ve.MODEL_SOURCE
         summary = {
             "as_of": str(t0.date()), "enabled": cfg.enabled, "use": bool(use), "reason": reason, **blocks,
