@@ -6,7 +6,11 @@ stage's evaluation runs in memory: the value model (models/value.py) trained on 
 against the value realised in (t2, t1], tested on every t1 customer against the value realised
 in (t1, t0]; beside it the BTYD CLV, the combined growth potential (CLV x the churn classifier's
 out-of-time P(active), as the segment stage's rule) and the textbook quick estimate. It reports
-Spearman, top-20% capture and normalized Gini of each.
+Spearman, top-20% capture, normalized Gini and total predicted / realised of each, and of one
+diagnostic forecast, ``purchase_x_btyd``: the value model's P(any purchase) times the BTYD value
+given a purchase (clv / (1 - p_no_purchase)), which shows how much of a Spearman comes from
+ordering buyers against non-buyers (docs/value.md, "Why Spearman and the value-weighted metrics
+disagree").
 
     .venv/bin/python -m tests.value_study --customers 10000 --worlds none,all   # the table in docs/value.md
     .venv/bin/python -m tests.value_study --customers 10000 --worlds all --world retail
@@ -17,6 +21,7 @@ from __future__ import annotations
 import pandas as pd
 
 from models import churn_eval as ce
+from models import segments as seg
 from models import value as v
 from models import value_eval as ve
 from pipelines import domain
@@ -24,7 +29,7 @@ from pipelines.value import model_factory
 from pipelines.config import Params, load_params
 from tests.signal_study import make_world, run_study, world_frames
 
-FORECASTS = ("value_model", "clv", "combined", "quick_estimate")
+FORECASTS = ("value_model", "clv", "combined", "quick_estimate", "purchase_x_btyd")
 
 
 def measure(behaviours: str, customers: int, seed: int, params: Params | None = None, world: str = "default") -> dict:
@@ -42,7 +47,10 @@ def measure(behaviours: str, customers: int, seed: int, params: Params | None = 
     X1 = X[1]
     churn_t1 = churn.t1_probability.rename("churn_probability").rename_axis("customer_id").reset_index()
     references = ve.reference_forecasts(features[1], X1, churn_t1, params.data.horizon_days, cfg.margin)
-    forecasts = {"value_model": pd.Series(model.predict(X1), index=X1.index), **references}
+    # the combined rule's formula with the value model's P(any purchase) in place of the classifier's
+    no_purchase = pd.Series(1.0 - model.predict_purchase_probability(X1), index=X1.index)
+    forecasts = {"value_model": pd.Series(model.predict(X1), index=X1.index), **references,
+                 "purchase_x_btyd": seg.growth_potential_combined(X1["clv"], X1["p_no_purchase"], no_purchase)}
     ids = pd.Series(X1.index, index=X1.index)
     result = v.compare_forecasts(y[1].reindex(X1.index), forecasts, ids)
     return {"world": behaviours, "customers_test": len(X1), "buyers_test": int((y[1] > 0).sum()),
@@ -50,12 +58,13 @@ def measure(behaviours: str, customers: int, seed: int, params: Params | None = 
 
 
 def table(rows: list[dict]) -> str:
-    """A markdown table of :func:`measure` results (Spearman / top-20% capture / normalized Gini)."""
-    head = ("| world | test customers (buyers) | value model | BTYD CLV | combined | quick estimate |\n"
-            "|---|---|---|---|---|---|")  # fmt: skip
+    """A markdown table of :func:`measure` results (Spearman / top-20% capture / normalized Gini /
+    total predicted over realised)."""
+    head = ("| world | test customers (buyers) | value model | BTYD CLV | combined | quick estimate | model P(buy) x BTYD |\n"
+            "|---|---|---|---|---|---|---|")  # fmt: skip
 
     def cell(m: dict) -> str:
-        return f"{m['spearman']:.4f} / {m['top_share_capture']:.4f} / {m['normalized_gini']:.4f}"
+        return f"{m['spearman']:.4f} / {m['top_share_capture']:.4f} / {m['normalized_gini']:.4f} / {m['total_ratio']:.2f}"
 
     lines = [f"| {r['world']} | {r['customers_test']:,} ({r['buyers_test']:,}) | "
              + " | ".join(cell(r[name]) for name in FORECASTS) + " |" for r in rows]  # fmt: skip
