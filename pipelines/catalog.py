@@ -62,6 +62,9 @@ _FEATURES_READERS = {0: ("clv", "churn", "value", "segment", "export"), 1: ("clv
                      2: ("clv", "churn", "value")}
 _LABELS_READERS = {1: ("clv", "churn", "value", "segment"), 2: ("clv", "churn", "value")}
 
+#: Stages with a code fingerprint (pipelines.code_fingerprint.STAGES; a test keeps both equal).
+_CODE_STAGES = ("ingest", "features", "clv", "churn", "value", "segment", "export", "notebook")
+
 _CLV_MODELS, _CHURN_MODELS, _VALUE_MODELS, _SEGMENT_MODELS = (
     f"models/artifacts/{stage}" for stage in ("clv", "churn", "value", "segment")
 )
@@ -69,6 +72,8 @@ _CLV_MODELS, _CHURN_MODELS, _VALUE_MODELS, _SEGMENT_MODELS = (
 ARTIFACTS: tuple[Artifact, ...] = (
     # fingerprint: what ingest would read (files, sizes, mtimes, the run date's bound); ingest re-runs when it changes
     Artifact("source_fingerprint", "data/interim/source_fingerprint.json", "fingerprint", ("ingest",)),
+    # ... and the code each stage runs (pipelines/code_fingerprint.py); the stage re-runs when it changes
+    *(Artifact(f"code_{stage}", f"data/interim/code/{stage}.json", "fingerprint", (stage,)) for stage in _CODE_STAGES),
     # ingest
     Artifact("transactions", "data/interim/transactions.parquet", "ingest", ("features", "clv"), "transactions"),
     Artifact("rejected", "data/quarantine/rejected.parquet", "ingest"),  # columns follow the raw file

@@ -13,6 +13,9 @@ DVC runs this stage on every ``dvc repro`` (``always_changed``); ingest depends 
 - ``error``: the one-line data error when the source cannot be listed (ingest then re-runs and
   stops with the same line).
 
+It also writes ``data/interim/code/<stage>.json``, the code each stage runs
+(pipelines/code_fingerprint.py): a stage re-runs when one of its modules changes.
+
 The ``data`` params are ingest's own DVC params, so they need no place here. The bytes are the
 same whenever these values are (sorted keys, no time of its own). Standard library only (no
 pandas, DuckDB or MLflow): the stage costs little more than the start of ``cvp``.
@@ -28,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from features.errors import DataError
-from pipelines import domain
+from pipelines import code_fingerprint, domain
 from pipelines.catalog import Catalog
 from pipelines.config import DataParams, Params
 from pipelines.source_files import LIFETIMES_PREFIX, file_label, source_files
@@ -60,10 +63,19 @@ def fingerprint_text(data: DataParams, root: Path, today: dt.date | None = None)
 
 
 def run(params: Params, paths: Catalog) -> None:
-    """Write the fingerprint of ``params.data``'s source in the project at ``paths``."""
+    """Write the fingerprint of ``params.data``'s source in the project at ``paths``, and each
+    stage's code fingerprint (pipelines/code_fingerprint.py)."""
     target = paths.path(ARTIFACT)
     write_text_atomically(fingerprint_text(params.data, paths.root), target)
     log.info("source fingerprint of %s -> %s", params.data.path, target)
+    for stage, text in code_fingerprint.stage_code_texts(code_fingerprint.code_root(paths.root)).items():
+        write_text_atomically(text, paths.path(code_artifact(stage)))
+    log.debug("code fingerprints of %d stages -> %s", len(code_fingerprint.STAGES), paths.path(code_artifact("ingest")).parent)
+
+
+def code_artifact(stage: str) -> str:
+    """The catalog key of a stage's code fingerprint."""
+    return f"code_{stage}"
 
 
 def write_text_atomically(text: str, target: Path) -> None:

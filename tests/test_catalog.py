@@ -3,6 +3,9 @@ through it check the producer's contract."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +13,7 @@ import pytest
 import yaml
 
 from features.errors import DataError
-from pipelines import catalog, contracts
+from pipelines import catalog, code_fingerprint, contracts
 from pipelines.catalog import ARTIFACTS, Catalog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,12 +136,34 @@ def project_imports(module_file: Path) -> set[str]:
     return seen - {"pipelines/cli.py"}
 
 
-def test_each_stage_lists_the_code_it_runs_as_dvc_dependencies(dvc_stages):
-    """A change to any project module a stage imports re-runs that stage under `dvc repro`."""
-    for stage, spec in dvc_stages.items():
-        code = project_imports(ROOT / "pipelines" / f"{stage}.py")
-        deps = _entries(spec.get("deps"))
-        assert code <= deps, f"{stage}: add to dvc.yaml deps: {sorted(code - deps)}"
+def test_each_stage_depends_on_its_code_fingerprint_and_it_covers_every_module_the_stage_imports(dvc_stages):
+    """A change to any project module a stage imports re-runs that stage under `dvc repro`: the
+    stage depends on data/interim/code/<stage>.json, which lists each of those modules' SHA-256
+    (checked here against this file's own import walk)."""
+    assert set(code_fingerprint.STAGES) == set(dvc_stages) - {"fingerprint"}
+    texts = code_fingerprint.stage_code_texts(ROOT)
+    for stage in code_fingerprint.STAGES:
+        deps = _entries(dvc_stages[stage].get("deps"))
+        assert f"data/interim/code/{stage}.json" in deps, stage
+        assert not [d for d in deps if d.endswith(".py")], f"{stage}: its code is in its fingerprint, not in dvc.yaml"
+        listed = json.loads(texts[stage])["modules"]
+        assert project_imports(ROOT / "pipelines" / f"{stage}.py") <= set(listed), stage
+        assert all(digest == hashlib.sha256((ROOT / rel).read_bytes()).hexdigest() for rel, digest in listed.items())
+    notebook_code = set(json.loads(texts["notebook"])["modules"])
+    assert "pipelines/tracking.py" in notebook_code  # imported by the notebook's cells only
+
+
+def test_a_module_edit_changes_the_fingerprints_of_the_stages_that_import_it_only(tmp_path):
+    for name in ("features", "models", "pipelines", "notebooks"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__", "artifacts", "plots"))
+    before = code_fingerprint.stage_code_texts(tmp_path)
+    with (tmp_path / "models" / "value.py").open("a") as fh:
+        fh.write("\n# an edit\n")
+    after = code_fingerprint.stage_code_texts(tmp_path)
+    changed = {stage for stage in before if before[stage] != after[stage]}
+    importers = {stage for stage in before if "models/value.py" in json.loads(before[stage])["modules"]}
+    assert changed == importers and "value" in changed and "ingest" not in changed
+    assert code_fingerprint.stage_code_texts(tmp_path) == after  # the same code gives the same bytes
 
 
 def test_contracts_check_in_place_so_none_may_coerce():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines import code_fingerprint
 from pipelines import fingerprint as stage
 from pipelines.catalog import Catalog
 from pipelines.config import DataParams, load_params
@@ -52,7 +53,9 @@ def test_same_files_and_date_give_the_same_bytes(project):
     stage.run(params, Catalog(project))
     assert target.read_bytes() == first
     assert json.loads(first)["source"] == "data/raw/*.csv"
-    assert [p.name for p in target.parent.iterdir()] == [target.name]  # no temporary file left
+    code = sorted(p.name for p in (target.parent / "code").iterdir())
+    assert sorted(p.name for p in target.parent.iterdir()) == ["code", target.name]  # no temporary file left
+    assert code == sorted(f"{stage}.json" for stage in code_fingerprint.STAGES)  # each stage's code
 
 
 def test_every_file_of_a_glob_is_listed_in_read_order(project):

@@ -42,7 +42,7 @@ from tests import inprocess
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = Path(__file__).with_name("kill_mid_write.py")
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore")
-PROJECT_DIRS = ("features", "models", "pipelines")  # the stages' code deps in dvc.yaml
+PROJECT_DIRS = ("features", "models", "pipelines")  # the stages' code (their fingerprints: data/interim/code/)
 ROWS, SEED = 20_000, 11
 paths = Catalog(".")  # the outputs relative to a project root, as dvc.yaml names them
 REGISTRATION = paths.registration_file(paths.CLV_MODEL_DIR).as_posix()
