@@ -1,9 +1,12 @@
-"""Small checks on frames shared by every layer (pure: frames in, values out)."""
+"""Small checks and helpers on frames and Arrow tables shared by every layer (pure: data in, data out)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from features.errors import DataError
 
@@ -57,3 +60,28 @@ def sorted_by_id(frame: pd.DataFrame, on: str = "customer_id") -> pd.DataFrame:
     if not frame[on].is_monotonic_increasing:
         frame = frame.sort_values(on, kind="stable")
     return frame.reset_index(drop=True)
+
+
+def fixed_size_tables(tables: Iterable[pa.Table | pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
+    """Re-slice a stream of Arrow tables/batches into tables of exactly ``rows`` rows (last may be
+    shorter), so output layout depends only on the data, never on upstream batch sizes."""
+    if rows <= 0:
+        raise ValueError("rows must be positive")
+    pending: list[pa.Table] = []
+    n_pending = 0
+    for item in tables:
+        table = pa.Table.from_batches([item]) if isinstance(item, pa.RecordBatch) else item
+        if table.num_rows == 0:
+            continue
+        pending.append(table)
+        n_pending += table.num_rows
+        if n_pending >= rows:
+            merged = pa.concat_tables(pending)
+            start = 0
+            while merged.num_rows - start >= rows:
+                yield merged.slice(start, rows).combine_chunks()
+                start += rows
+            rest = merged.slice(start)
+            pending, n_pending = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
+    if n_pending:
+        yield pa.concat_tables(pending).combine_chunks()

@@ -552,30 +552,3 @@ def rejected_schema(raw_columns: Iterable[str], with_source_file: bool) -> pa.Da
         columns[SOURCE_FILE] = pa.Column(str)
     columns[REASON] = pa.Column(str, pa.Check.isin(REASONS))
     return pa.DataFrameSchema(columns, strict=True, ordered=True, name="rejected")
-
-
-# --- Arrow helpers (pure: tables in, tables out) ---------------------------------------------------
-
-def fixed_size_tables(tables: Iterable[pyarrow_lib.Table | pyarrow_lib.RecordBatch], rows: int) -> Iterator[pyarrow_lib.Table]:
-    """Re-slice a stream of Arrow tables/batches into tables of exactly ``rows`` rows (last may be
-    shorter), so output layout depends only on the data, never on upstream batch sizes."""
-    if rows <= 0:
-        raise ValueError("rows must be positive")
-    pending: list[pyarrow_lib.Table] = []
-    n_pending = 0
-    for item in tables:
-        table = pyarrow_lib.Table.from_batches([item]) if isinstance(item, pyarrow_lib.RecordBatch) else item
-        if table.num_rows == 0:
-            continue
-        pending.append(table)
-        n_pending += table.num_rows
-        if n_pending >= rows:
-            merged = pyarrow_lib.concat_tables(pending)
-            start = 0
-            while merged.num_rows - start >= rows:
-                yield merged.slice(start, rows).combine_chunks()
-                start += rows
-            rest = merged.slice(start)
-            pending, n_pending = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
-    if n_pending:
-        yield pyarrow_lib.concat_tables(pending).combine_chunks()

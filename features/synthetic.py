@@ -42,7 +42,8 @@ import pyarrow.compute as pc
 from scipy import optimize, special
 
 from features.behaviours import BEHAVIOURS, DEFAULT_STRENGTH, Behaviours, Traits
-from features.ingest import REASONS, fixed_size_tables
+from features.frames import fixed_size_tables
+from features.ingest import REASONS
 
 TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 # data.columns mapping for generated files (role -> column); map all of them so every noise

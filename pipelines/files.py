@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features.ingest import fixed_size_tables
+from features.frames import fixed_size_tables
 
 log = logging.getLogger(__name__)
 

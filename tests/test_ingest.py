@@ -14,6 +14,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from features.frames import fixed_size_tables
 from features.ingest import (
     REASONS,
     TRANSACTIONS_SCHEMA,
@@ -21,7 +22,6 @@ from features.ingest import (
     accepted_transactions,
     classify,
     counts_by_reason,
-    fixed_size_tables,
     missing_mapped_columns,
     reason_counts,
     rejected_rows,
