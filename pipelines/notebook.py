@@ -81,9 +81,7 @@ def execute_notebook(notebook: Any, project: Path, timeout: int = CELL_TIMEOUT_S
         notebook, kernel_manager_class=_ThisPythonKernelManager, kernel_name="python3",
         timeout=timeout, startup_timeout=STARTUP_TIMEOUT_S, allow_errors=False,
         resources={"metadata": {"path": str(project)}}, on_cell_execute=remember,
-        # every output is in hand when the last cell ends: stopping the kernel at once instead of
-        # asking it to shut down saves about 0.9 s of each run
-        shutdown_kernel="immediate",
+        shutdown_kernel="immediate",  # all outputs are in hand after the last cell: ~0.9 s saved
     )  # fmt: skip
     # The kernel's environment: this one, plus the project and a fixed hash seed (set ordering).
     env = {**os.environ, "CVP_PROJECT_DIR": str(project), "PYTHONHASHSEED": "0"}
