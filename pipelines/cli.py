@@ -327,5 +327,5 @@ def entry_point() -> None:
     exit_process(0)
 
 
-if __name__ == "__main__":
-    entry_point()
+if __name__ == "__main__":  # `python -m pipelines.cli`: the normal exit (profilers, debuggers)
+    main()

@@ -7,7 +7,8 @@ after the outputs are written. :func:`exit_process` first does what a normal exi
 anyone could observe (waits for non-daemon threads, runs the atexit handlers, which flush the
 logs and end MLflow runs, flushes stdout and stderr), then ends the process with ``os._exit``.
 Every file the stages write is closed (and renamed into place) before their ``run`` returns.
-``CVP_FULL_EXIT=1`` keeps the normal teardown (e.g. to debug a destructor).
+``CVP_FULL_EXIT=1`` keeps the normal teardown (e.g. to debug a destructor), as does a running
+profiler or debugger (``python -m cProfile``, ``pdb``), which reports after the program's end.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def exit_status(code: object) -> int:
 def exit_process(code: object = None) -> NoReturn:
     """Exit with ``code`` (as ``SystemExit`` would) after threads, atexit handlers and streams are done."""
     status = exit_status(code)
-    if os.environ.get("CVP_FULL_EXIT", "").strip() not in ("", "0"):
+    full = os.environ.get("CVP_FULL_EXIT", "").strip() not in ("", "0")
+    if full or sys.getprofile() is not None or sys.gettrace() is not None:  # a profiler or debugger reports at the end
         raise SystemExit(code)
     if code is not None and not isinstance(code, int):
         sys.stderr.write(f"{code}\n")

@@ -27,14 +27,24 @@ def late_write():
 threading.Thread(target=late_write).start()          # non-daemon: must finish first
 ThreadPoolExecutor(max_workers=1).submit(lambda: None)  # an idle worker must not block the exit
 atexit.register(lambda: open(out + ".atexit", "w").write("atexit ran"))
+class Torn:  # freed only by the interpreter's teardown (module globals are gone by then: keep what it needs)
+    def __init__(self, path, opener):
+        self.path, self.opener = path, opener
+    def __del__(self):
+        with self.opener(self.path, "w") as f:
+            f.write("torn down")
+kept = Torn(out + ".teardown", open)
 sys.stdout.write("buffered, no newline")
+if PROFILED:  # a profiler is running when exit_process is called (removed again before the teardown)
+    atexit.register(sys.setprofile, None)
+    sys.setprofile(lambda *args: None)
 exit_process(CODE)
 """
 
 
-def run_child(tmp_path: Path, code: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def run_child(tmp_path: Path, code: str, env_extra: dict | None = None, profiled: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CVP_FULL_EXIT"} | {"PYTHONPATH": str(ROOT), **(env_extra or {})}
-    script = CHILD.replace("CODE", code)
+    script = CHILD.replace("CODE", code).replace("PROFILED", str(profiled))
     return subprocess.run([sys.executable, "-c", script, str(tmp_path / "out")], capture_output=True, text=True,
                           env=env, timeout=60)  # fmt: skip
 
@@ -48,12 +58,16 @@ def test_exit_keeps_threads_atexit_output_and_status(tmp_path, code, status):
     assert (tmp_path / "out.atexit").read_text() == "atexit ran"
     if code == "'a message'":
         assert done.stderr.strip().endswith("a message")
+    assert not (tmp_path / "out.teardown").exists()  # the teardown was skipped
 
 
-def test_full_exit_opt_out_exits_normally(tmp_path):
-    done = run_child(tmp_path, "5", {"CVP_FULL_EXIT": "1"})
+@pytest.mark.parametrize("how", ["CVP_FULL_EXIT=1", "a profiler running"])
+def test_full_exit_when_asked_or_profiled(tmp_path, how):
+    env, profiled = ({"CVP_FULL_EXIT": "1"}, False) if how.startswith("CVP") else (None, True)
+    done = run_child(tmp_path, "5", env, profiled=profiled)
     assert done.returncode == 5
     assert (tmp_path / "out.thread").exists() and (tmp_path / "out.atexit").exists()
+    assert (tmp_path / "out.teardown").read_text() == "torn down"
 
 
 def test_exit_status_maps_like_system_exit():
