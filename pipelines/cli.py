@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import re
 import sys
 import traceback
@@ -36,6 +35,7 @@ import typer
 
 from features.errors import DataError, contract_error_message
 from pipelines.config import ConfigError, check_params_file, load_params
+from pipelines.process_exit import env_flag, exit_process
 
 log = logging.getLogger("cvp")
 
@@ -65,8 +65,7 @@ _state = {"verbose": False}
 
 def verbose_requested(flag: bool = False) -> bool:
     """--verbose on the command line (global or per command) or CVP_VERBOSE set to a true value."""
-    env = os.environ.get("CVP_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
-    return flag or env or _state["verbose"]
+    return flag or env_flag("CVP_VERBOSE") or _state["verbose"]
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -318,8 +317,6 @@ def main(argv: list[str] | None = None) -> None:
 def entry_point() -> None:
     """The installed `cvp` command: :func:`main`, then exit without the interpreter's teardown
     (pipelines.process_exit: about 1.4 s per model stage). Tests call :func:`main` in-process."""
-    from pipelines.process_exit import exit_process
-
     try:
         main()
     except SystemExit as exc:

@@ -20,6 +20,11 @@ import threading
 from typing import NoReturn
 
 
+def env_flag(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to a true value (not '', 0, false or no)."""
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+
 def exit_status(code: object) -> int:
     """The status ``SystemExit(code)`` gives: None -> 0, an int as is, anything else (a message,
     printed by the caller) -> 1."""
@@ -31,8 +36,7 @@ def exit_status(code: object) -> int:
 def exit_process(code: object = None) -> NoReturn:
     """Exit with ``code`` (as ``SystemExit`` would) after threads, atexit handlers and streams are done."""
     status = exit_status(code)
-    full = os.environ.get("CVP_FULL_EXIT", "").strip() not in ("", "0")
-    if full or sys.getprofile() is not None or sys.gettrace() is not None:  # a profiler or debugger reports at the end
+    if env_flag("CVP_FULL_EXIT") or sys.getprofile() is not None or sys.gettrace() is not None:  # a profiler or debugger reports at the end
         raise SystemExit(code)
     if code is not None and not isinstance(code, int):
         sys.stderr.write(f"{code}\n")

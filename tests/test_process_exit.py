@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.process_exit import exit_status
+from pipelines.process_exit import env_flag, exit_status
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +77,9 @@ def test_exit_status_maps_like_system_exit():
 def test_installed_command_uses_the_fast_exit():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["cvp"] == "pipelines.cli:entry_point"
+
+
+@pytest.mark.parametrize("value, on", [("", False), ("0", False), ("false", False), (" No ", False), ("1", True), ("yes", True)])
+def test_env_flag_reads_true_values_like_cvp_verbose(monkeypatch, value, on):
+    monkeypatch.setenv("CVP_FULL_EXIT", value)
+    assert env_flag("CVP_FULL_EXIT") is on
