@@ -29,6 +29,8 @@ $(SPARK_STAMP): $(STAMP) requirements-spark.lock
 ## Run the whole pipeline on the configured data (default: bundled CDNOW). params.yaml is
 ## checked first: DVC cannot read some YAML values (an unquoted date) and says so only cryptically.
 ## The last DVC stage (`cvp notebook`) executes notebooks/explore.ipynb into reports/explore.html.
+## `cvp warm` runs the stages in forks of one process that imported the libraries once
+## (pipelines/warm.py; CVP_WARM=0: each stage in a process of its own, as a plain `dvc repro`).
 ## The check runs again only when params.yaml (or the environment) changed since it last passed.
 PARAMS_CHECKED := .dvc/tmp/params-checked
 
@@ -37,7 +39,7 @@ $(PARAMS_CHECKED): params.yaml $(STAMP)
 	@mkdir -p $(@D) && touch $@
 
 run: env $(PARAMS_CHECKED)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cvp warm $(BIN)/dvc repro
 	@$(BIN)/python -m pipelines.summary
 
 ## The pipeline with the features stage on Spark (features.engine: pyspark for this run only;

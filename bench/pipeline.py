@@ -8,7 +8,8 @@ cached under bench/out/data/ (not timed). Then, each route in its own process tr
 - ``pipeline``: a fresh copy of the project (dvc.yaml, params.yaml, code) in the work directory,
   its own MLflow store, params.yaml ``data`` pointing at the generated file (as_of = the last day
   of the generated period, horizon and time unit as in params.yaml), `dvc init --no-scm` (not
-  timed), then `dvc repro` timed: total, and per stage from the moment DVC announces each stage
+  timed), then `dvc repro` as `make run` runs it (``cvp warm dvc repro``: the stages in forks of
+  one warm process; ``--cold``: a plain `dvc repro`) timed: total, and per stage from the moment DVC announces each stage
   (so a stage's time includes DVC's hashing and caching of its outputs). Each `cvp` stage
   command also reports where its time went (pipelines.profile, through CVP_PROFILE): start-up,
   imports, read, compute, write, MLflow; ``dvc`` is the rest of the stage's wall time. The BTYD
@@ -28,7 +29,8 @@ cached under bench/out/data/ (not timed). Then, each route in its own process tr
 
 Wall seconds are those of the whole command (interpreter start-up and imports included). Peak
 memory is the larger of (1) the peak of the summed RSS of the command's process tree, polled
-every 0.1 s with psutil, and (2) the largest max RSS of any single process of the tree that its
+every 0.1 s with psutil (the warm server and its forks both count the pages they share, so this
+is an upper bound), and (2) the largest max RSS of any single process of the tree that its
 parent waited for (os.wait4 rusage). GB means 10^9 bytes. Ratios are against ``lifetimes``.
 Results go to bench/results.json (merged by size with an existing file, so a later
 ``--features-only`` run adds to it), with the machine, versions, the targets and pass/fail.
@@ -288,10 +290,17 @@ def run_checked(command: list[str], cwd: Path, env: dict[str, str]) -> None:
 # --------------------------------------------------------------------------- routes
 
 
-def bench_pipeline(project: Path, env: dict[str, str], log_file: Path) -> dict:
-    """(a) `dvc repro` of the whole pipeline in the project copy."""
+def repro_command(cold: bool = False) -> list[str]:
+    """`dvc repro` as `make run` runs it, in a warm stage server (pipelines/warm.py), or ``cold``:
+    a plain `dvc repro`, each stage a process of its own."""
+    dvc = [str(BIN / "dvc"), "repro"]
+    return dvc if cold else [str(BIN / "cvp"), "warm", *dvc]
+
+
+def bench_pipeline(project: Path, env: dict[str, str], log_file: Path, cold: bool = False) -> dict:
+    """(a) `dvc repro` of the whole pipeline in the project copy (:func:`repro_command`)."""
     run_checked([str(BIN / "dvc"), "init", "--no-scm", "-q"], project, env)
-    command = [str(BIN / "dvc"), "repro"]
+    command = repro_command(cold)
     profile = log_file.with_name(PROFILE_FILE)
     profile.unlink(missing_ok=True)
     m = measure(command, project, {**env, "CVP_PROFILE": str(profile)}, log_file, spill_dir=Path(env["TMPDIR"]))
@@ -346,7 +355,7 @@ def bench_scoring(project: Path, env: dict[str, str], log_file: Path) -> dict:
     return entry
 
 
-def bench_cdnow(workdir: Path, log_file: Path) -> dict:
+def bench_cdnow(workdir: Path, log_file: Path, cold: bool = False) -> dict:
     """CDNOW (the default params): what `make run` runs (check-params, dvc repro, the summary)
     in a fresh project copy, timed from scratch and then with nothing changed."""
     project = workdir / "project"
@@ -360,8 +369,10 @@ def bench_cdnow(workdir: Path, log_file: Path) -> dict:
         shutil.copytree(ROOT / name, project / name, ignore=ignore)
     env = project_env(project, workdir / "tmp")
     run_checked([str(BIN / "dvc"), "init", "--no-scm", "-q"], project, env)
-    script = f"{BIN / 'cvp'} check-params && {BIN / 'dvc'} repro && {BIN / 'python'} -m pipelines.summary"
-    entry: dict = {"command": "cvp check-params && dvc repro && python -m pipelines.summary", "ok": True}
+    repro = " ".join(repro_command(cold))
+    script = f"{BIN / 'cvp'} check-params && {repro} && {BIN / 'python'} -m pipelines.summary"
+    entry: dict = {"command": f"cvp check-params && {'' if cold else 'cvp warm '}dvc repro && python -m pipelines.summary",
+                   "ok": True}  # fmt: skip
     profile = log_file.with_name(PROFILE_FILE)
     profile.unlink(missing_ok=True)
     for key in ("from_scratch_seconds", "no_change_seconds"):
@@ -501,7 +512,7 @@ def bench_size(rows: int, args: argparse.Namespace) -> dict:
         result["features_only"] = {**context, **bench_features_only(project, env, log_file)}
         return result
     print("  (a) dvc repro ...", flush=True)
-    result["pipeline"] = {**context, **bench_pipeline(project, env, log_file)}
+    result["pipeline"] = {**context, **bench_pipeline(project, env, log_file, args.cold)}
     if not result["pipeline"]["ok"]:
         print(f"  (a) failed: {result['pipeline']['error']}", flush=True)
         return result
@@ -676,6 +687,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-spark", action="store_true", help="skip route (c), the features stage on Spark")
     parser.add_argument("--no-cdnow", action="store_true", help="skip the CDNOW make-run route (from scratch, then unchanged)")
+    parser.add_argument("--cold", action="store_true",
+                        help="plain `dvc repro` (each stage its own process) instead of `make run`'s `cvp warm dvc repro`")
     parser.add_argument("--child", choices=("lifetimes",), help=argparse.SUPPRESS)
     parser.add_argument("--project", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--as-of", help=argparse.SUPPRESS)
@@ -697,7 +710,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         print("benchmarking CDNOW: make run from scratch, then with nothing changed", flush=True)
         cdnow_dir = args.workdir / "cdnow"
         cdnow_dir.mkdir(parents=True, exist_ok=True)
-        report["cdnow"] = bench_cdnow(cdnow_dir, cdnow_dir / "bench.log")
+        report["cdnow"] = bench_cdnow(cdnow_dir, cdnow_dir / "bench.log", args.cold)
         report["targets"] = evaluate_targets(report)
         write_json(report, args.out)
     for rows in sizes:

@@ -35,9 +35,15 @@ def exit_status(code: object) -> int:
 
 def exit_process(code: object = None) -> NoReturn:
     """Exit with ``code`` (as ``SystemExit`` would) after threads, atexit handlers and streams are done."""
-    status = exit_status(code)
     if env_flag("CVP_FULL_EXIT") or sys.getprofile() is not None or sys.gettrace() is not None:  # a profiler or debugger reports at the end
         raise SystemExit(code)
+    finish_process(code)
+
+
+def finish_process(code: object = None) -> NoReturn:
+    """What a normal exit does that anyone could observe, then ``os._exit``: the message of a
+    non-int ``code`` on stderr, non-daemon threads joined, atexit handlers run, streams flushed."""
+    status = exit_status(code)
     if code is not None and not isinstance(code, int):
         sys.stderr.write(f"{code}\n")
     # What Py_FinalizeEx does first: join non-daemon threads (this also stops idle

@@ -72,14 +72,26 @@ def test_a_stage_imports_no_other_stage(stage):
     assert not bad, f"pipelines/{stage}.py imports {sorted(bad)}"
 
 
+# The one place that may: the warm server's forked child, which becomes the `cvp` process that
+# asked (its directory and environment) before it runs the command; no test process runs it.
+BECOMES_ANOTHER_PROCESS = {"pipelines/warm.py": "_run_child"}
+
+
+def _lines_of(path: Path, function: str) -> range:
+    node = next(n for n in ast.walk(_tree(path)) if isinstance(n, ast.FunctionDef) and n.name == function)
+    return range(node.lineno, node.end_lineno + 1)
+
+
 def test_no_module_of_the_project_changes_directory_or_the_environment():
-    offenders = {
-        str(path.relative_to(ROOT)): writes
-        for layer in ("pipelines", "models", "features")
-        for path in sorted((ROOT / layer).rglob("*.py"))
-        if (writes := global_state_writes(path))
-    }
+    offenders = {}
+    for layer in ("pipelines", "models", "features"):
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            name = str(path.relative_to(ROOT))
+            allowed = _lines_of(path, BECOMES_ANOTHER_PROCESS[name]) if name in BECOMES_ANOTHER_PROCESS else range(0)
+            if writes := [w for w in global_state_writes(path) if int(w.split(":")[0]) not in allowed]:
+                offenders[name] = writes
     assert offenders == {}
+    assert len(global_state_writes(ROOT / "pipelines" / "warm.py")) == 3  # chdir, environ clear and update
 
 
 @pytest.mark.parametrize("stage", [s for s in STAGE_MODULES if s in DVC_STAGES])

@@ -21,7 +21,7 @@ from tests import inprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 CVP = str(Path(sys.executable).parent / "cvp")
-COMMANDS = "fingerprint, ingest, features, clv, churn, value, segment, export, retrain, backtest, generate, score, notebook, check-params, flush-runs"
+COMMANDS = "fingerprint, ingest, features, clv, churn, value, segment, export, retrain, backtest, generate, score, notebook, warm, check-params, flush-runs"
 TOP_USAGE = "(usage: cvp [OPTIONS] COMMAND [ARGS]...; `cvp --help` for more)"
 
 

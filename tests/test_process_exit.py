@@ -76,7 +76,9 @@ def test_exit_status_maps_like_system_exit():
 
 def test_installed_command_uses_the_fast_exit():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["cvp"] == "pipelines.cli:entry_point"
+    assert scripts["cvp"] == "pipelines.launch:entry_point"
+    launch = (ROOT / "pipelines" / "launch.py").read_text()
+    assert "from pipelines.cli import entry_point as run_here" in launch and "finish_process(status)" in launch
 
 
 @pytest.mark.parametrize("value, on", [("", False), ("0", False), ("false", False), (" No ", False), ("1", True), ("yes", True)])
