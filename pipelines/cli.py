@@ -35,6 +35,7 @@ from pathlib import Path
 import typer
 
 from features.errors import DataError, contract_error_message
+from pipelines import logs
 from pipelines.config import ConfigError, check_params_file, load_params
 from pipelines.process_exit import env_flag, exit_process
 
@@ -71,13 +72,7 @@ def verbose_requested(flag: bool = False) -> bool:
 
 def setup_logging(verbose: bool = False) -> None:
     verbose = _state["verbose"] = verbose_requested(verbose)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("alembic", "mlflow.store", "urllib3", "matplotlib", "numexpr", "py4j"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(verbose)
     log.debug("cvp %s: DEBUG logs on, tracebacks shown", " ".join(sys.argv[1:]))
 
 
@@ -237,14 +232,11 @@ def notebook(
 )
 def warm(command: list[str] = typer.Argument(..., help="The command to run, e.g. dvc repro.")) -> None:
     """Run a command (`make run`: dvc repro) whose `cvp` stages run in forks of one process that
-    imported the libraries once (1-3.5 s saved per stage); its exit code is this command's."""
+    imported the libraries once (1-3.5 s saved per stage); its exit code is this command's.
+    The installed `cvp` runs `cvp warm CMD...` without this module (pipelines.launch)."""
     from pipelines import warm as server
 
-    setup_logging()
-    try:
-        code = server.run_with_server(command)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(str(exc), param_hint="COMMAND") from None
+    code = server.main(command)
     if code:
         raise typer.Exit(code)
 

@@ -1,6 +1,7 @@
 """The installed `cvp` command: in the warm server of `cvp warm` when one is listening
 (pipelines.warm), else in this process (pipelines.cli). Only the standard library is imported
-before that choice, so a warm `cvp` starts in milliseconds."""
+before that choice, so a warm `cvp` starts in milliseconds, and so does `cvp warm CMD...` itself
+(its command starts without waiting for the CLI's imports)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import sys
 def entry_point() -> None:
     from pipelines import warm
 
-    status = warm.run_in_server(sys.argv[1:])
+    argv = sys.argv[1:]
+    if len(argv) > 1 and argv[0] == "warm" and not argv[1].startswith("-"):  # the command starts at once
+        status: int | None = warm.main(argv[1:])
+    else:
+        status = warm.run_in_server(argv)
     if status is not None:
         from pipelines.process_exit import finish_process
 

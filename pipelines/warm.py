@@ -143,6 +143,20 @@ def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
 # --------------------------------------------------------------------------- server (`cvp warm COMMAND`)
 
 
+def main(command: Sequence[str]) -> int:
+    """`cvp warm COMMAND...`: logging as every `cvp` command has it, then :func:`run_with_server`;
+    a command that cannot start is one line `cvp: error: ...` and exit code 2."""
+    from pipelines import logs
+    from pipelines.process_exit import env_flag
+
+    logs.configure(env_flag("CVP_VERBOSE"))
+    try:
+        return run_with_server(command)
+    except FileNotFoundError as exc:
+        sys.stderr.write(f"cvp: error: {exc}\n")
+        return 2
+
+
 def run_with_server(command: Sequence[str], preload: Sequence[str] = PRELOAD) -> int:
     """Run ``command`` with a warm server for the `cvp` commands it starts; its exit code."""
     if not enabled():
@@ -152,7 +166,7 @@ def run_with_server(command: Sequence[str], preload: Sequence[str] = PRELOAD) ->
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(16)
-    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGCHLD)}
     try:
         try:
             proc = subprocess.Popen(list(command), env={**os.environ, SOCKET_ENV: path})
@@ -201,8 +215,9 @@ def _serve(listener: socket.socket, proc: subprocess.Popen, pending: list[str]) 
                     children[pid] = conn
                     served += 1
             elif pending:
-                _import_one(pending.pop(0))
-                if not _stop_if_threaded(listener, pending) and not pending:
+                if not _import_unless_done(pending.pop(0), proc, children):
+                    pending.clear()
+                elif not _stop_if_threaded(listener, pending) and not pending:
                     log.debug("warm server: imports done in %.1f s", time.perf_counter() - started)
             _report_finished(children)
             if proc.poll() is not None and children and not stopping:  # the command is gone: nobody waits
@@ -214,6 +229,32 @@ def _serve(listener: socket.socket, proc: subprocess.Popen, pending: list[str]) 
         for conn in children.values():
             conn.close()
         log.info("warm stage server: %d cvp commands ran in forks of this process", served)
+
+
+class _CommandEnded(BaseException):
+    """Raised into an import when the command has ended and no child runs: nothing left to serve.
+    (A BaseException: no library's ``except Exception`` swallows it.)"""
+
+
+def _import_unless_done(name: str, proc: subprocess.Popen, children: dict) -> bool:
+    """Import ``name`` (:func:`_import_one`), cut short when the command ends meanwhile (an import
+    can take a second or more: `make run` with nothing to do would wait for it); False if so."""
+
+    def on_child_exit(_signum: int, _frame: object) -> None:
+        if proc.poll() is not None and not children:
+            raise _CommandEnded
+
+    signal.signal(signal.SIGCHLD, on_child_exit)
+    try:
+        if proc.poll() is not None and not children:
+            return False
+        _import_one(name)
+        return True
+    except _CommandEnded:
+        log.debug("warm server: the command ended during the import of %s", name)
+        return False
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def _stop_if_threaded(listener: socket.socket, pending: list[str]) -> bool:
@@ -285,7 +326,7 @@ def _run_child(listener: socket.socket, conn: socket.socket, request: dict, fds:
             os.dup2(fd, target)
             os.close(fd)
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        for signum in (signal.SIGTERM, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         os.chdir(request["cwd"])
         os.environ.clear()
