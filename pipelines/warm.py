@@ -48,6 +48,7 @@ POLL_S = 0.02  # how often the server checks COMMAND and its children while idle
 STREAMS = (0, 1, 2)  # stdin, stdout, stderr: handed over as descriptors
 _HEADER = struct.Struct("!I")  # request length
 _REPLY = struct.Struct("!ci")  # b"P" + child pid, then b"S" + exit status
+LIGHT_COMMANDS = ("fingerprint",)  # what `dvc repro` runs when nothing changed: no preload for it
 
 #: What the stages import (the heaviest first), found by diffing ``sys.modules`` before and after
 #: each stage; ``module:function`` also calls a function (a cached lazy import). What fails to
@@ -199,21 +200,26 @@ def _import_one(name: str) -> None:
         log.debug("warm server: not preloading %s (%s)", name, exc)
 
 
-def _serve(listener: socket.socket, proc: subprocess.Popen, pending: list[str]) -> None:
+def _serve(listener: socket.socket, proc: subprocess.Popen, preload: list[str]) -> None:
     """Until the command ends: fork a child for every request, report each child's exit status,
-    and between requests import the next module of ``pending`` (a request never waits for them:
-    its child imports what is still missing itself)."""
+    and between requests import the next module of ``preload`` (a request never waits for them:
+    its child imports what is still missing itself). The imports start with the first command
+    that is not light (:data:`LIGHT_COMMANDS`): a `dvc repro` with nothing to do runs only those,
+    and imports beside it would slow it down (0.5-1 s of 2 s on a 2-core machine)."""
     children: dict[int, socket.socket] = {}
-    started, stopping, served = time.perf_counter(), False, 0
-    _stop_if_threaded(listener, pending)
+    started, stopping, served, pending = time.perf_counter(), False, 0, []
+    _stop_if_threaded(listener, preload)
     try:
         while proc.poll() is None or children:
             ready, _, _ = select.select([listener] if listener.fileno() >= 0 else [], [], [], 0 if pending else POLL_S)
             if ready:
                 conn, _ = listener.accept()
-                if pid := _fork_child(listener, conn):
+                pid, argv = _fork_child(listener, conn)
+                if pid:
                     children[pid] = conn
                     served += 1
+                if preload and next((a for a in argv if not a.startswith("-")), None) not in LIGHT_COMMANDS:
+                    started, pending, preload = time.perf_counter(), preload, []
             elif pending:
                 if not _import_unless_done(pending.pop(0), proc, children):
                     pending.clear()
@@ -237,10 +243,12 @@ class _CommandEnded(BaseException):
 
 
 def _import_unless_done(name: str, proc: subprocess.Popen, children: dict) -> bool:
-    """Import ``name`` (:func:`_import_one`), cut short when the command ends meanwhile (an import
-    can take a second or more: `make run` with nothing to do would wait for it); False if so."""
+    """Import ``name`` (:func:`_import_one`) while still reporting each child's end at once (an
+    import can take a second or more, and DVC waits for the stage's `cvp`); cut short when the
+    command ends meanwhile, False if so."""
 
     def on_child_exit(_signum: int, _frame: object) -> None:
+        _report_finished(children)
         if proc.poll() is not None and not children:
             raise _CommandEnded
 
@@ -278,15 +286,16 @@ def _report_finished(children: dict[int, socket.socket]) -> None:
                 conn.sendall(_REPLY.pack(b"S", code if code >= 0 else 128 - code))
 
 
-def _fork_child(listener: socket.socket, conn: socket.socket) -> int:
-    """Read one request and fork its child; the child's pid (0 when the request was unreadable)."""
+def _fork_child(listener: socket.socket, conn: socket.socket) -> tuple[int, list[str]]:
+    """Read one request and fork its child; the child's pid (0 when the request was unreadable)
+    and the command's arguments."""
     conn.settimeout(10)
     try:
         request, fds = _read_request(conn)
     except (OSError, ValueError) as exc:
         log.warning("warm server: unreadable request (%s); that cvp runs in its own process", exc)
         conn.close()
-        return 0
+        return 0, []
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     pid = os.fork()
@@ -297,7 +306,7 @@ def _fork_child(listener: socket.socket, conn: socket.socket) -> int:
     conn.settimeout(None)
     with contextlib.suppress(OSError):  # the `cvp` is gone: its child still runs, and is reaped
         conn.sendall(_REPLY.pack(b"P", pid))
-    return pid
+    return pid, list(request["argv"])
 
 
 def _read_request(conn: socket.socket) -> tuple[dict, list[int]]:

@@ -132,7 +132,9 @@ def test_with_another_thread_running_the_server_forks_nothing(tmp_path):
 def test_the_server_does_not_wait_for_its_imports_once_the_command_ended(tmp_path):
     """`make run` with nothing to do must not wait for a second of imports it will never use."""
     (tmp_path / "slow_to_import.py").write_text("import time\ntime.sleep(120)\n")
-    code = "import sys\nfrom pipelines.warm import run_with_server\nsys.exit(run_with_server(['sh', '-c', 'exit 4'], preload=['slow_to_import']))\n"
+    command = "cvp check-params --params missing.yaml; exit 4"  # a first cvp command starts the imports
+    code = f"import sys\nfrom pipelines.warm import run_with_server\nsys.exit(run_with_server(['sh', '-c', {command!r}], preload=['slow_to_import']))\n"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(PYTHONPATH=str(tmp_path)),
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 4, result.stderr
+    assert "cvp: error:" in result.stderr  # the check-params child ran (and failed: no such file)
